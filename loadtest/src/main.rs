@@ -1,0 +1,3 @@
+fn main() {
+    println!("usage: smtp-source [options] HOST:PORT");
+}

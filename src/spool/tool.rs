@@ -1,0 +1,13 @@
+//! `ringmx spool …`: read the spool without a server. (Stub.)
+
+use std::process::ExitCode;
+
+/// `ringmx spool` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SpoolArgs {}
+
+/// Runs a spool subcommand.
+pub fn run(args: SpoolArgs) -> ExitCode {
+    let _ = args;
+    ExitCode::FAILURE
+}
