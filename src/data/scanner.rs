@@ -211,14 +211,29 @@ fn interesting(a: u8, b: u8) -> bool {
 }
 
 /// Whether any of the `BLOCK` pairs in `window` (`BLOCK + 1` bytes) is interesting. Written
-/// without branches so that it compiles to vector compares.
+/// without branches so that it compiles to vector compares. The window is read as two
+/// overlapping arrays (`a[k]`, `b[k]` = `window[k]`, `window[k + 1]`) so that the compiler loads
+/// each vector once from memory rather than shifting bytes between registers.
 #[inline(always)]
 fn block_has_interesting(window: &[u8; BLOCK + 1]) -> bool {
+    let (a, b) = pair_arrays(window);
     let mut acc = 0u8;
     for k in 0..BLOCK {
-        acc |= u8::from(interesting(window[k], window[k + 1]));
+        acc |= u8::from(interesting(a[k], b[k]));
     }
     acc != 0
+}
+
+/// `window` seen as its first `BLOCK` bytes and its last `BLOCK` bytes.
+#[inline(always)]
+fn pair_arrays(window: &[u8; BLOCK + 1]) -> (&[u8; BLOCK], &[u8; BLOCK]) {
+    let (a, _) = window
+        .split_first_chunk::<BLOCK>()
+        .unwrap_or((&[0; BLOCK], &[]));
+    let (_, b) = window
+        .split_last_chunk::<BLOCK>()
+        .unwrap_or((&[], &[0; BLOCK]));
+    (a, b)
 }
 
 /// The index `j >= from` of the first interesting pair `(input[j - 1], input[j])`, or
@@ -227,14 +242,49 @@ fn first_interesting(input: &[u8], from: usize) -> usize {
     let mut j = from;
     while let Some(window) = input[j - 1..].first_chunk::<{ BLOCK + 1 }>() {
         if block_has_interesting(window) {
-            break;
+            return j + first_in_block(window, 0);
         }
         j += BLOCK;
+    }
+    if j == input.len() {
+        return j;
+    }
+    // Fewer than BLOCK pairs are left: test the last BLOCK pairs of the input instead, skipping
+    // the ones before `j` (they were tested already, or come before `from`).
+    if let Some(window) = input.last_chunk::<{ BLOCK + 1 }>() {
+        let start = input.len() - BLOCK;
+        return start + first_in_block(window, j - start);
     }
     while j < input.len() && !interesting(input[j - 1], input[j]) {
         j += 1;
     }
     j
+}
+
+/// The index of the first interesting pair of `window` at or after `skip`, or `BLOCK` if there
+/// is none. The pair tests are stored as bytes (vector compares again) and read back eight at a
+/// time as little-endian words, so the first non-zero byte is found with one trailing-zero count.
+#[inline(always)]
+fn first_in_block(window: &[u8; BLOCK + 1], skip: usize) -> usize {
+    let (a, b) = pair_arrays(window);
+    let mut flags = [0u8; BLOCK];
+    for (k, flag) in flags.iter_mut().enumerate() {
+        *flag = u8::from(interesting(a[k], b[k]));
+    }
+    for (w, word) in flags.chunks_exact(8).enumerate() {
+        let mut word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let low = w * 8;
+        if skip >= low + 8 {
+            continue;
+        }
+        if skip > low {
+            word &= u64::MAX << ((skip - low) * 8);
+        }
+        if word != 0 {
+            return low + (word.trailing_zeros() / 8) as usize;
+        }
+    }
+    BLOCK
 }
 
 #[cfg(test)]
