@@ -234,6 +234,8 @@ fn block_has_interesting(window: &[u8; BLOCK + 1]) -> bool {
 /// `window` seen as its first `BLOCK` bytes and its last `BLOCK` bytes.
 #[inline(always)]
 fn pair_arrays(window: &[u8; BLOCK + 1]) -> (&[u8; BLOCK], &[u8; BLOCK]) {
+    // The fallbacks are never taken (a BLOCK + 1 array always has BLOCK-long ends); the
+    // compiler removes them.
     let (a, _) = window
         .split_first_chunk::<BLOCK>()
         .unwrap_or((&[0; BLOCK], &[]));
@@ -246,6 +248,7 @@ fn pair_arrays(window: &[u8; BLOCK + 1]) -> (&[u8; BLOCK], &[u8; BLOCK]) {
 /// The index `j >= from` of the first interesting pair `(input[j - 1], input[j])`, or
 /// `input.len()` if there is none. `from` must be at least 1.
 fn first_interesting(input: &[u8], from: usize) -> usize {
+    debug_assert!(from >= 1, "a pair needs the byte before it");
     let mut j = from;
     while let Some(window) = input[j - 1..].first_chunk::<{ BLOCK + 1 }>() {
         if block_has_interesting(window) {
@@ -279,6 +282,7 @@ fn first_in_block(window: &[u8; BLOCK + 1], skip: usize) -> usize {
         *flag = u8::from(interesting(a[k], b[k]));
     }
     for (w, word) in flags.chunks_exact(8).enumerate() {
+        // `chunks_exact(8)` yields 8-byte slices only, so the conversion cannot fail.
         let mut word = u64::from_le_bytes(word.try_into().unwrap_or_default());
         let low = w * 8;
         if skip >= low + 8 {
