@@ -685,13 +685,13 @@ mod tests {
 
     #[test]
     fn stuffed_dot_at_every_offset_of_a_long_body() {
-        for lead in 0..=3 * BLOCK {
-            let mut input = vec![b'x'; lead];
+        for leading in 0..=3 * BLOCK {
+            let mut input = vec![b'x'; leading];
             input.extend_from_slice(b"\r\n..y\r\nzz\r\n.\r\nNOOP\r\n");
             let got = check_long(&input);
-            let mut body = vec![b'x'; lead];
+            let mut body = vec![b'x'; leading];
             body.extend_from_slice(b"\r\n.y\r\nzz\r\n");
-            assert_eq!(got.body, body, "lead {lead}");
+            assert_eq!(got.body, body, "leading {leading}");
             assert_eq!(got.end, Some(input.len() - 6));
             assert!(!got.bare_cr && !got.bare_lf);
         }
@@ -699,19 +699,19 @@ mod tests {
 
     #[test]
     fn bare_endings_at_every_offset_of_a_long_body() {
-        for lead in 0..=3 * BLOCK {
+        for leading in 0..=3 * BLOCK {
             for (smuggle, cr, lf) in [
                 (&b"\n.\n"[..], false, true),
                 (b"\r.\r", true, false),
                 (b"\n.\r\n", false, true),
                 (b"\rX", true, false),
             ] {
-                let mut input = vec![b'x'; lead];
+                let mut input = vec![b'x'; leading];
                 input.extend_from_slice(smuggle);
                 input.extend_from_slice(b"y\r\n.\r\n");
                 let got = check_long(&input);
-                assert_eq!(got.end, Some(input.len()), "lead {lead}");
-                assert_eq!((got.bare_cr, got.bare_lf), (cr, lf), "lead {lead}");
+                assert_eq!(got.end, Some(input.len()), "leading {leading}");
+                assert_eq!((got.bare_cr, got.bare_lf), (cr, lf), "leading {leading}");
             }
         }
     }
@@ -852,8 +852,8 @@ mod tests {
 
     #[test]
     fn terminator_at_every_offset_of_a_long_body() {
-        for lead in 0..=3 * BLOCK {
-            let mut input = vec![b'x'; lead];
+        for leading in 0..=3 * BLOCK {
+            let mut input = vec![b'x'; leading];
             input.extend_from_slice(b"\r\n.\r\nDATA");
             let mut scanner = DataScanner::new();
             let mut body = Vec::new();
@@ -861,13 +861,16 @@ mod tests {
             assert_eq!(
                 scan,
                 Scan {
-                    consumed: lead + 5,
+                    consumed: leading + 5,
                     complete: true
                 },
-                "lead {lead}"
+                "leading {leading}"
             );
-            assert_eq!(body.len(), lead + 2);
-            assert_eq!(run(&chunked(&input, &[lead / 2 + 1])), naive::scan(&input));
+            assert_eq!(body.len(), leading + 2);
+            assert_eq!(
+                run(&chunked(&input, &[leading / 2 + 1])),
+                naive::scan(&input)
+            );
         }
     }
 
