@@ -139,10 +139,16 @@ Exit status: 0 when every message was acknowledged, 1 otherwise, 2 for usage err
 ///
 /// # Errors
 /// [`ArgsError`] for an unknown flag, a missing or bad value, or a missing target.
-pub(crate) fn parse(args: impl IntoIterator<Item = OsString>, hostname: &str) -> Result<Mode, ArgsError> {
+pub(crate) fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    hostname: &str,
+) -> Result<Mode, ArgsError> {
     let mut args: Vec<String> = args
         .into_iter()
-        .map(|a| a.into_string().map_err(|_| ArgsError("arguments must be UTF-8".into())))
+        .map(|a| {
+            a.into_string()
+                .map_err(|_| ArgsError("arguments must be UTF-8".into()))
+        })
         .collect::<Result<_, _>>()?;
     args.reverse();
     let mut p = Partial::default();
@@ -246,7 +252,12 @@ impl Partial {
         Ok(())
     }
 
-    fn long(&mut self, name: &str, inline: Option<String>, rest: &mut Vec<String>) -> Result<(), ArgsError> {
+    fn long(
+        &mut self,
+        name: &str,
+        inline: Option<String>,
+        rest: &mut Vec<String>,
+    ) -> Result<(), ArgsError> {
         let mut value = || {
             inline
                 .clone()
@@ -260,7 +271,9 @@ impl Partial {
             "help" => self.help = true,
             "rate" => {
                 let v = value()?;
-                let r: f64 = v.parse().map_err(|_| ArgsError(format!("--rate: bad number {v:?}")))?;
+                let r: f64 = v
+                    .parse()
+                    .map_err(|_| ArgsError(format!("--rate: bad number {v:?}")))?;
                 if !(r.is_finite() && r > 0.0) {
                     return Err(ArgsError("--rate must be above 0".into()));
                 }
@@ -291,7 +304,9 @@ impl Partial {
         let sessions = self.sessions.unwrap_or(1);
         let threads = self.threads.unwrap_or(1);
         if threads > sessions {
-            return Err(ArgsError(format!("--threads {threads} is more than -s {sessions}")));
+            return Err(ArgsError(format!(
+                "--threads {threads} is more than -s {sessions}"
+            )));
         }
         let messages = match (self.messages, self.duration) {
             (Some(m), _) => Some(m),
@@ -365,8 +380,14 @@ fn seconds(name: &str, v: &str) -> Result<Duration, ArgsError> {
 /// An address for MAIL FROM / RCPT TO: no brackets, spaces or control characters (they would
 /// change the command), and short enough for RFC 5321 §4.5.3.1.3 (256-octet paths).
 fn address(flag: char, v: &str) -> Result<String, ArgsError> {
-    let v = v.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(v);
-    if v.len() > 254 || v.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f) {
+    let v = v
+        .strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(v);
+    if v.len() > 254
+        || v.bytes()
+            .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f)
+    {
         return Err(ArgsError(format!("-{flag}: bad address {v:?}")));
     }
     Ok(v.to_string())
@@ -400,8 +421,23 @@ mod tests {
     #[test]
     fn postfix_style_flags() {
         let c = run(&[
-            "-s", "10", "-m", "20000", "-l", "1024", "-d", "-M", "bench.test", "-f",
-            "s@bench.test", "-t", "<r@bench.test>", "-S", "hi there", "-r5", "127.0.0.1:2526",
+            "-s",
+            "10",
+            "-m",
+            "20000",
+            "-l",
+            "1024",
+            "-d",
+            "-M",
+            "bench.test",
+            "-f",
+            "s@bench.test",
+            "-t",
+            "<r@bench.test>",
+            "-S",
+            "hi there",
+            "-r5",
+            "127.0.0.1:2526",
         ])
         .expect("parses");
         assert_eq!(c.sessions, 10);
@@ -442,8 +478,18 @@ mod tests {
     #[test]
     fn long_flags() {
         let c = run(&[
-            "--no-pipelining", "--rate=500", "--json", "--ack-log", "/tmp/a", "--timeout", "3",
-            "--threads", "2", "-s", "4", "x:1",
+            "--no-pipelining",
+            "--rate=500",
+            "--json",
+            "--ack-log",
+            "/tmp/a",
+            "--timeout",
+            "3",
+            "--threads",
+            "2",
+            "-s",
+            "4",
+            "x:1",
         ])
         .expect("parses");
         assert!(!c.pipelining && c.json);
@@ -483,7 +529,9 @@ mod tests {
     #[test]
     fn tool_modes() {
         let m = parse(
-            ["--verify-eml", "d", "--ack-log", "a", "-l", "100"].iter().map(OsString::from),
+            ["--verify-eml", "d", "--ack-log", "a", "-l", "100"]
+                .iter()
+                .map(OsString::from),
             "h",
         )
         .expect("parses");
@@ -491,6 +539,9 @@ mod tests {
         assert!(parse(["--verify-eml", "d"].iter().map(OsString::from), "h").is_err());
         let m = parse(["--render", "t"].iter().map(OsString::from), "h").expect("parses");
         assert!(matches!(m, Mode::Render { ref token, .. } if token == "t"));
-        assert_eq!(parse(["-h"].iter().map(OsString::from), "h"), Ok(Mode::Help));
+        assert_eq!(
+            parse(["-h"].iter().map(OsString::from), "h"),
+            Ok(Mode::Help)
+        );
     }
 }

@@ -18,8 +18,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::args::{Config, Family};
 use crate::message::{self, RunId, Template};
-use crate::report::{self, Report, Stats};
 use crate::reply::MAX_REPLY;
+use crate::report::{self, Report, Stats};
 use crate::session::{Claim, Failure, Observer, Session};
 
 /// How often timeouts are checked and connections retried.
@@ -62,7 +62,9 @@ impl std::fmt::Display for RunError {
 /// [`RunError`] when the run cannot start; failures during the run are in the report.
 pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
     let addr = resolve(&cfg.target, cfg.family)?;
-    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let run_id = RunId::new(wall.as_secs(), wall.subsec_nanos(), std::process::id());
     let tpl: &'static Template = Box::leak(Box::new(Template::new(&cfg.shape, &run_id)));
     let ack_log = match &cfg.ack_log {
@@ -135,7 +137,9 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
 pub(crate) fn resolve(target: &str, family: Family) -> Result<SocketAddr, RunError> {
     let t = target.strip_prefix("inet:").unwrap_or(target);
     if t.starts_with("unix:") {
-        return Err(RunError::Resolve(format!("{target}: UNIX-domain targets are not supported")));
+        return Err(RunError::Resolve(format!(
+            "{target}: UNIX-domain targets are not supported"
+        )));
     }
     let (host, port) = if let Some(rest) = t.strip_prefix('[') {
         let (h, after) = rest
@@ -179,7 +183,10 @@ fn cpu_times() -> (Duration, Duration) {
         ru
     };
     let tv = |t: libc::timeval| {
-        Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32)
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            (t.tv_usec.clamp(0, 999_999) * 1000) as u32,
+        )
     };
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
@@ -228,7 +235,10 @@ impl Shared<'_> {
             return if i >= self.limit {
                 Claimed::Done
             } else {
-                Claimed::Got(Claim { index: i, start: now })
+                Claimed::Got(Claim {
+                    index: i,
+                    start: now,
+                })
             };
         };
         loop {
@@ -248,7 +258,10 @@ impl Shared<'_> {
                 .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                return Claimed::Got(Claim { index: i, start: due });
+                return Claimed::Got(Claim {
+                    index: i,
+                    start: due,
+                });
             }
         }
     }
@@ -296,7 +309,9 @@ impl Observer for Ctx<'_> {
 
     fn acked(&mut self, index: u64, start: Instant, dot_sent: Instant, now: Instant) {
         self.stats.acked += 1;
-        self.stats.data_end.record(now.saturating_duration_since(dot_sent));
+        self.stats
+            .data_end
+            .record(now.saturating_duration_since(dot_sent));
         self.stats.txn.record(now.saturating_duration_since(start));
         self.sh.acked.fetch_add(1, Ordering::Relaxed);
         if self.sh.ack_log.is_some() {
@@ -642,7 +657,10 @@ impl<'a> Worker<'a> {
             slot.state = SlotState::Open;
             slot.deadline = now + timeout;
             self.ctx.stats.connections += 1;
-            self.ctx.stats.connect.record(now.saturating_duration_since(slot.since));
+            self.ctx
+                .stats
+                .connect
+                .record(now.saturating_duration_since(slot.since));
             slot.sess.connected(now);
         }
         if self.slots[i].state != SlotState::Open {
@@ -813,7 +831,12 @@ mod tests {
         assert_eq!(a, "127.0.0.1:2526".parse().expect("addr"));
         let a = resolve("inet:[::1]:25", Family::Any).expect("v6");
         assert_eq!(a, "[::1]:25".parse().expect("addr"));
-        assert_eq!(resolve("127.0.0.1", Family::V4).expect("default port").port(), 25);
+        assert_eq!(
+            resolve("127.0.0.1", Family::V4)
+                .expect("default port")
+                .port(),
+            25
+        );
         assert_eq!(resolve("::1", Family::V6).expect("bare v6").port(), 25);
         assert!(resolve("127.0.0.1:1", Family::V6).is_err());
         assert!(resolve("127.0.0.1:99999", Family::Any).is_err());

@@ -385,7 +385,10 @@ mod tests {
 
     #[test]
     fn stuffing_doubles_leading_dots_and_terminates() {
-        assert_eq!(stuff(b"a\r\n.b\r\n..c\r\nd.e\r\n"), b"a\r\n..b\r\n...c\r\nd.e\r\n.\r\n");
+        assert_eq!(
+            stuff(b"a\r\n.b\r\n..c\r\nd.e\r\n"),
+            b"a\r\n..b\r\n...c\r\nd.e\r\n.\r\n"
+        );
         assert_eq!(stuff(b".\r\n"), b"..\r\n.\r\n");
         assert_eq!(stuff(b"x\n.y"), b"x\r\n..y\r\n.\r\n");
         assert_eq!(stuff(b""), b".\r\n");

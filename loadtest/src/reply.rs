@@ -143,7 +143,7 @@ mod tests {
         assert_eq!((r.code, r.len, r.pipelining), (250, 14, false));
         assert!(r.is_positive());
         let r = complete(b"354 End data with <CR><LF>.<CR><LF>\r\nrest");
-        assert_eq!((r.code, r.len), (354, 38));
+        assert_eq!((r.code, r.len), (354, 37));
         assert!(!r.is_positive());
         // Code alone, no text (RFC 5321 §4.2: the text is optional).
         assert_eq!(complete(b"221\r\n").len, 5);

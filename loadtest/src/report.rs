@@ -24,8 +24,8 @@ pub(crate) struct Latency(Histogram<u64>);
 
 impl Latency {
     fn new() -> Self {
-        // The bounds are constants that hdrhistogram accepts (low 1, high > 2*low, 3 digits).
-        Self(Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIG_DIGITS).expect("valid bounds"))
+        let h = Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIG_DIGITS);
+        Self(h.expect("constant bounds hdrhistogram accepts: low 1, high > 2, 3 digits"))
     }
 
     /// Records one latency.
@@ -74,7 +74,12 @@ pub(crate) struct ConnErrors {
 impl ConnErrors {
     /// All errors.
     pub(crate) fn total(&self) -> u64 {
-        self.refused + self.connect + self.closed + self.timeout + self.protocol + self.refused_reply
+        self.refused
+            + self.connect
+            + self.closed
+            + self.timeout
+            + self.protocol
+            + self.refused_reply
     }
 
     /// Counts one error.
@@ -208,8 +213,14 @@ impl Report {
     /// Whether every requested message was acknowledged and nothing went wrong.
     pub(crate) fn success(&self, cfg: &Config) -> bool {
         let s = &self.stats;
-        let all = cfg.messages.is_none_or(|m| s.acked == m || cfg.duration.is_some());
-        s.acked > 0 && all && s.failed_total() == 0 && s.unfinished == 0 && s.conn_errors.total() == 0
+        let all = cfg
+            .messages
+            .is_none_or(|m| s.acked == m || cfg.duration.is_some());
+        s.acked > 0
+            && all
+            && s.failed_total() == 0
+            && s.unfinished == 0
+            && s.conn_errors.total() == 0
     }
 
     fn cpu_us_per_msg(&self) -> f64 {
@@ -231,15 +242,25 @@ impl Report {
     pub(crate) fn text(&self, cfg: &Config) -> String {
         let s = &self.stats;
         let mut o = String::new();
-        let mode = if cfg.keep { "reused connections" } else { "one connection per message" };
-        let pipe = if cfg.pipelining { "pipelining when offered" } else { "no pipelining" };
+        let mode = if cfg.keep {
+            "reused connections"
+        } else {
+            "one connection per message"
+        };
+        let pipe = if cfg.pipelining {
+            "pipelining when offered"
+        } else {
+            "no pipelining"
+        };
         let _ = writeln!(
             o,
             "smtp-source: {} sessions to {}, {mode}, {pipe}, {} byte messages{}",
             cfg.sessions,
             self.addr,
             self.message_bytes,
-            cfg.rate.map(|r| format!(", {r} msgs/s open loop")).unwrap_or_default()
+            cfg.rate
+                .map(|r| format!(", {r} msgs/s open loop"))
+                .unwrap_or_default()
         );
         let _ = writeln!(o, "  acked        {}", s.acked);
         let _ = write!(o, "  failed       {}", s.failed_total());
@@ -379,7 +400,9 @@ pub(crate) fn progress_line(acked: u64, failed: u64, rate: f64, elapsed: Duratio
 pub(crate) fn describe(why: Failure) -> String {
     match why {
         Failure::Reply { step, code } => match step {
-            Step::Greeting | Step::Ehlo | Step::Helo => format!("{} refused with {code}", step.name()),
+            Step::Greeting | Step::Ehlo | Step::Helo => {
+                format!("{} refused with {code}", step.name())
+            }
             _ => format!("{} answered {code}", step.name()),
         },
         Failure::Refused => "connection refused".into(),
@@ -400,8 +423,14 @@ mod tests {
         let mut b = Stats::new();
         a.acked = 3;
         b.acked = 4;
-        a.count_failure(Failure::Reply { step: Step::Dot, code: 451 });
-        b.count_failure(Failure::Reply { step: Step::Rcpt, code: 451 });
+        a.count_failure(Failure::Reply {
+            step: Step::Dot,
+            code: 451,
+        });
+        b.count_failure(Failure::Reply {
+            step: Step::Rcpt,
+            code: 451,
+        });
         b.count_failure(Failure::Closed);
         b.conn_errors.count(Failure::Refused);
         a.data_end.record(Duration::from_micros(100));

@@ -465,7 +465,10 @@ impl Session {
         }
         let next = i as usize + 1;
         if next < self.tpl.rcpts.len() {
-            self.send(Seg::Static(&self.tpl.rcpts[next]), Expect::Rcpt(next as u32));
+            self.send(
+                Seg::Static(&self.tpl.rcpts[next]),
+                Expect::Rcpt(next as u32),
+            );
         } else if env.rcpt_ok > 0 {
             self.send(Seg::Static(message::DATA), Expect::Data);
         } else {
@@ -485,7 +488,12 @@ impl Session {
         if code == 354 {
             // The server answered DATA only after reading everything before it, so the previous
             // body (and with it the head buffer) has been written out.
-            if self.out.iter().skip(self.out_idx).any(|s| matches!(s, Seg::Head)) {
+            if self
+                .out
+                .iter()
+                .skip(self.out_idx)
+                .any(|s| matches!(s, Seg::Head))
+            {
                 return Err(Failure::Protocol(ReplyError::Malformed));
             }
             for &at in &self.tpl.token_at {
@@ -644,7 +652,11 @@ mod tests {
         assert!(wire.contains("Message-ID: <1-3-00000.0000000007@b.test>"));
         assert!(wire.contains("\r\n.\r\nMAIL FROM:<s@b.test>\r\n"));
         assert!(wire.ends_with("DATA\r\n"));
-        feed(&mut s, "250 queued\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", &mut log);
+        feed(
+            &mut s,
+            "250 queued\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+            &mut log,
+        );
         assert_eq!(log.acked, vec![7]);
         let wire = drain(&mut s, now);
         assert!(wire.contains("token 1-3-00000.0000000008\r\n"));
@@ -745,7 +757,11 @@ mod tests {
         s.assign(claim(2), now);
         assert!(drain(&mut s, now).starts_with("RSET\r\nMAIL FROM"));
         // One accepted recipient is enough for the message to go.
-        feed(&mut s, "250 ok\r\n250 ok\r\n250 ok\r\n452 full\r\n354 go\r\n", &mut log);
+        feed(
+            &mut s,
+            "250 ok\r\n250 ok\r\n250 ok\r\n452 full\r\n354 go\r\n",
+            &mut log,
+        );
         drain(&mut s, now);
         feed(&mut s, "250 ok\r\n", &mut log);
         assert_eq!(log.acked, vec![2]);

@@ -88,8 +88,8 @@ impl Verdict {
 /// # Errors
 /// A message when the ack log or the directory cannot be read.
 pub(crate) fn verify(shape: &Shape, ack_log: &Path, dir: &Path) -> Result<Verdict, String> {
-    let log = std::fs::read_to_string(ack_log)
-        .map_err(|e| format!("{}: {e}", ack_log.display()))?;
+    let log =
+        std::fs::read_to_string(ack_log).map_err(|e| format!("{}: {e}", ack_log.display()))?;
     let mut v = Verdict::default();
     let mut acked = HashSet::new();
     for line in log.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -145,7 +145,10 @@ fn message_id_token(msg: &[u8]) -> Option<String> {
     const NAME: &[u8] = b"message-id:";
     let mut pos = 0;
     while pos < msg.len() {
-        let end = msg[pos..].iter().position(|&b| b == b'\n').map_or(msg.len(), |n| pos + n + 1);
+        let end = msg[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(msg.len(), |n| pos + n + 1);
         let line = &msg[pos..end];
         let text = line.strip_suffix(b"\n").unwrap_or(line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -231,7 +234,16 @@ mod tests {
         }
         let v = verify(&s, &log, &sub).expect("verify");
         assert_eq!(
-            (v.acked, v.files, v.ok, v.lost, v.duplicated, v.mismatched, v.unacked, v.foreign),
+            (
+                v.acked,
+                v.files,
+                v.ok,
+                v.lost,
+                v.duplicated,
+                v.mismatched,
+                v.unacked,
+                v.foreign
+            ),
             (5, 7, 2, 1, 1, 1, 1, 1),
             "{v:?}"
         );
@@ -251,6 +263,9 @@ mod tests {
         assert!(!same_message(&glued, &m));
         assert_eq!(message_id_token(&m), Some(run.token(1)));
         assert_eq!(message_id_token(b"Message-ID: <abc@x>\r\n\r\n"), None);
-        assert_eq!(message_id_token(b"Subject: x\r\n\r\nMessage-ID: <a@b>\r\n"), None);
+        assert_eq!(
+            message_id_token(b"Subject: x\r\n\r\nMessage-ID: <a@b>\r\n"),
+            None
+        );
     }
 }
