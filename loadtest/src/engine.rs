@@ -32,6 +32,8 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const ACK_LOG_FLUSH: usize = 64 * 1024;
 /// A session's read buffer: one reply of the longest kind plus room for the next one's start.
 const READ_BUF: usize = MAX_REPLY + 4096;
+/// File descriptors besides the sessions' sockets (epoll, stdio, the ack log, slack).
+const FD_SPARE: usize = 64;
 /// Events taken from epoll per wake-up.
 const EVENTS: usize = 1024;
 
@@ -77,6 +79,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         ),
         None => None,
     };
+    raise_fd_limit(cfg.sessions);
     let start = Instant::now();
     let shared = Shared {
         cfg,
@@ -170,6 +173,20 @@ pub(crate) fn resolve(target: &str, family: Family) -> Result<SocketAddr, RunErr
             Family::V6 => a.is_ipv6(),
         })
         .ok_or_else(|| RunError::Resolve(format!("{target}: no address of the requested family")))
+}
+
+/// Raises the soft open-files limit towards the hard one so that `-s` sessions fit (each session
+/// is one socket). Failing that, connects fail later with "too many open files", counted.
+fn raise_fd_limit(sessions: usize) {
+    let want = (sessions + FD_SPARE) as libc::rlim_t;
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// The process's user and system CPU time (all threads).
@@ -267,9 +284,14 @@ impl Shared<'_> {
     }
 
     fn note_error(&self, why: Failure) {
+        self.note_text(report::describe(why));
+    }
+
+    /// Keeps the first error of the run for the report.
+    fn note_text(&self, text: String) {
         if let Ok(mut e) = self.first_error.lock() {
             if e.is_none() {
-                *e = Some(report::describe(why));
+                *e = Some(text);
             }
         }
     }
@@ -617,7 +639,7 @@ impl<'a> Worker<'a> {
         }
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,
-            Err(e) => return self.fail(i, classify_connect(&e), now),
+            Err(e) => return self.connect_failed(i, &e, now),
         };
         let _ = sock.set_nodelay(true);
         if let Err(e) = self.poll.registry().register(
@@ -639,7 +661,7 @@ impl<'a> Worker<'a> {
                 return;
             };
             match sock.take_error() {
-                Ok(Some(e)) | Err(e) => return self.fail(i, classify_connect(&e), now),
+                Ok(Some(e)) | Err(e) => return self.connect_failed(i, &e, now),
                 Ok(None) => {}
             }
             match sock.peer_addr() {
@@ -650,7 +672,7 @@ impl<'a> Worker<'a> {
                     }
                     return; // still connecting
                 }
-                Err(e) => return self.fail(i, classify_connect(&e), now),
+                Err(e) => return self.connect_failed(i, &e, now),
             }
             let timeout = self.sh().cfg.timeout;
             let slot = &mut self.slots[i];
@@ -754,6 +776,16 @@ impl<'a> Worker<'a> {
                 Err(_) => return self.fail(i, Failure::Closed, now),
             }
         }
+    }
+
+    /// connect() failed: "connection refused" says it all, other errors get their text.
+    fn connect_failed(&mut self, i: usize, e: &io::Error, now: Instant) {
+        let why = classify_connect(e);
+        if why != Failure::Refused {
+            let addr = self.sh().addr;
+            self.sh().note_text(format!("connect to {addr}: {e}"));
+        }
+        self.fail(i, why, now);
     }
 
     /// The connection ended normally (after QUIT).

@@ -328,3 +328,28 @@ fn refused_and_closed_connections_are_clear_errors() {
     assert_eq!(json["connection_errors"]["closed"], 1);
     assert_eq!(json["connections"], 2);
 }
+
+#[test]
+fn a_silent_server_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = listener.local_addr().expect("addr").to_string();
+    // Accept and hold the connection open without a greeting, for longer than the timeout.
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().take(1).flatten().collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let out = Command::new(bin())
+        .args(["-m", "2", "--timeout", "0.3", "--json", &target])
+        .output()
+        .expect("run");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json["connection_errors"]["timeout"], 1, "{json}");
+    assert_eq!(json["failed_by_code"]["timeout"], 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by --timeout"
+    );
+}
