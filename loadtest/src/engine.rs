@@ -58,6 +58,33 @@ impl std::fmt::Display for RunError {
     }
 }
 
+/// Set by the first SIGINT/SIGTERM: stop now and report (a second one kills the process).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes Ctrl-C end the run with a report and a complete ack log instead of killing it.
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); SA_RESETHAND puts
+        // the default action back, so a second signal terminates as usual.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Whether the run was interrupted by a signal.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// Sends the configured load and returns the report.
 ///
 /// # Errors
@@ -80,6 +107,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         None => None,
     };
     raise_fd_limit(cfg.sessions);
+    catch_interrupts();
     let start = Instant::now();
     let shared = Shared {
         cfg,
@@ -129,7 +157,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         cpu: cpu_times(),
         addr: addr.to_string(),
         first_error,
-        aborted: shared.abort.load(Ordering::Relaxed),
+        aborted: shared.abort.load(Ordering::Relaxed) || interrupted(),
     })
 }
 
@@ -244,7 +272,10 @@ enum Claimed {
 
 impl Shared<'_> {
     fn claim(&self, now: Instant) -> Claimed {
-        if self.abort.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| now >= d) {
+        if self.abort.load(Ordering::Relaxed)
+            || interrupted()
+            || self.deadline.is_some_and(|d| now >= d)
+        {
             return Claimed::Done;
         }
         let Some(rate) = self.cfg.rate else {
@@ -460,7 +491,7 @@ impl<'a> Worker<'a> {
         let mut next_tick = now + TICK;
         let mut next_progress = now + PROGRESS_EVERY;
         let mut last_acked = 0;
-        while self.live > 0 && !self.sh().abort.load(Ordering::Relaxed) {
+        while self.live > 0 && !self.sh().abort.load(Ordering::Relaxed) && !interrupted() {
             let mut wake = next_tick;
             if let Some(d) = self.next_due {
                 wake = wake.min(d);

@@ -195,7 +195,7 @@ pub(crate) struct Report {
     pub(crate) addr: String,
     /// The first error worth a line of its own (e.g. "connection refused"), if any.
     pub(crate) first_error: Option<String>,
-    /// The run stopped early because of a failure (no `-A`).
+    /// The run stopped early: a failure without `-A`, or a signal.
     pub(crate) aborted: bool,
 }
 
