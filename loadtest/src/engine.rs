@@ -843,9 +843,9 @@ impl<'a> Worker<'a> {
 
     fn drop_socket(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        if let Some(mut s) = slot.sock.take() {
-            let _ = self.poll.registry().deregister(&mut s);
-        }
+        // Closing the socket (its only descriptor) also takes it out of the epoll set, so no
+        // deregister call: one system call less per connection.
+        slot.sock = None;
         slot.state = SlotState::Closed;
         slot.rstart = 0;
         slot.rend = 0;
