@@ -96,7 +96,7 @@ for round in "${ROUNDS[@]}"; do
 
     start_server
     "$SOURCE" -s "$sessions" --duration "$LOAD_SECS" -l "$size" "${conn[@]}" "${SHAPE[@]}" \
-        --timeout 10 --ack-log "$dir/acks" --json >"$dir/load.json" 2>"$dir/load.err" &
+        --timeout 10 --ack-log "$dir/acks" --json "127.0.0.1:$PORT" >"$dir/load.json" 2>"$dir/load.err" &
     source_pid=$!
     sleep "$delay"
     kill -9 "$server_pid"
@@ -105,12 +105,13 @@ for round in "${ROUNDS[@]}"; do
     # smtp-source sees the connections break, stops, and writes its ack log.
     wait "$source_pid" || true
     source_pid=
-    acked_before=$(wc -l <"$dir/acks" 2>/dev/null || echo 0)
+    touch "$dir/acks"
+    acked_before=$(wc -l <"$dir/acks")
 
     # Recovery: the server must come back on the same spool and take new mail.
     start_server
     if ! "$SOURCE" -s 2 -m 20 -d -l "$size" "${SHAPE[@]}" --timeout 10 --ack-log "$dir/acks" \
-        >"$dir/after.txt" 2>&1; then
+        "127.0.0.1:$PORT" >"$dir/after.txt" 2>&1; then
         echo "   after restart, the server did not take 20 new messages:" >&2
         cat "$dir/after.txt" >&2
         failed=1
