@@ -10,6 +10,13 @@
 //! - `scanner/base64_76/1048576`: 1 MiB of 76-character base64 lines, fed in 64 KiB chunks.
 //! - `scanner/long_lines/65536`: 64 KiB of 998-character text lines (the RFC 5321 §4.5.3.1.6
 //!   maximum), one in 16 dot-stuffed.
+//! - `scanner/mixed/262144`: 256 KiB alternating 16 KiB runs of 76-character and 998-character
+//!   text lines (a text part and an unwrapped HTML part, eight times over), one in 16
+//!   dot-stuffed, fed in 64 KiB chunks: what switching between short-line and long-line searching
+//!   costs when the runs are too short for the long-line search to pay.
+//! - `scanner/lines_<n>/65536` for n = 256, 384, 512, 4000: 64 KiB of `n`-character text lines,
+//!   one in 16 dot-stuffed, around the line length where the scanner changes how it searches
+//!   (4000 is over the RFC 5321 limit, but unwrapped HTML like that is common).
 //!
 //! Run: `cargo bench --bench scanner -- --warm-up-time 1 --measurement-time 3`.
 //! Samples are many and short (flat sampling), so on a busy machine most of them run
@@ -32,6 +39,10 @@ const TYPICAL_LINE: usize = 76;
 const LONG_LINE: usize = 998;
 /// Every how many text lines one starts with a (stuffed) dot.
 const STUFF_EVERY: usize = 16;
+/// Line lengths of the `lines_<n>` inputs.
+const SWEEP: [usize; 4] = [256, 384, 512, 4000];
+/// Bytes of one run of equal-length lines in the `mixed` input.
+const MIXED_RUN: usize = 16 * 1024;
 /// Size of one read handed to the scanner.
 const CHUNK: usize = 64 * 1024;
 /// The DATA terminator that closes every bench input (its CRLF is the last body line's).
@@ -44,12 +55,13 @@ struct Input {
     lines: usize,
 }
 
-/// Lines of `line_len` characters drawn by `fill`, then the terminator, `total` bytes in all (the
-/// last two lines are shortened to land exactly on `total`). When `stuff` is set, one line in
-/// [`STUFF_EVERY`] begins with `.`, so it goes on the wire dot-stuffed as `..`.
+/// Lines drawn by `fill`, then the terminator, `total` bytes in all (the last two lines are
+/// shortened to land exactly on `total`). `line_len` gives each line's length from the bytes
+/// written so far. When `stuff` is set, one line in [`STUFF_EVERY`] begins with `.`, so it goes
+/// on the wire dot-stuffed as `..`.
 fn build(
     total: usize,
-    line_len: usize,
+    line_len: impl Fn(usize) -> usize,
     stuff: bool,
     mut fill: impl FnMut(&mut Vec<u8>, usize),
 ) -> Input {
@@ -57,7 +69,11 @@ fn build(
     let mut body_len = 0;
     let mut lines = 0;
     let room = total - TERMINATOR.len();
-    while room - wire.len() > 2 * line_len + 4 {
+    loop {
+        let line_len = line_len(wire.len());
+        if room - wire.len() <= 2 * line_len + 4 {
+            break;
+        }
         if stuff && lines % STUFF_EVERY == 7 {
             wire.extend_from_slice(b"..");
             fill(&mut wire, line_len - 1);
@@ -96,7 +112,7 @@ impl Rng {
     }
 }
 
-fn typical(total: usize, line_len: usize) -> Input {
+fn typical(total: usize, line_len: impl Fn(usize) -> usize) -> Input {
     const WORDS: &[&str] = &[
         "the", "message", "of", "mail", "server", "and", "a", "delivery", "to", "queue", "is",
         "spool", "with", "Regards,", "receipt", "for", "order", "1234", "Thanks.", "e.g.",
@@ -116,9 +132,14 @@ fn typical(total: usize, line_len: usize) -> Input {
 fn base64(total: usize) -> Input {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    build(total, TYPICAL_LINE, false, move |out, n| {
-        out.extend((0..n).map(|_| ALPHABET[(rng.next() % 64) as usize]));
-    })
+    build(
+        total,
+        |_| TYPICAL_LINE,
+        false,
+        move |out, n| {
+            out.extend((0..n).map(|_| ALPHABET[(rng.next() % 64) as usize]));
+        },
+    )
 }
 
 /// Feeds `input` to a fresh scanner in `CHUNK`-sized reads and returns the body length.
@@ -151,16 +172,31 @@ fn run_reference(input: &[u8]) -> (usize, usize) {
 }
 
 fn benches(c: &mut Criterion) {
-    let typical_76 = typical(65536, TYPICAL_LINE);
+    let typical_76 = typical(65536, |_| TYPICAL_LINE);
     let base64_76 = base64(1 << 20);
-    let long_lines = typical(65536, LONG_LINE);
+    let long_lines = typical(65536, |_| LONG_LINE);
+    let mixed = typical(256 * 1024, |at| {
+        if (at / MIXED_RUN) % 2 == 0 {
+            TYPICAL_LINE
+        } else {
+            LONG_LINE
+        }
+    });
+
+    let sweep: Vec<(String, Input)> = SWEEP
+        .iter()
+        .map(|&len| (format!("lines_{len}"), typical(65536, move |_| len)))
+        .collect();
 
     let mut group = c.benchmark_group("scanner");
-    for (name, input) in [
+    let named = [
         ("typical_76", &typical_76),
         ("base64_76", &base64_76),
         ("long_lines", &long_lines),
-    ] {
+        ("mixed", &mixed),
+    ];
+    let swept = sweep.iter().map(|(name, input)| (name.as_str(), input));
+    for (name, input) in named.into_iter().chain(swept) {
         group.sampling_mode(SamplingMode::Flat);
         group.throughput(Throughput::Bytes(input.wire.len() as u64));
         group.bench_with_input(

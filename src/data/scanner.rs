@@ -12,19 +12,55 @@
 //! - `a` is CR but `b` is not LF, or `b` is LF but `a` is not CR (a bare line ending), or
 //! - `a` is LF and `b` is `.` (a line that may start with a dot: stuffing or the terminator).
 //!
-//! A body with no interesting pair has nothing to unstuff, flag or stop at. The scanner tests
-//! [`BLOCK`] pairs at a time with a branch-free loop that the compiler turns into SIMD compares (no
-//! `unsafe`, plain SSE2 on x86-64), skips every block without an interesting pair, and runs the
-//! exact byte-by-byte state machine only on the byte of an interesting pair and the one or two
-//! bytes after it. Body segments are slices of the input; the only bytes ever held back across
-//! calls are a line-start `.` and a `.<CR>` (which may still become the terminator).
+//! A body with no interesting pair has nothing to unstuff, flag or stop at. The fast path finds
+//! the next interesting pair, and the exact byte-by-byte state machine runs only on the byte of an
+//! interesting pair and the one or two bytes after it. Body segments are slices of the input; the
+//! only bytes ever held back across calls are a line-start `.` and a `.<CR>` (which may still
+//! become the terminator).
 //!
-//! Why blocks and not `memchr`: a scanner must also see every bare CR, so a `memchr` design has
-//! to stop at every CR and LF (`memchr2`), which costs a call per line ending. On 76-character
-//! lines that loop measured about 4.5 GiB/s here (`memchr` on LF alone about 8 GiB/s, and it
-//! misses bare CRs), against about 17 GiB/s for the block test; `memchr2` only wins on lines of
-//! several hundred bytes. `benches/scanner.rs` measures the scanner, a byte-at-a-time baseline
-//! and a `memchr` LF count, the ceiling of any scanner that must look at every line.
+//! # Two searches, chosen by line length
+//! - **Blocks** ([`first_interesting`]): [`BLOCK`] pairs at a time, with a branch-free loop that
+//!   the compiler turns into SIMD compares (no `unsafe`, plain SSE2 on x86-64), skipping every
+//!   block without an interesting pair. It costs the same per byte whatever the line length.
+//! - **Lines** (`memchr::memchr2(b'\r', b'\n', ..)`, which picks AVX2 at run time): every
+//!   interesting pair holds a CR or an LF, so it jumps from one line ending to the next and tests
+//!   only the pairs around each. One call per line (about 15 ns here) plus a per-byte cost well
+//!   below the blocks'.
+//!
+//! Neither wins everywhere (GiB/s, 64 KiB inputs of CRLF text lines, one in 16 dot-stuffed,
+//! median of 3 runs of `cargo bench --bench scanner -- --warm-up-time 1 --measurement-time 3` on
+//! a shared 2-core AMD EPYC VM; built with `RUSTFLAGS="-C llvm-args=-align-loops=64"` so that the
+//! block loop sits at the same code alignment in every build, see below; "only" pins one search
+//! by editing [`PROBE_EVERY`]/[`FIRST_PROBE`] or [`LINES_FROM`]):
+//!
+//! | line length (bench id)         | blocks only | lines only | this scanner |
+//! |--------------------------------|-------------|------------|--------------|
+//! | 76 (`typical_76`)              | BO76        | LO76       | AD76         |
+//! | 256 (`lines_256`)              | BO256       | LO256      | AD256        |
+//! | 384 (`lines_384`)              | BO384       | LO384      | AD384        |
+//! | 512 (`lines_512`)              | BO512       | LO512      | AD512        |
+//! | 998 (`long_lines`)             | BO998       | LO998      | AD998        |
+//! | 4000 (`lines_4000`)            | BO4000      | LO4000     | AD4000       |
+//!
+//! The crossover is near 400 bytes. [`Search`] therefore keeps a mode: in lines mode it sees every
+//! line end and keeps a moving average of the last few line lengths, going back to blocks when it
+//! drops below [`LINES_FROM`] (512, on the safe side of the crossover: short-line mail, by far the
+//! most common, must not pay for lines). In blocks mode it cannot see line ends, so it *probes*:
+//! after [`FIRST_PROBE`] bytes of a body (past most header sections) and then every
+//! [`PROBE_EVERY`] bytes it switches to lines, which on short lines falls back after two
+//! `memchr2` calls. That is all the adaptivity costs: a few words of state, and about 2-3% on
+//! 76-character lines (one or two probes per 64 KiB; `typical_76` AD76 against BO76 above). The
+//! 64 KiB `long_lines` input switches at 8 KiB, so it shows a little less than the lines-only
+//! figure; `mixed` (16 KiB runs, shorter than the probe interval) shows the cost of probing where
+//! it does not pay.
+//!
+//! Code alignment: the same block loop measures about 8% slower on `typical_76` when the linker
+//! happens to put its head on a 64-byte boundary than 16 bytes off it, and where it lands moves
+//! with unrelated code anywhere in the binary. Compare builds at equal alignment (the `RUSTFLAGS`
+//! above) before reading a few percent into a change.
+//!
+//! `scan` works on a copy of the [`Search`]: reached through `self`, it made the compiler reload
+//! the state machine's state from memory after every search call (about 10% on `typical_76`).
 //!
 //! It does not parse headers, count the size limit or know about SMTP replies; the session does.
 
@@ -47,6 +83,7 @@ pub struct DataScanner {
     state: State,
     bare_cr: bool,
     bare_lf: bool,
+    search: Search,
 }
 
 impl Default for DataScanner {
@@ -63,6 +100,7 @@ impl DataScanner {
             state: State::LineStart,
             bare_cr: false,
             bare_lf: false,
+            search: Search::new(LINES_FROM, FIRST_PROBE, PROBE_EVERY),
         }
     }
 
@@ -80,12 +118,15 @@ impl DataScanner {
     pub fn scan<F: FnMut(&[u8])>(&mut self, input: &[u8], mut emit: F) -> Scan {
         let mut seg_start = 0;
         let mut i = 0;
+        // A copy, written back on return: were the search reached through `self`, the compiler
+        // would have to reload `self.state` from memory after every search call.
+        let mut search = self.search;
         while i < input.len() {
             // Fast path: every pair before the first interesting one is plain body, and the
             // state after it follows from the last byte skipped. Pairs are only looked at inside
             // `input`, so the first byte of a call always goes through the state machine.
             if i > 0 && self.state.is_plain() {
-                let next = first_interesting(input, i);
+                let next = search.next_interesting(input, i);
                 if next > i {
                     self.state = State::after_plain(input[next - 1]);
                     i = next;
@@ -121,6 +162,7 @@ impl DataScanner {
                 State::Dot => self.line_byte(byte),
                 State::DotCr if byte == b'\n' => {
                     self.state = State::LineStart;
+                    self.search = search;
                     return Scan {
                         consumed: i + 1,
                         complete: true,
@@ -140,6 +182,7 @@ impl DataScanner {
         if seg_start < input.len() {
             emit(&input[seg_start..]);
         }
+        self.search = search;
         Scan {
             consumed: input.len(),
             complete: false,
@@ -205,6 +248,163 @@ impl State {
         }
     }
 }
+
+/// Which way [`Search`] looks for the next interesting pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// [`first_interesting`]: every pair, [`BLOCK`] at a time. Best for short lines.
+    Blocks,
+    /// [`memchr::memchr2`] from one CR or LF to the next, then the pairs around it. Best for
+    /// long lines.
+    Lines,
+}
+
+/// The fast path's search for the next interesting pair, and the mode it is in. It measures
+/// line lengths while in [`Mode::Lines`] (one `memchr2` hit per clean line) and leaves that mode
+/// when their moving average drops below `lines_from`; in [`Mode::Blocks`] it cannot see line
+/// ends, so after skipping `probe_every` bytes it tries [`Mode::Lines`] again.
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    mode: Mode,
+    /// Moving average of recent line lengths (CRLF excluded), in bytes; only used in
+    /// [`Mode::Lines`].
+    avg: u32,
+    /// Bytes the block search may still skip before it tries [`Mode::Lines`] again.
+    budget: usize,
+    /// [`LINES_FROM`], or another threshold in tests.
+    lines_from: u32,
+    /// [`PROBE_EVERY`], or another interval in tests.
+    probe_every: usize,
+}
+
+/// What one stretch of search in one mode found.
+enum Step {
+    /// The first interesting pair, or the input's length if there is none.
+    Found(usize),
+    /// The search changed mode at this pair index, having found no interesting pair before it.
+    Switched(usize),
+}
+
+impl Search {
+    /// A search that starts with blocks, tries lines after `first_probe` bytes, and then every
+    /// `probe_every` bytes of blocks; it stays with lines while they are `lines_from` bytes long
+    /// or more on average.
+    fn new(lines_from: u32, first_probe: usize, probe_every: usize) -> Self {
+        Self {
+            mode: Mode::Blocks,
+            avg: lines_from,
+            budget: first_probe,
+            lines_from,
+            probe_every,
+        }
+    }
+
+    /// The index `j >= from` of the first interesting pair `(input[j - 1], input[j])`, or
+    /// `input.len()` if there is none (the contract of [`first_interesting`]). `from` must be
+    /// at least 1.
+    #[inline(always)]
+    fn next_interesting(&mut self, input: &[u8], from: usize) -> usize {
+        // The common case, short lines, goes straight to the block search.
+        let from = match self.mode {
+            Mode::Blocks => match self.by_blocks(input, from) {
+                Step::Found(k) => return k,
+                Step::Switched(at) => at,
+            },
+            Mode::Lines => from,
+        };
+        self.switching(input, from)
+    }
+
+    /// [`Search::next_interesting`] from [`Mode::Lines`], while the mode may change.
+    #[inline(never)]
+    fn switching(&mut self, input: &[u8], from: usize) -> usize {
+        let mut j = from;
+        loop {
+            j = match self.by_lines(input, j) {
+                Step::Found(k) => return k,
+                Step::Switched(at) => match self.by_blocks(input, at) {
+                    Step::Found(k) => return k,
+                    Step::Switched(at) => at,
+                },
+            };
+        }
+    }
+
+    /// Looks for the first interesting pair at or after `from` with [`first_interesting`], at
+    /// most `budget` bytes far. When the budget runs out first, switches to [`Mode::Lines`] (a
+    /// probe, which starts in the middle of a line).
+    #[inline(always)]
+    fn by_blocks(&mut self, input: &[u8], from: usize) -> Step {
+        let stop = input.len().min(from.saturating_add(self.budget));
+        let k = first_interesting(&input[..stop], from);
+        self.budget -= k - from;
+        if k < stop || stop == input.len() {
+            return Step::Found(k);
+        }
+        self.mode = Mode::Lines;
+        self.avg = self.lines_from;
+        Step::Switched(stop)
+    }
+
+    /// Looks for the first interesting pair at or after `from` with `memchr2`, one CR or LF at a
+    /// time, counting line lengths as it goes. Every interesting pair holds a CR or an LF, so
+    /// the pairs between two hits need no test; a clean CRLF costs one call.
+    fn by_lines(&mut self, input: &[u8], from: usize) -> Step {
+        let mut j = from;
+        let mut counted = false;
+        loop {
+            // A CR or LF at `j - 1` takes part in pair `j`, so the search starts there.
+            let Some(off) = memchr::memchr2(b'\r', b'\n', &input[j - 1..]) else {
+                return Step::Found(input.len());
+            };
+            let p = j - 1 + off;
+            // Pairs before `p` hold neither byte; `p`, `p + 1` and `p + 2` see this CR or LF
+            // and what follows it (for a CRLF: the pair before the CR, the CRLF, the LF and
+            // the next line's first byte).
+            for k in p.max(j)..input.len().min(p + 3) {
+                if interesting(input[k - 1], input[k]) {
+                    return Step::Found(k);
+                }
+            }
+            j = p + 3;
+            if j >= input.len() {
+                return Step::Found(input.len());
+            }
+            // The first hit ends a line whose start this call did not see (a read boundary,
+            // a probe, a bare line ending): its length is not known. Later hits end whole
+            // lines, as the search went on right after a clean CRLF.
+            if counted {
+                // An exponential moving average over about the last four lines.
+                let len = u32::try_from(off).unwrap_or(u32::MAX).min(MAX_COUNTED);
+                self.avg = self.avg.saturating_mul(3).saturating_add(len) / 4;
+                if self.avg < self.lines_from {
+                    self.mode = Mode::Blocks;
+                    self.budget = self.probe_every;
+                    return Step::Switched(j);
+                }
+            }
+            counted = true;
+        }
+    }
+}
+
+/// The average line length (CRLF excluded) from which [`Mode::Lines`] is used: where one
+/// `memchr2` call per line beats [`BLOCK`]-pair tests (see the module doc for the figures).
+const LINES_FROM: u32 = 512;
+
+/// Bytes of a body the block search skips before it first tries [`Mode::Lines`]: past the
+/// header section of most mail (a few KiB of short lines), so that a long-line body is found
+/// early and a message smaller than this never pays for a probe.
+const FIRST_PROBE: usize = 8 * 1024;
+
+/// Bytes the block search skips before it tries [`Mode::Lines`] again. A probe on short lines
+/// costs two `memchr2` calls and a trip through cold code (about 1-2% of this interval's
+/// block-search time); long lines that start after the first probe are found at most this far
+/// (plus a line or two) into them.
+const PROBE_EVERY: usize = 64 * 1024;
+
+/// Line lengths are counted up to this many bytes, which keeps the moving average in range.
+const MAX_COUNTED: u32 = 1 << 16;
 
 /// Pairs tested at once by the fast path. 64 bytes is four SSE2 vectors: large enough to pay for
 /// the final test of the accumulated compare results, small enough that the blocks holding an
@@ -304,10 +504,47 @@ mod tests {
     use crate::data::naive::{self, Naive};
     use proptest::prelude::*;
 
-    /// Feeds `chunks` in order until the scanner says complete, checking the per-call rules,
-    /// and returns what came out in the oracle's shape.
+    /// A scanner whose search uses these settings instead of [`LINES_FROM`], [`FIRST_PROBE`]
+    /// and [`PROBE_EVERY`] (the first probe comes after `probe_every` bytes too).
+    fn tuned(lines_from: u32, probe_every: usize) -> DataScanner {
+        DataScanner {
+            search: Search::new(lines_from, probe_every, probe_every),
+            ..DataScanner::new()
+        }
+    }
+
+    /// A scanner that never leaves [`Mode::Blocks`] (its budget is never spent).
+    fn blocks_only() -> DataScanner {
+        tuned(LINES_FROM, usize::MAX)
+    }
+
+    /// The scanners every test runs: the default, one pinned to [`Mode::Blocks`] (it never
+    /// probes), one pinned to [`Mode::Lines`] (it probes at once and no average is below 0), and
+    /// two that switch modes every few bytes or lines.
+    fn scanners() -> [(&'static str, DataScanner); 5] {
+        [
+            ("default", DataScanner::new()),
+            ("blocks", blocks_only()),
+            ("lines", tuned(0, 0)),
+            ("switch 4/1", tuned(4, 1)),
+            ("switch 24/7", tuned(24, 7)),
+        ]
+    }
+
+    /// Feeds `chunks` to every scanner of [`scanners`], checks that they all agree, and returns
+    /// what came out in the oracle's shape.
     fn run(chunks: &[&[u8]]) -> Naive {
-        let mut scanner = DataScanner::new();
+        let [(_, first), rest @ ..] = scanners();
+        let want = run_in(first, chunks);
+        for (name, scanner) in rest {
+            assert_eq!(run_in(scanner, chunks), want, "{name} scanner vs default");
+        }
+        want
+    }
+
+    /// Feeds `chunks` in order to `scanner` until it says complete, checking the per-call rules,
+    /// and returns what came out in the oracle's shape.
+    fn run_in(mut scanner: DataScanner, chunks: &[&[u8]]) -> Naive {
         let mut out = Naive {
             body: Vec::new(),
             bare_cr: false,
@@ -887,6 +1124,209 @@ mod tests {
         assert!(!block_has_interesting(&[b'a'; BLOCK + 1]));
     }
 
+    #[test]
+    fn every_search_mode_finds_every_position() {
+        // Lines of 36 bytes and empty lines, one byte made interesting at every position; each
+        // search is reused across calls so it is met in every state it gets into.
+        let clean: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz0123456789\r\n\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(300)
+            .collect();
+        for (name, scanner) in scanners() {
+            let mut search = scanner.search;
+            assert_eq!(search.next_interesting(&clean, 1), clean.len(), "{name}");
+            for at in 1..clean.len() {
+                for bad in [b'\n', b'.', b'\r'] {
+                    let mut input = clean.clone();
+                    input[at] = bad;
+                    for from in [
+                        1,
+                        at.saturating_sub(BLOCK).max(1),
+                        at.saturating_sub(2).max(1),
+                        at,
+                    ] {
+                        let want = (from..input.len())
+                            .find(|&j| interesting(input[j - 1], input[j]))
+                            .unwrap_or(input.len());
+                        assert_eq!(
+                            search.next_interesting(&input, from),
+                            want,
+                            "{name}: {bad:?} at {at} from {from}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `count` lines of `len` bytes each with CRLF, one in 16 starting with a stuffed dot.
+    fn text_lines(count: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in 0..count {
+            let start = out.len();
+            if n % 16 == 7 {
+                out.extend_from_slice(b"..");
+            }
+            out.resize(start + len, b'w');
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn default_modes_follow_the_line_length() {
+        // Short lines, long lines, short, long: 4 KiB reads, the mode looked at after each.
+        let sections = [
+            (text_lines(540, 76), Mode::Blocks),
+            (text_lines(100, 998), Mode::Lines),
+            (text_lines(540, 76), Mode::Blocks),
+            (text_lines(100, 998), Mode::Lines),
+        ];
+        let mut input = Vec::new();
+        let mut bounds = Vec::new();
+        for (lines, _) in &sections {
+            input.extend_from_slice(lines);
+            bounds.push(input.len());
+        }
+        input.extend_from_slice(b".\r\nQUIT\r\n");
+
+        let mut scanner = DataScanner::new();
+        let mut body = Vec::new();
+        let mut offset = 0;
+        let mut modes = Vec::new();
+        for chunk in input.chunks(4096) {
+            let scan = scanner.scan(chunk, |s| body.extend_from_slice(s));
+            offset += scan.consumed;
+            modes.push((offset, scanner.search.mode));
+            if scan.complete {
+                break;
+            }
+        }
+        let want = naive::scan(&input);
+        assert_eq!(body, want.body);
+        assert_eq!(Some(offset), want.end);
+        assert_eq!(offset, input.len() - 6);
+
+        // Short lines never leave blocks for long (the probes at FIRST_PROBE and after fail).
+        assert!(modes
+            .iter()
+            .take_while(|(at, _)| *at < bounds[0])
+            .all(|(_, mode)| *mode == Mode::Blocks));
+        let mut start = 0;
+        for ((lines, mode), end) in sections.iter().zip(&bounds) {
+            // Lines mode begins at most a probe interval (plus a line or two) into a long-line
+            // section; blocks come back within a few short lines (a 4 KiB read or two).
+            let lag = match mode {
+                Mode::Lines => PROBE_EVERY + 2 * 1000 + 4096,
+                Mode::Blocks => 2 * 4096,
+            };
+            assert!(lines.len() > lag);
+            let settled: Vec<_> = modes
+                .iter()
+                .filter(|(at, _)| start + lag <= *at && at < end)
+                .collect();
+            assert!(!settled.is_empty());
+            assert!(
+                settled.iter().all(|(_, m)| m == mode),
+                "section ending at {end}: {settled:?}"
+            );
+            start = *end;
+        }
+    }
+
+    #[test]
+    fn long_line_body_switches_at_the_first_probe() {
+        let input = text_lines(30, 998);
+        let mut scanner = DataScanner::new();
+        // A message smaller than FIRST_PROBE never leaves blocks.
+        scanner.scan(&input[..FIRST_PROBE - 1], |_| {});
+        assert_eq!(scanner.search.mode, Mode::Blocks);
+        assert!(scanner.search.budget > 0);
+        scanner.scan(&input[FIRST_PROBE - 1..], |_| {});
+        assert_eq!(scanner.search.mode, Mode::Lines);
+        assert!(scanner.search.avg >= LINES_FROM);
+    }
+
+    /// Long lines, short lines, long, empty, long, short (no terminator).
+    fn long_short_long() -> Vec<u8> {
+        let mut input = Vec::new();
+        for (count, len) in [(3, 30), (5, 3), (3, 30), (4, 0), (3, 30), (4, 3)] {
+            for _ in 0..count {
+                input.resize(input.len() + len, b'v');
+                input.extend_from_slice(b"\r\n");
+            }
+        }
+        input
+    }
+
+    /// The mode a scanner with these settings is in after each prefix of `input` (index `n`
+    /// holds the mode after `input[..n]`).
+    fn modes_after_prefixes(input: &[u8], lines_from: u32, probe_every: usize) -> Vec<Mode> {
+        (0..=input.len())
+            .map(|n| {
+                let mut scanner = tuned(lines_from, probe_every);
+                scanner.scan(&input[..n], |_| {});
+                scanner.search.mode
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tricky_bytes_at_every_mode_switch() {
+        let base = long_short_long();
+        let tricks: [&[u8]; 7] = [
+            b"\r\n.\r\n",
+            b"\r\n..x\r\n",
+            b"\r\n.\r",
+            b"\r\n.",
+            b"\rQ",
+            b"\nQ",
+            b"\r\n.\n",
+        ];
+        for (lines_from, probe_every) in [(16, 12), (24, 30), (8, 5)] {
+            let modes = modes_after_prefixes(&base, lines_from, probe_every);
+            let switches: Vec<usize> = (1..modes.len())
+                .filter(|&n| modes[n] != modes[n - 1])
+                .collect();
+            // The settings are chosen so that `base` switches each way at least twice: probes
+            // in long lines switch to lines, short or empty lines back to blocks.
+            let to_lines = switches
+                .iter()
+                .filter(|&&n| modes[n] == Mode::Lines)
+                .count();
+            assert!(to_lines >= 2, "{lines_from}/{probe_every}: {switches:?}");
+            let to_blocks = switches.len() - to_lines;
+            assert!(to_blocks >= 2, "{lines_from}/{probe_every}: {switches:?}");
+            for &n in &switches {
+                for at in n.saturating_sub(2)..(n + 2).min(base.len()) {
+                    for trick in tricks {
+                        let mut seed = base[..at].to_vec();
+                        seed.extend_from_slice(trick);
+                        seed.extend_from_slice(&base[at..]);
+                        seed.extend_from_slice(b"\r\n.\r\nNOOP");
+                        let want = naive::scan(&seed);
+                        assert!(want.end.is_some());
+                        assert_eq!(run(&[&seed]), want);
+                        for split in 0..=seed.len() {
+                            let got = run_in(
+                                tuned(lines_from, probe_every),
+                                &[&seed[..split], &seed[split..]],
+                            );
+                            assert_eq!(
+                                got,
+                                want,
+                                "{lines_from}/{probe_every} switch {n} at {at} split {split} {:?}",
+                                seed.escape_ascii().to_string()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes biased towards the ones that matter to the scanner.
     fn interesting_byte() -> impl Strategy<Value = u8> {
         prop_oneof![
@@ -932,6 +1372,21 @@ mod tests {
             prop_assert_eq!(block_has_interesting(window), pairs.contains(&true));
             let want = (skip..BLOCK).find(|&k| pairs[k]).unwrap_or(BLOCK);
             prop_assert_eq!(first_in_block(window, skip), want);
+        }
+
+        #[test]
+        fn random_search_settings_match_the_oracle(
+            lines in prop::collection::vec(line(), 0..60),
+            lines_from in 0u32..400,
+            probe_every in 0usize..400,
+            sizes in prop::collection::vec(1usize..300, 1..6),
+        ) {
+            let input = lines.concat();
+            let want = naive::scan(&input);
+            let whole = run_in(tuned(lines_from, probe_every), &[&input]);
+            prop_assert_eq!(whole, want.clone());
+            let chunks = chunked(&input, &sizes);
+            prop_assert_eq!(run_in(tuned(lines_from, probe_every), &chunks), want);
         }
 
         #[test]
