@@ -506,13 +506,16 @@ pub fn default_reactors() -> usize {
     crate::server::allowed_cpus().len().max(1)
 }
 
-/// The system's host name (`/proc/sys/kernel/hostname`), or `localhost`.
+/// The system's host name (`gethostname`, which needs no /proc), or `localhost`.
 fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_ascii_lowercase())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its full length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_ascii_lowercase(),
+        _ => "localhost".to_string(),
+    }
 }
 
 /// A DNS name in the RFC 1123 sense: dot-separated labels of letters, digits and inner hyphens.
