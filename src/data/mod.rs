@@ -6,6 +6,8 @@
 //! replies; [`crate::smtp`] drives it.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod naive;
 mod scanner;
 
 pub use scanner::{DataScanner, Scan};

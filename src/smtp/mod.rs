@@ -2,12 +2,76 @@
 //!
 //! Sans-IO: the driver hands it bytes and `now`; it returns how many bytes it consumed, appends
 //! replies to an output buffer and hands body segments and end-of-message events to a
-//! [`BodySink`]. It never touches sockets, files, clocks, runtimes or threads.
+//! [`BodySink`]. It never touches sockets, files, clocks, runtimes or threads, so every
+//! transcript and every byte split can be tested without a server.
+//!
+//! It does **not** make messages durable (the driver does, then calls
+//! [`Session::handle_commit`]), does not time anything itself (it says when via
+//! [`Session::next_deadline`]), does not offer STARTTLS, AUTH or CHUNKING, and does not relay:
+//! recipients are accepted only for [`SessionConfig::local_domains`].
+//!
+//! # Layout
+//! - [`session`](Session): the state machine and the driver contract.
+//! - `command`: one command line → a `Command` or a `CommandError` (which maps to a reply).
+//! - `envelope`: reverse-/forward-path and parameter syntax, the relay check.
+//! - `reply`: reply texts with enhanced status codes (RFC 3463) and their encoding.
+//!
+//! # Flow
+//!
+//! ```text
+//!   new() + greeting() ──► 220
+//!          │
+//!          ▼
+//!   ┌─► Phase::Command ◄──────────────────────────────────────────────┐
+//!   │      │ handle_input: every complete line, in order (RFC 2920)   │
+//!   │      │   EHLO/HELO/MAIL/RCPT/RSET/NOOP/VRFY/HELP → reply        │
+//!   │      │   over-long line → discarded as it arrives, 500 5.5.6    │
+//!   │      │   QUIT → 221, Err(Closed::Quit)                          │
+//!   │      │   N errors → 421 4.7.0, Err(Closed::TooManyErrors)       │
+//!   │      │ DATA (MAIL + RCPT given) → 354, sink.begin(envelope)     │
+//!   │      ▼                                                          │
+//!   │   Phase::Data: bytes → DataScanner → sink.segment(unstuffed)    │
+//!   │      │ <CRLF>.<CRLF>                                            │
+//!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.11 ───────────┤
+//!   │      ├── over the size limit → sink.end(Err), 552 5.3.4 ────────┘
+//!   │      └── fine → sink.end(Ok); handle_input returns here
+//!   │      ▼
+//!   │   Phase::AwaitingCommit (no 250 yet: the driver makes it durable)
+//!   │      │ handle_commit(Ok(id)) → 250 2.0.0 Ok queued as <id>
+//!   │      │ handle_commit(Err(_)) → 452 4.3.1 / 451 4.3.0
+//!   └──────┘ then the driver calls handle_input with the bytes it still holds
+//!
+//!   any phase: handle_timeout → 421 4.4.2, handle_shutdown → 421 4.3.2 ──► Phase::Closed
+//! ```
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod command;
+mod envelope;
+mod reply;
+mod session;
+
+pub use session::Session;
+
+use std::time::Duration;
+
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4). A longer line gets 500 5.5.6 and
+/// is discarded as it arrives, never buffered.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Longest local part of a mailbox (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_PART: usize = 64;
+/// Longest domain (RFC 5321 §4.5.3.1.2).
+pub const MAX_DOMAIN: usize = 255;
+/// Longest reverse- or forward-path, angle brackets included (RFC 5321 §4.5.3.1.3).
+pub const MAX_PATH: usize = 256;
+/// Default recipients per transaction: the minimum RFC 5321 §4.5.3.1.8 requires servers to take.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Default largest message body, in bytes after dot-unstuffing (50 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+/// Default number of error replies before 421 4.7.0 and close.
+pub const DEFAULT_MAX_ERRORS: u32 = 10;
+/// Default time a client gets for one command line or between two reads of a body: the five
+/// minutes of RFC 5321 §4.5.3.2.7 (server timeout while waiting for the next command).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything the session needs to know about the server's policy. Built once, shared.
 #[derive(Debug, Clone)]
@@ -20,10 +84,34 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     /// Recipients per transaction; more get 452 4.5.3.
     pub max_recipients: usize,
-    /// Errors before 421 4.7.0 and close.
+    /// Error replies before 421 4.7.0 and close: the Nth error reply is followed by the 421.
+    /// 0 turns the cap off.
     pub max_errors: u32,
     /// How long a client may take for one command line, or stay silent in DATA.
     pub idle_timeout: Duration,
+}
+
+impl SessionConfig {
+    /// A configuration with the default limits ([`DEFAULT_MAX_MESSAGE_SIZE`],
+    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn new(hostname: impl Into<String>, local_domains: Vec<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            local_domains,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_errors: DEFAULT_MAX_ERRORS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+
+    /// Whether `domain` is one of ours: ASCII case-insensitive, exact (no suffix, subdomain or
+    /// trailing-dot matching).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
 }
 
 /// Why a session ended. After an `Err(Closed)` the driver writes what is in `out`, then closes.
@@ -53,13 +141,13 @@ pub enum Phase {
 }
 
 /// The envelope of the current transaction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
     /// The HELO/EHLO argument.
     pub helo: String,
     /// Whether the client greeted with EHLO.
     pub esmtp: bool,
-    /// MAIL FROM reverse-path without angle brackets (empty for `<>`).
+    /// MAIL FROM reverse-path without angle brackets or source route (empty for `<>`).
     pub mail_from: String,
     /// SIZE= declared by the client, if any.
     pub declared_size: Option<u64>,
@@ -67,7 +155,8 @@ pub struct Envelope {
     pub body_8bitmime: bool,
     /// SMTPUTF8 was given.
     pub smtputf8: bool,
-    /// Accepted forward-paths, without angle brackets.
+    /// Accepted forward-paths, without angle brackets, as the client wrote them
+    /// (`Postmaster` for the domain-less postmaster address).
     pub rcpts: Vec<String>,
 }
 
@@ -84,7 +173,8 @@ pub enum Rejection {
 pub trait BodySink {
     /// DATA was accepted (354 written): a message starts with this envelope.
     fn begin(&mut self, envelope: &Envelope);
-    /// A piece of the body, dot-stuffing undone, in order.
+    /// A piece of the body, dot-stuffing undone, in order. Once the body is over the size limit
+    /// no more pieces come; `end` then says [`Rejection::TooBig`].
     fn segment(&mut self, bytes: &[u8]);
     /// The terminator was seen. `Ok(())`: the driver must make the message durable and then call
     /// [`Session::handle_commit`]; `Err(r)`: the reply is already written, discard the message.
@@ -98,70 +188,4 @@ pub enum CommitError {
     NoSpace,
     /// Any other I/O error: 451 4.3.0.
     Io,
-}
-
-/// One SMTP session's state machine.
-#[derive(Debug)]
-pub struct Session {
-    config: Arc<SessionConfig>,
-    client: IpAddr,
-}
-
-impl Session {
-    /// A new session for a client that just connected.
-    pub fn new(config: Arc<SessionConfig>, client: IpAddr, now: Instant) -> Self {
-        let _ = now;
-        Self { config, client }
-    }
-
-    /// Appends the 220 greeting.
-    pub fn greeting(&mut self, out: &mut Vec<u8>) {
-        let _ = (out, &self.config, self.client);
-        todo!()
-    }
-
-    /// Handles the input; see the module docs for the consumed-bytes rule.
-    pub fn handle_input(
-        &mut self,
-        now: Instant,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        sink: &mut impl BodySink,
-    ) -> Result<usize, Closed> {
-        let _ = (now, input, out, sink);
-        todo!()
-    }
-
-    /// The driver's answer to [`BodySink::end`] with `Ok`: the message id, or why it failed.
-    pub fn handle_commit(
-        &mut self,
-        now: Instant,
-        result: Result<&str, CommitError>,
-        out: &mut Vec<u8>,
-    ) {
-        let _ = (now, result, out);
-        todo!()
-    }
-
-    /// The deadline passed: appends 421 4.4.2.
-    pub fn handle_timeout(&mut self, out: &mut Vec<u8>) -> Closed {
-        let _ = out;
-        todo!()
-    }
-
-    /// The server is going down: appends 421 4.3.2.
-    pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) -> Closed {
-        let _ = out;
-        todo!()
-    }
-
-    /// What the session waits for.
-    pub fn phase(&self) -> Phase {
-        todo!()
-    }
-
-    /// When the driver must call [`Session::handle_timeout`] if no input arrives first.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        todo!()
-    }
 }

@@ -1,0 +1,237 @@
+//! SMTP replies: the fixed texts the session sends and how they go on the wire.
+//!
+//! Every 2xx, 4xx and 5xx reply carries an enhanced status code (RFC 3463, RFC 2034), except
+//! where RFC 2034 §3 says it must not: the 220 greeting and the positive replies to HELO and
+//! EHLO (their lines are the EHLO keywords). 3xx replies (354) have no enhanced code either;
+//! RFC 3463 defines classes 2, 4 and 5 only.
+//!
+//! This module does not decide which reply to send (the session does), and never allocates:
+//! replies are appended to the caller's buffer. Text that comes from outside (the configured
+//! hostname, the driver's queue id) is sanitised so it can never break a reply line.
+
+/// One single-line reply with a fixed text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The three-digit reply code (RFC 5321 §4.2).
+    pub(crate) code: u16,
+    /// The enhanced status code (RFC 3463), e.g. `"5.5.1"`; empty for none.
+    pub(crate) status: &'static str,
+    /// The human-readable text.
+    pub(crate) text: &'static str,
+}
+
+impl Reply {
+    /// A reply line.
+    pub(crate) const fn new(code: u16, status: &'static str, text: &'static str) -> Self {
+        Self { code, status, text }
+    }
+
+    /// Whether this reply tells the client something failed (4xx or 5xx).
+    pub(crate) fn is_error(self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends `code status text CRLF`.
+    pub(crate) fn encode(self, out: &mut Vec<u8>) {
+        self.encode_prefix(out);
+        out.extend_from_slice(self.text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Appends `code status host text CRLF`: the form RFC 5321 §3.8 wants for 421.
+    pub(crate) fn encode_with_host(self, out: &mut Vec<u8>, host: &str) {
+        self.encode_prefix(out);
+        push_sanitized(out, host);
+        out.push(b' ');
+        out.extend_from_slice(self.text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Appends `code status text<arg> CRLF` (e.g. "Ok queued as " + id).
+    pub(crate) fn encode_with_arg(self, out: &mut Vec<u8>, arg: &str) {
+        self.encode_prefix(out);
+        out.extend_from_slice(self.text.as_bytes());
+        push_sanitized(out, arg);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn encode_prefix(self, out: &mut Vec<u8>) {
+        push_code(out, self.code, b' ');
+        if !self.status.is_empty() {
+            out.extend_from_slice(self.status.as_bytes());
+            out.push(b' ');
+        }
+    }
+}
+
+/// Appends a three-digit code and a separator (`' '` for a last line, `'-'` otherwise).
+fn push_code(out: &mut Vec<u8>, code: u16, sep: u8) {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    out.extend_from_slice(&[digit(code / 100), digit(code / 10), digit(code), sep]);
+}
+
+/// Appends `text`, with every control byte (including CR and LF) replaced by `?`, so that text
+/// we did not write ourselves can never end a reply line early or inject one.
+fn push_sanitized(out: &mut Vec<u8>, text: &str) {
+    out.extend(
+        text.bytes()
+            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+    );
+}
+
+/// The 220 greeting (RFC 5321 §4.2; no enhanced code, RFC 2034 §3).
+pub(crate) fn encode_greeting(out: &mut Vec<u8>, host: &str) {
+    out.extend_from_slice(b"220 ");
+    push_sanitized(out, host);
+    out.extend_from_slice(b" ESMTP ringmx\r\n");
+}
+
+/// The positive reply to HELO.
+pub(crate) fn encode_helo(out: &mut Vec<u8>, host: &str) {
+    out.extend_from_slice(b"250 ");
+    push_sanitized(out, host);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The multi-line positive reply to EHLO, listing the extensions we offer.
+pub(crate) fn encode_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64) {
+    out.extend_from_slice(b"250-");
+    push_sanitized(out, host);
+    out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
+    out.extend_from_slice(max_size.to_string().as_bytes());
+    out.extend_from_slice(
+        b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n",
+    );
+}
+
+// ---- the fixed replies, grouped by command --------------------------------------------------
+
+/// 250 to a generic successful command (RSET, NOOP).
+pub(crate) const OK: Reply = Reply::new(250, "2.0.0", "Ok");
+/// 250 to MAIL.
+pub(crate) const MAIL_OK: Reply = Reply::new(250, "2.1.0", "Ok");
+/// 250 to RCPT.
+pub(crate) const RCPT_OK: Reply = Reply::new(250, "2.1.5", "Ok");
+/// 354 to DATA (no enhanced code: 3xx).
+pub(crate) const DATA_GO_AHEAD: Reply =
+    Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+/// 250 after the driver made a message durable; the queue id follows the text.
+pub(crate) const QUEUED: Reply = Reply::new(250, "2.0.0", "Ok queued as ");
+/// 221 to QUIT.
+pub(crate) const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
+/// 252 to VRFY (RFC 5321 §3.5.3: we do not confirm addresses).
+pub(crate) const VRFY_CANNOT: Reply = Reply::new(
+    252,
+    "2.5.0",
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
+/// 214 to HELP.
+pub(crate) const HELP: Reply = Reply::new(
+    214,
+    "2.0.0",
+    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+);
+
+/// 503: MAIL before HELO/EHLO.
+pub(crate) const NEED_HELO: Reply = Reply::new(503, "5.5.1", "Send HELO/EHLO first");
+/// 503: MAIL inside a transaction.
+pub(crate) const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Nested MAIL command");
+/// 503: RCPT or DATA without MAIL.
+pub(crate) const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Need MAIL command");
+/// 503: DATA without an accepted RCPT (RFC 5321 §3.3 allows 503 or 554; we say 503).
+pub(crate) const NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Need RCPT command");
+
+/// 500: a line longer than [`crate::smtp::MAX_COMMAND_LINE`].
+pub(crate) const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.6", "Line too long");
+/// 500: a command line ended by a bare LF, or holding a bare CR.
+pub(crate) const BARE_LINE_ENDING: Reply =
+    Reply::new(500, "5.5.2", "Bare CR or LF in command line");
+
+/// 452: more recipients than [`crate::smtp::SessionConfig::max_recipients`].
+pub(crate) const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
+/// 550: a recipient outside our domains.
+pub(crate) const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+/// 550: a forward-path with a source route (RFC 5321 §3.6.1 allows refusing them).
+pub(crate) const SOURCE_ROUTE_DENIED: Reply =
+    Reply::new(550, "5.7.1", "Source routes are not accepted");
+/// 553: a non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4.1).
+pub(crate) const NEED_SMTPUTF8: Reply =
+    Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+/// 552: SIZE= or the body over the limit.
+pub(crate) const TOO_BIG: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Message size exceeds fixed maximum message size",
+);
+/// 550 after the terminator: the body held a bare CR or LF (SMTP smuggling defence).
+pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
+    550,
+    "5.6.11",
+    "Bare CR or LF in message body, message refused",
+);
+
+/// 452 after DATA: the driver ran out of space.
+pub(crate) const COMMIT_NO_SPACE: Reply =
+    Reply::new(452, "4.3.1", "Insufficient system storage");
+/// 451 after DATA: the driver hit an I/O error.
+pub(crate) const COMMIT_IO: Reply =
+    Reply::new(451, "4.3.0", "Local error in processing, try again later");
+
+/// 421 after too many errors (sent with our hostname).
+pub(crate) const TOO_MANY_ERRORS: Reply =
+    Reply::new(421, "4.7.0", "Too many errors, closing connection");
+/// 421 after a timeout (sent with our hostname).
+pub(crate) const TIMEOUT: Reply =
+    Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
+/// 421 on shutdown (sent with our hostname).
+pub(crate) const SHUTDOWN: Reply =
+    Reply::new(421, "4.3.2", "Service shutting down, closing connection");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn encodes_code_status_text_crlf() {
+        assert_eq!(text(|o| MAIL_OK.encode(o)), "250 2.1.0 Ok\r\n");
+        assert_eq!(
+            text(|o| DATA_GO_AHEAD.encode(o)),
+            "354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
+        assert_eq!(
+            text(|o| TIMEOUT.encode_with_host(o, "mx.test")),
+            "421 4.4.2 mx.test Timeout exceeded, closing connection\r\n"
+        );
+        assert_eq!(
+            text(|o| QUEUED.encode_with_arg(o, "ABC")),
+            "250 2.0.0 Ok queued as ABC\r\n"
+        );
+        assert!(TOO_BIG.is_error() && !OK.is_error() && !DATA_GO_AHEAD.is_error());
+    }
+
+    #[test]
+    fn outside_text_cannot_inject_lines() {
+        assert_eq!(
+            text(|o| QUEUED.encode_with_arg(o, "id\r\n250 fake")),
+            "250 2.0.0 Ok queued as id??250 fake\r\n"
+        );
+        assert_eq!(text(|o| encode_greeting(o, "a\nb")), "220 a?b ESMTP ringmx\r\n");
+    }
+
+    #[test]
+    fn ehlo_lists_every_extension_and_ends_with_a_space_line() {
+        let t = text(|o| encode_ehlo(o, "mx.test", 1000));
+        assert_eq!(
+            t,
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
+        );
+        assert_eq!(text(|o| encode_helo(o, "mx.test")), "250 mx.test\r\n");
+    }
+}

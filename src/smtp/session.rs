@@ -1,0 +1,500 @@
+//! The SMTP session state machine: bytes and `now` in; replies, body segments and
+//! end-of-message events out.
+//!
+//! It does no I/O and reads no clock; see [`Session`] for the contract with the driver.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use memchr::memchr;
+
+use super::command::{self, Command};
+use super::envelope::{AddressError, Body, MailParams, Path};
+use super::reply::{self, Reply};
+use super::{
+    BodySink, Closed, CommitError, Envelope, Phase, Rejection, SessionConfig, MAX_COMMAND_LINE,
+};
+use crate::data::DataScanner;
+
+/// One SMTP session's state machine (RFC 5321 server side, with PIPELINING, SIZE, 8BITMIME,
+/// ENHANCEDSTATUSCODES and SMTPUTF8).
+///
+/// # Call order
+/// 1. [`Session::new`], then [`Session::greeting`]; write `out` to the client.
+/// 2. Whenever bytes arrive: [`Session::handle_input`] with **all** bytes not yet consumed
+///    (what was left over last time, then the new bytes). Write `out` once it returns.
+/// 3. If [`Session::phase`] is [`Phase::AwaitingCommit`] (the sink got
+///    [`BodySink::end`] with `Ok`): make the message durable, then call
+///    [`Session::handle_commit`], write `out`, and call `handle_input` again with the bytes
+///    still held (they may already hold the next commands). No `handle_input` in between.
+/// 4. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
+///    To stop the server: [`Session::handle_shutdown`]. Both return the [`Closed`] reason.
+/// 5. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
+///    message begun with [`BodySink::begin`] but never ended (timeout or shutdown in DATA) must
+///    be discarded by the driver.
+///
+/// # Consumed bytes
+/// `handle_input` returns how many bytes from the start of `input` it consumed. The driver drops
+/// them and keeps the rest, to be passed again (at the front) with the next bytes.
+/// - Every complete command line in `input` is handled, in order, and its reply appended to
+///   `out` (PIPELINING, RFC 2920), so one write answers a whole batch.
+/// - A partial command line at the end is not consumed. It is always shorter than
+///   [`MAX_COMMAND_LINE`](super::MAX_COMMAND_LINE): once a line reaches that length without a
+///   LF it is consumed and discarded as it comes, and answered with 500 5.5.6 at its end, so the
+///   driver never holds more than `MAX_COMMAND_LINE - 1` unconsumed bytes.
+/// - In DATA every byte is consumed (body bytes go to [`BodySink::segment`]) up to and
+///   including the terminator `<CRLF>.<CRLF>`. If the message is fine, `handle_input` returns
+///   right after the terminator without a reply ([`Phase::AwaitingCommit`]); a refused
+///   message (bare CR/LF: 550 5.6.11, too big: 552 5.3.4) is answered at once and the
+///   following commands are handled in the same call.
+/// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
+///
+/// # Lines
+/// A command line ends at LF. Only CRLF is a valid ending: a line ended by a bare LF, or
+/// holding a CR anywhere else, gets 500 5.5.2 and is not run (SMTP smuggling defence).
+///
+/// # Errors and closing
+/// Every 4xx/5xx reply to the client's input counts as an error, except 452 4.5.3 (too many
+/// recipients: the client is expected to send the rest in another transaction) and the
+/// driver's commit failures. The [`SessionConfig::max_errors`]th error is followed by
+/// 421 4.7.0 and `Err(Closed::TooManyErrors)`. Bytes after the command that closed the session
+/// are ignored.
+///
+/// # Timeouts
+/// [`Session::next_deadline`] is [`SessionConfig::idle_timeout`] after the start of the
+/// current command line (when the previous one ended, or the session or the last message
+/// began), so a client that drips a line one byte at a time is still cut off; in DATA it is
+/// `idle_timeout` after the last body bytes arrived. There is none while awaiting a commit.
+///
+/// # Choices a postmaster may want to know
+/// - Paths must be in angle brackets; a source route is dropped from a reverse-path and
+///   refused (550 5.7.1) in a forward-path.
+/// - A non-ASCII address without SMTPUTF8 gets 553 5.6.7 (RFC 6531 §3.7.4.1); bytes that are
+///   not UTF-8 at all get 501 5.5.4.
+/// - DATA without an accepted RCPT gets 503 5.5.1 (RFC 5321 §3.3 allows 503 or 554).
+/// - ESMTP parameters are also accepted after HELO.
+#[derive(Debug)]
+pub struct Session {
+    /// The server's policy, shared by all sessions.
+    config: Arc<SessionConfig>,
+    /// The client's address (for the driver's logs and trace header).
+    client: IpAddr,
+    /// Where the state machine stands.
+    state: State,
+    /// HELO/EHLO and the current transaction.
+    envelope: Envelope,
+    /// HELO or EHLO was accepted.
+    greeted: bool,
+    /// MAIL was accepted and the transaction not yet ended.
+    in_transaction: bool,
+    /// Error replies so far (see the type docs).
+    errors: u32,
+    /// We are inside an over-long command line, dropping bytes up to its LF.
+    discarding: bool,
+    /// Command phase: when the current command line started. Data phase: last body input.
+    last_progress: Instant,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    Data(DataState),
+    AwaitingCommit,
+    Closed(Closed),
+}
+
+/// The body being received.
+#[derive(Debug)]
+struct DataState {
+    /// Finds the terminator, undoes dot-stuffing, notes bare CR/LF.
+    scanner: DataScanner,
+    /// Body bytes so far (after unstuffing), saturating.
+    size: u64,
+    /// Over the size limit: no more segments go to the sink.
+    too_big: bool,
+}
+
+impl Session {
+    /// A new session for a client that just connected; `now` starts the first command timeout.
+    pub fn new(config: Arc<SessionConfig>, client: IpAddr, now: Instant) -> Self {
+        Self {
+            config,
+            client,
+            state: State::Command,
+            envelope: Envelope::default(),
+            greeted: false,
+            in_transaction: false,
+            errors: 0,
+            discarding: false,
+            last_progress: now,
+        }
+    }
+
+    /// Appends the 220 greeting: `220 <hostname> ESMTP ringmx`.
+    pub fn greeting(&mut self, out: &mut Vec<u8>) {
+        reply::encode_greeting(out, &self.config.hostname);
+    }
+
+    /// Handles bytes from the client; see the type docs for the consumed-bytes rule.
+    ///
+    /// # Errors
+    /// `Err(Closed)` when the session is over (QUIT, too many errors, or it was already
+    /// closed); the replies in `out` must still be written.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<usize, Closed> {
+        let mut pos = 0;
+        loop {
+            match self.state {
+                State::Closed(reason) => return Err(reason),
+                State::AwaitingCommit => return Ok(pos),
+                State::Data(ref mut data) => {
+                    if pos == input.len() {
+                        return Ok(pos);
+                    }
+                    self.last_progress = now;
+                    let max = self.config.max_message_size;
+                    let DataState {
+                        scanner,
+                        size,
+                        too_big,
+                    } = data;
+                    let scan = scanner.scan(&input[pos..], |segment| {
+                        if *too_big {
+                            return;
+                        }
+                        *size = size.saturating_add(segment.len() as u64);
+                        if *size > max {
+                            *too_big = true;
+                        } else {
+                            sink.segment(segment);
+                        }
+                    });
+                    pos += scan.consumed;
+                    if !scan.complete {
+                        return Ok(pos);
+                    }
+                    let outcome = if scanner.saw_bare_line_ending() {
+                        Err(Rejection::BareLineEnding)
+                    } else if *too_big {
+                        Err(Rejection::TooBig)
+                    } else {
+                        Ok(())
+                    };
+                    self.end_message(now, outcome, out, sink)?;
+                }
+                State::Command if pos == input.len() => return Ok(pos),
+                State::Command if self.discarding => match memchr(b'\n', &input[pos..]) {
+                    None => return Ok(input.len()),
+                    Some(lf) => {
+                        pos += lf + 1;
+                        self.discarding = false;
+                        self.last_progress = now;
+                        self.fail(out, reply::LINE_TOO_LONG)?;
+                    }
+                },
+                State::Command => {
+                    let rest = &input[pos..];
+                    let window = &rest[..rest.len().min(MAX_COMMAND_LINE)];
+                    match memchr(b'\n', window) {
+                        Some(lf) => {
+                            pos += lf + 1;
+                            self.last_progress = now;
+                            self.handle_line(&rest[..lf], out, sink)?;
+                        }
+                        // MAX_COMMAND_LINE bytes and no LF: whatever comes, the line is too
+                        // long. Discard from here on (the next round looks for its end).
+                        None if rest.len() >= MAX_COMMAND_LINE => self.discarding = true,
+                        None => return Ok(pos),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The driver's answer to [`BodySink::end`] with `Ok`: the message id, or why it failed.
+    /// Appends `250 2.0.0 Ok queued as <id>`, 452 4.3.1 or 451 4.3.0 and ends the transaction.
+    /// Does nothing unless the session is in [`Phase::AwaitingCommit`].
+    pub fn handle_commit(
+        &mut self,
+        now: Instant,
+        result: Result<&str, CommitError>,
+        out: &mut Vec<u8>,
+    ) {
+        if !matches!(self.state, State::AwaitingCommit) {
+            return;
+        }
+        match result {
+            Ok(id) => reply::QUEUED.encode_with_arg(out, id),
+            Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(out),
+            Err(CommitError::Io) => reply::COMMIT_IO.encode(out),
+        }
+        self.reset_transaction();
+        self.state = State::Command;
+        self.last_progress = now;
+    }
+
+    /// The deadline passed: appends `421 4.4.2 <hostname> …` and closes. If the session was
+    /// already closed, appends nothing and returns the earlier reason.
+    pub fn handle_timeout(&mut self, out: &mut Vec<u8>) -> Closed {
+        self.close_with(out, reply::TIMEOUT, Closed::Timeout)
+    }
+
+    /// The server is going down: appends `421 4.3.2 <hostname> …` and closes. If the session
+    /// was already closed, appends nothing and returns the earlier reason.
+    pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) -> Closed {
+        self.close_with(out, reply::SHUTDOWN, Closed::Shutdown)
+    }
+
+    /// What the session waits for.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Command => Phase::Command,
+            State::Data(_) => Phase::Data,
+            State::AwaitingCommit => Phase::AwaitingCommit,
+            State::Closed(_) => Phase::Closed,
+        }
+    }
+
+    /// When the driver must call [`Session::handle_timeout`] if no input arrives first; `None`
+    /// while awaiting a commit, once closed, or if the timeout is too large to represent.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Command | State::Data(_) => {
+                self.last_progress.checked_add(self.config.idle_timeout)
+            }
+            State::AwaitingCommit | State::Closed(_) => None,
+        }
+    }
+
+    /// The client's address, as given to [`Session::new`].
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// HELO/EHLO and the current transaction (the message's envelope while in DATA or
+    /// awaiting a commit).
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// One complete line, without its LF.
+    fn handle_line(
+        &mut self,
+        line: &[u8],
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
+        let Some(line) = line.strip_suffix(b"\r") else {
+            return self.fail(out, reply::BARE_LINE_ENDING);
+        };
+        if memchr(b'\r', line).is_some() {
+            return self.fail(out, reply::BARE_LINE_ENDING);
+        }
+        match command::parse(line) {
+            Ok(command) => self.handle_command(command, out, sink),
+            Err(e) => self.fail(out, e.reply()),
+        }
+    }
+
+    fn handle_command(
+        &mut self,
+        command: Command<'_>,
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
+        match command {
+            Command::Ehlo(name) => {
+                self.greet(name, true);
+                reply::encode_ehlo(out, &self.config.hostname, self.config.max_message_size);
+            }
+            Command::Helo(name) => {
+                self.greet(name, false);
+                reply::encode_helo(out, &self.config.hostname);
+            }
+            Command::Mail { path, params } => return self.handle_mail(path, params, out),
+            Command::Rcpt { path } => return self.handle_rcpt(path, out),
+            Command::Data => {
+                if !self.in_transaction {
+                    return self.fail(out, reply::NEED_MAIL);
+                }
+                if self.envelope.rcpts.is_empty() {
+                    return self.fail(out, reply::NEED_RCPT);
+                }
+                reply::DATA_GO_AHEAD.encode(out);
+                self.state = State::Data(DataState {
+                    scanner: DataScanner::new(),
+                    size: 0,
+                    too_big: false,
+                });
+                sink.begin(&self.envelope);
+            }
+            Command::Rset => {
+                self.reset_transaction();
+                reply::OK.encode(out);
+            }
+            Command::Noop => reply::OK.encode(out),
+            Command::Vrfy => reply::VRFY_CANNOT.encode(out),
+            Command::Help => reply::HELP.encode(out),
+            Command::Quit => {
+                reply::BYE.encode(out);
+                self.state = State::Closed(Closed::Quit);
+                return Err(Closed::Quit);
+            }
+        }
+        Ok(())
+    }
+
+    /// HELO/EHLO: a new greeting ends any transaction (RFC 5321 §4.1.4).
+    fn greet(&mut self, name: &str, esmtp: bool) {
+        self.reset_transaction();
+        self.greeted = true;
+        self.envelope.helo.clear();
+        self.envelope.helo.push_str(name);
+        self.envelope.esmtp = esmtp;
+    }
+
+    fn handle_mail(
+        &mut self,
+        path: Path<'_>,
+        params: MailParams,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Closed> {
+        if !self.greeted {
+            return self.fail(out, reply::NEED_HELO);
+        }
+        if self.in_transaction {
+            return self.fail(out, reply::NESTED_MAIL);
+        }
+        if params.size.is_some_and(|n| n > self.config.max_message_size) {
+            return self.fail(out, reply::TOO_BIG);
+        }
+        let address = match path {
+            Path::Null => "",
+            Path::Mailbox(m) if m.non_ascii && !params.smtputf8 => {
+                return self.fail(out, reply::NEED_SMTPUTF8);
+            }
+            Path::Mailbox(m) => m.address,
+            // The parser only gives Postmaster for forward-paths.
+            Path::Postmaster(_) => {
+                return self.fail(
+                    out,
+                    command::CommandError::Sender(AddressError::MissingDomain).reply(),
+                );
+            }
+        };
+        let e = &mut self.envelope;
+        e.mail_from.clear();
+        e.mail_from.push_str(address);
+        e.declared_size = params.size;
+        e.body_8bitmime = params.body == Some(Body::EightBitMime);
+        e.smtputf8 = params.smtputf8;
+        e.rcpts.clear();
+        self.in_transaction = true;
+        reply::MAIL_OK.encode(out);
+        Ok(())
+    }
+
+    fn handle_rcpt(&mut self, path: Path<'_>, out: &mut Vec<u8>) -> Result<(), Closed> {
+        if !self.in_transaction {
+            return self.fail(out, reply::NEED_MAIL);
+        }
+        if self.envelope.rcpts.len() >= self.config.max_recipients {
+            // RFC 5321 §4.5.3.1.10: not an error of the client; it sends the rest later.
+            reply::TOO_MANY_RCPTS.encode(out);
+            return Ok(());
+        }
+        let address = match path {
+            Path::Postmaster(p) => p,
+            Path::Mailbox(m) if m.source_route => {
+                return self.fail(out, reply::SOURCE_ROUTE_DENIED)
+            }
+            Path::Mailbox(m) if m.non_ascii && !self.envelope.smtputf8 => {
+                return self.fail(out, reply::NEED_SMTPUTF8)
+            }
+            Path::Mailbox(m) if !self.config.is_local_domain(m.domain) => {
+                return self.fail(out, reply::RELAY_DENIED)
+            }
+            Path::Mailbox(m) => m.address,
+            // The parser never gives `<>` for a forward-path.
+            Path::Null => {
+                return self.fail(
+                    out,
+                    command::CommandError::Recipient(AddressError::EmptyForwardPath).reply(),
+                );
+            }
+        };
+        self.envelope.rcpts.push(address.to_owned());
+        reply::RCPT_OK.encode(out);
+        Ok(())
+    }
+
+    /// The terminator was seen: tell the sink, then wait for the commit or answer the refusal.
+    fn end_message(
+        &mut self,
+        now: Instant,
+        outcome: Result<(), Rejection>,
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
+        sink.end(&self.envelope, outcome);
+        match outcome {
+            Ok(()) => {
+                self.state = State::AwaitingCommit;
+                Ok(())
+            }
+            Err(rejection) => {
+                self.reset_transaction();
+                self.state = State::Command;
+                self.last_progress = now;
+                self.fail(
+                    out,
+                    match rejection {
+                        Rejection::TooBig => reply::TOO_BIG,
+                        Rejection::BareLineEnding => reply::BODY_BARE_LINE_ENDING,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Ends the transaction; HELO/EHLO stays.
+    fn reset_transaction(&mut self) {
+        self.in_transaction = false;
+        let e = &mut self.envelope;
+        e.mail_from.clear();
+        e.declared_size = None;
+        e.body_8bitmime = false;
+        e.smtputf8 = false;
+        e.rcpts.clear();
+    }
+
+    /// Appends an error reply and counts it; the last one allowed closes the session.
+    fn fail(&mut self, out: &mut Vec<u8>, r: Reply) -> Result<(), Closed> {
+        debug_assert!(r.is_error(), "{r:?} is not an error reply");
+        r.encode(out);
+        self.errors = self.errors.saturating_add(1);
+        if self.config.max_errors != 0 && self.errors >= self.config.max_errors {
+            return Err(self.close_with(out, reply::TOO_MANY_ERRORS, Closed::TooManyErrors));
+        }
+        Ok(())
+    }
+
+    fn close_with(&mut self, out: &mut Vec<u8>, r: Reply, reason: Closed) -> Closed {
+        if let State::Closed(earlier) = self.state {
+            return earlier;
+        }
+        r.encode_with_host(out, &self.config.hostname);
+        self.state = State::Closed(reason);
+        self.discarding = false;
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests;
