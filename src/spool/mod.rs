@@ -1,48 +1,137 @@
-//! The durable spool: append-only segment files, one writer per reactor, group commit.
+//! The durable spool: one append-only segment file per reactor, frames of concurrent messages
+//! interleaved, written through io_uring registered buffers, made durable by group commit.
 //!
-//! (Stub API; the real module replaces it.)
+//! # Layout
+//! - [`frame`]: the frame format and payload records (pure).
+//! - [`id`]: message ids, time-sortable and printable (pure).
+//! - [`trace`]: the `Received:` header (pure).
+//! - [`segment`]: segment names, the CRC-verifying walker, start-up recovery (sync `std::fs`).
+//! - `writer` (re-exported here): [`Spool`] and [`MessageWriter`], the io_uring writer.
+//! - [`reader`]: reading stored messages and checking segments without a server.
+//! - [`tool`]: `ringmx spool ls|cat|export|check`.
+//!
+//! # Writer call order
+//! ```no_run
+//! # use ringmx::spool::*; use ringmx::buffers::*; use std::time::SystemTime;
+//! # async fn f(envelope: ringmx::smtp::Envelope) -> Result<(), SpoolError> {
+//! let pool = BufferPool::register(BufferConfig::from_rlimit(1));
+//! let spool = Spool::open(SpoolConfig::new("./spool", 0, "mx.example.net"), pool).await?;
+//! let arrival = Arrival { client_ip: "192.0.2.1".parse().unwrap(), received_at: SystemTime::now() };
+//! let mut msg = spool.begin(&envelope, &arrival);   // sync: id, Envelope frame, Received:
+//! msg.push(b"Subject: hi\r\n\r\nbody\r\n");          // sync copy, never waits
+//! msg.flush().await?;                               // after each read: writes full buffers
+//! let id = msg.commit().await?;                     // durable now: answer 250 ... queued as <id>
+//! # let _ = id; Ok(()) }
+//! ```
+//!
+//! The spool does not parse SMTP, undo dot-stuffing or enforce size limits: it stores the bytes
+//! it is given. It does not deliver or delete mail: readers downstream consume the segments.
 
+use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::buffers::BufferPool;
-use crate::smtp::Envelope;
-
+pub mod frame;
+pub mod id;
+pub mod reader;
+pub mod segment;
 pub mod tool;
+pub mod trace;
+mod writer;
+
+pub use writer::{MessageWriter, Spool};
+
+/// Default segment size limit: 256 MiB (a soft limit: messages already started finish in the
+/// segment they started in).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Default preallocation step (`fallocate` ahead of the write position).
+pub const DEFAULT_PREALLOCATE: u64 = 8 * 1024 * 1024;
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {
     /// fdatasync before every ack, shared by all commits that arrive meanwhile.
     Group,
-    /// No fsync at all (testing only).
+    /// No fsync at all (testing only): a commit resolves once its frames are written.
     None,
 }
 
 /// Settings of one reactor's writer.
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
-    /// The spool directory.
+    /// The spool directory (created, and its parent synced, if missing).
     pub dir: PathBuf,
-    /// This reactor's index (part of segment names and message ids).
+    /// This reactor's index (part of segment names and message ids; at most [`id::MAX_REACTOR`]).
     pub reactor: u16,
-    /// Roll the segment at this size.
+    /// Roll the segment at this size (soft limit).
     pub segment_size: u64,
     /// fsync policy.
     pub sync: SyncPolicy,
     /// Our hostname, for the Received: header.
     pub hostname: String,
+    /// Preallocate segment space this far ahead with `fallocate` (0: never). Turned off by itself
+    /// where the filesystem does not support it.
+    pub preallocate: u64,
 }
 
-/// What the spool failed at.
+impl SpoolConfig {
+    /// Defaults: 256 MiB segments, group commit, 8 MiB preallocation steps.
+    pub fn new(dir: impl Into<PathBuf>, reactor: u16, hostname: impl Into<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            reactor,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            sync: SyncPolicy::Group,
+            hostname: hostname.into(),
+            preallocate: DEFAULT_PREALLOCATE,
+        }
+    }
+}
+
+/// What the spool failed at. Neither ever acknowledges a message.
 #[derive(Debug)]
 pub enum SpoolError {
-    /// ENOSPC / EDQUOT.
+    /// ENOSPC / EDQUOT: answer 452 4.3.1.
     NoSpace,
-    /// Any other I/O error.
+    /// Any other I/O error (EIO, a failed fsync, a closed spool): answer 451 4.3.0.
     Io(io::Error),
+}
+
+impl SpoolError {
+    /// Classifies an I/O error.
+    pub fn from_io(e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Self::NoSpace,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+impl From<io::Error> for SpoolError {
+    fn from(e: io::Error) -> Self {
+        Self::from_io(e)
+    }
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSpace => f.write_str("spool: no space left on device"),
+            Self::Io(e) => write!(f, "spool: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NoSpace => None,
+            Self::Io(e) => Some(e),
+        }
+    }
 }
 
 /// Per-connection facts recorded with the envelope.
@@ -54,63 +143,122 @@ pub struct Arrival {
     pub received_at: SystemTime,
 }
 
-/// A reactor's spool writer (cheap to clone; not `Send`).
-#[derive(Clone)]
-pub struct Spool {}
+/// Buckets of [`SpoolStats::batch_hist`]: batch sizes 1, 2, 3–4, 5–8, …, 129–256, over 256.
+pub const BATCH_BUCKETS: usize = 10;
 
-/// One message being written.
-pub struct MessageWriter {}
-
-/// Counters of a writer.
-#[derive(Debug, Clone, Default)]
+/// Counters of a writer (per reactor; add them up with [`SpoolStats::merge`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// fdatasync calls completed.
+    /// fdatasync calls completed on segments.
     pub fsyncs: u64,
-    /// Messages committed.
+    /// fsync calls on the spool directory (one per new segment).
+    pub dir_fsyncs: u64,
+    /// Messages committed (acknowledged).
     pub commits: u64,
+    /// Messages aborted.
+    pub aborts: u64,
+    /// Commits that failed (never acknowledged).
+    pub failed_commits: u64,
+    /// Bytes written to segments.
+    pub bytes: u64,
+    /// Messages made durable by fdatasync: the sum of all batch sizes.
+    pub batch_sum: u64,
+    /// The largest batch (messages covered by one fdatasync).
+    pub batch_max: u64,
+    /// Batch-size histogram, see [`BATCH_BUCKETS`].
+    pub batch_hist: [u64; BATCH_BUCKETS],
+    /// Segments created.
+    pub segments: u64,
+    /// Write buffers taken from the heap because the registered pool was empty.
+    pub heap_buffers: u64,
+    /// Failed segment writes.
+    pub write_errors: u64,
+    /// Failed fdatasync (or directory fsync) calls.
+    pub sync_errors: u64,
 }
 
-impl Spool {
-    /// Opens (recovering its newest segment) this reactor's writer.
-    pub async fn open(config: SpoolConfig, buffers: BufferPool) -> Result<Self, SpoolError> {
-        let _ = (config, buffers);
-        todo!()
+impl SpoolStats {
+    /// Mean messages per fdatasync.
+    pub fn mean_batch(&self) -> f64 {
+        if self.fsyncs == 0 {
+            0.0
+        } else {
+            self.batch_sum as f64 / self.fsyncs as f64
+        }
     }
-    /// Starts a message: assigns its id and writes the Envelope frame and Received: header.
-    pub fn begin(&self, envelope: &Envelope, arrival: &Arrival) -> MessageWriter {
-        let _ = (envelope, arrival);
-        todo!()
+
+    /// Adds another reactor's counters.
+    pub fn merge(&mut self, o: &Self) {
+        self.fsyncs += o.fsyncs;
+        self.dir_fsyncs += o.dir_fsyncs;
+        self.commits += o.commits;
+        self.aborts += o.aborts;
+        self.failed_commits += o.failed_commits;
+        self.bytes += o.bytes;
+        self.batch_sum += o.batch_sum;
+        self.batch_max = self.batch_max.max(o.batch_max);
+        for (a, b) in self.batch_hist.iter_mut().zip(o.batch_hist.iter()) {
+            *a += b;
+        }
+        self.segments += o.segments;
+        self.heap_buffers += o.heap_buffers;
+        self.write_errors += o.write_errors;
+        self.sync_errors += o.sync_errors;
     }
-    /// Counters so far.
-    pub fn stats(&self) -> SpoolStats {
-        todo!()
+
+    /// Records one fdatasync that covered `n` commits.
+    pub(crate) fn record_batch(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.batch_sum += n;
+        self.batch_max = self.batch_max.max(n);
+        let bucket = (64 - (n - 1).leading_zeros()) as usize;
+        self.batch_hist[bucket.min(BATCH_BUCKETS - 1)] += 1;
     }
-    /// Syncs and closes the segment.
-    pub async fn close(&self) -> Result<(), SpoolError> {
-        todo!()
+
+    /// Label of histogram bucket `i` (e.g. `"5-8"`).
+    pub fn bucket_label(i: usize) -> String {
+        match i {
+            0 => "1".into(),
+            1 => "2".into(),
+            _ if i + 1 == BATCH_BUCKETS => format!(">{}", 1u64 << (i - 1)),
+            _ => format!("{}-{}", (1u64 << (i - 1)) + 1, 1u64 << i),
+        }
     }
 }
 
-impl MessageWriter {
-    /// The printable message id.
-    pub fn id(&self) -> &str {
-        todo!()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_histogram_buckets() {
+        let mut s = SpoolStats::default();
+        for n in [1, 2, 3, 4, 5, 8, 9, 64, 65, 256, 257, 10_000] {
+            s.record_batch(n);
+        }
+        assert_eq!(s.batch_hist, [1, 1, 2, 2, 1, 0, 1, 1, 1, 2]);
+        assert_eq!(s.batch_max, 10_000);
+        assert_eq!(SpoolStats::bucket_label(0), "1");
+        assert_eq!(SpoolStats::bucket_label(3), "5-8");
+        assert_eq!(SpoolStats::bucket_label(8), "129-256");
+        assert_eq!(SpoolStats::bucket_label(9), ">256");
     }
-    /// Copies body bytes into (registered) buffers; never waits.
-    pub fn push(&mut self, bytes: &[u8]) {
-        let _ = bytes;
-        todo!()
-    }
-    /// Writes the full buffers out as Data frames.
-    pub async fn flush(&mut self) -> Result<(), SpoolError> {
-        todo!()
-    }
-    /// Writes the rest and the Commit frame and waits for the group fdatasync.
-    pub async fn commit(self) -> Result<String, SpoolError> {
-        todo!()
-    }
-    /// Drops the message (writes an Abort frame).
-    pub async fn abort(self) {
-        todo!()
+
+    #[test]
+    fn error_classification() {
+        assert!(matches!(
+            SpoolError::from_io(io::Error::from_raw_os_error(libc::ENOSPC)),
+            SpoolError::NoSpace
+        ));
+        assert!(matches!(
+            SpoolError::from_io(io::Error::from_raw_os_error(libc::EDQUOT)),
+            SpoolError::NoSpace
+        ));
+        assert!(matches!(
+            SpoolError::from_io(io::Error::from_raw_os_error(libc::EIO)),
+            SpoolError::Io(_)
+        ));
     }
 }

@@ -1,4 +1,4 @@
-//! `ringmx spool …`: read the spool without a server. (Stub.)
+//! `ringmx spool …`: read the spool without a server. (Being written.)
 
 use std::process::ExitCode;
 

@@ -1,0 +1,173 @@
+//! The `Received:` trace header we prepend to every stored message (RFC 5321 §4.4), with the
+//! protocol names of RFC 3848 and RFC 6531 §3.7.3. Pure formatting: no clock, no DNS.
+//!
+//! ```text
+//! Received: from client.example ([192.0.2.1])
+//!         by mx.example.net (ringmx) with ESMTP id 01JDQ4R2S8K00
+//!         for <user@example.net>; Tue, 26 Nov 2024 07:17:00 +0000
+//! ```
+//! We do no reverse DNS lookup, so TCP-info is the address literal alone. Fields the client
+//! chose (HELO name, recipient) are sanitised so they cannot break the header: control
+//! characters and the delimiters `()<>;\"` and whitespace become `_`.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+
+use crate::smtp::Envelope;
+
+/// Continuation lines start with a tab (folding whitespace, RFC 5322 §2.2.3).
+const FOLD: &str = "\r\n\t";
+
+/// Appends the trace header for a message, ending in CRLF.
+pub fn received_header(
+    out: &mut Vec<u8>,
+    envelope: &Envelope,
+    client_ip: IpAddr,
+    hostname: &str,
+    id: &str,
+    at: SystemTime,
+) {
+    let helo = if envelope.helo.is_empty() {
+        "unknown".to_string()
+    } else {
+        sanitize(&envelope.helo)
+    };
+    let mut s = String::with_capacity(200);
+    s.push_str("Received: from ");
+    s.push_str(&helo);
+    s.push_str(" (");
+    s.push_str(&address_literal(client_ip));
+    s.push(')');
+    s.push_str(FOLD);
+    s.push_str("by ");
+    s.push_str(&sanitize(hostname));
+    s.push_str(" (ringmx) with ");
+    s.push_str(protocol(envelope));
+    s.push_str(" id ");
+    s.push_str(id);
+    s.push_str(FOLD);
+    if let [rcpt] = envelope.rcpts.as_slice() {
+        s.push_str("for <");
+        s.push_str(&sanitize(rcpt));
+        s.push_str(">; ");
+    } else {
+        s.push_str("; ");
+    }
+    s.push_str(&rfc5322_date(at));
+    s.push_str("\r\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The WITH protocol: `SMTP` after HELO, `ESMTP` after EHLO, `UTF8SMTP` when the transaction
+/// used SMTPUTF8 (RFC 6531 §3.7.3). TLS variants (`ESMTPS`, `UTF8SMTPS`) come with STARTTLS.
+pub fn protocol(envelope: &Envelope) -> &'static str {
+    match (envelope.esmtp, envelope.smtputf8) {
+        (_, true) => "UTF8SMTP",
+        (true, false) => "ESMTP",
+        (false, false) => "SMTP",
+    }
+}
+
+/// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3).
+pub fn address_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("[{a}]"),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{a}]"),
+        },
+    }
+}
+
+/// An RFC 5322 §3.3 date-time in UTC, e.g. `Tue, 26 Nov 2024 07:17:00 +0000`.
+pub fn rfc5322_date(at: SystemTime) -> String {
+    let micros = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let dt: DateTime<Utc> =
+        DateTime::from_timestamp_micros(i64::try_from(micros).unwrap_or(0)).unwrap_or_default();
+    dt.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() || "()<>;\\\"".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(esmtp: bool, utf8: bool, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            helo: "client.example".into(),
+            esmtp,
+            mail_from: "a@b.example".into(),
+            declared_size: None,
+            body_8bitmime: false,
+            smtputf8: utf8,
+            rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn render(e: &Envelope, ip: &str) -> String {
+        let mut out = Vec::new();
+        let at = UNIX_EPOCH + Duration::from_secs(1_732_605_420);
+        received_header(
+            &mut out,
+            e,
+            ip.parse().unwrap(),
+            "mx.example.net",
+            "01JDQ4R2S8K00",
+            at,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn one_recipient_esmtp() {
+        assert_eq!(
+            render(&env(true, false, &["u@example.net"]), "192.0.2.1"),
+            "Received: from client.example ([192.0.2.1])\r\n\tby mx.example.net (ringmx) with \
+             ESMTP id 01JDQ4R2S8K00\r\n\tfor <u@example.net>; Tue, 26 Nov 2024 07:17:00 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn several_recipients_no_for_clause_and_protocols() {
+        let s = render(&env(false, false, &["a@x", "b@x"]), "2001:db8::1");
+        assert!(s.contains("([IPv6:2001:db8::1])"), "{s}");
+        assert!(s.contains("with SMTP id"), "{s}");
+        assert!(!s.contains("for <"), "{s}");
+        assert!(s.contains("\r\n\t; Tue, 26 Nov 2024"), "{s}");
+        assert!(render(&env(true, true, &[]), "::ffff:192.0.2.9").contains("with UTF8SMTP id"));
+        assert!(render(&env(true, true, &[]), "::ffff:192.0.2.9").contains("([192.0.2.9])"));
+    }
+
+    #[test]
+    fn hostile_fields_cannot_break_the_header() {
+        let mut e = env(true, false, &["x>\r\nBcc: evil@x"]);
+        e.helo = "a\r\nX-Injected: 1 (".into();
+        let s = render(&e, "192.0.2.1");
+        assert_eq!(s.matches("\r\n").count(), 3, "{s}");
+        assert!(!s.contains("\r\nX-Injected"), "{s}");
+        assert!(!s.contains("\r\nBcc"), "{s}");
+        for line in s.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+            assert!(
+                line.starts_with('\t'),
+                "every continuation is folded: {line:?}"
+            );
+        }
+    }
+}
