@@ -54,8 +54,6 @@ pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
 pub const MAX_REACTORS: usize = 1024;
 /// Protocol errors a client may make before `421 4.7.0` and close.
 pub const MAX_ERRORS: u32 = 10;
-/// Spool segment files are rolled at this size.
-pub const SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
 /// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
 pub const MAX_UNIX_SOCKET_PATH: usize = 107;
 /// RFC 1035 §2.3.4: a domain name is at most 255 octets (253 as text).
@@ -445,13 +443,9 @@ impl Config {
 
     /// The spool writer settings of reactor `reactor`.
     pub fn spool_config(&self, reactor: u16) -> SpoolConfig {
-        SpoolConfig {
-            dir: self.spool_dir.clone(),
-            reactor,
-            segment_size: SEGMENT_SIZE,
-            sync: self.sync,
-            hostname: self.hostname.clone(),
-        }
+        let mut c = SpoolConfig::new(self.spool_dir.clone(), reactor, self.hostname.clone());
+        c.sync = self.sync;
+        c
     }
 
     /// A one-line summary for `check-config` and the start-up log.

@@ -31,20 +31,23 @@ use tokio_uring::net::TcpStream;
 use super::limit::{ConnPermit, Refusal};
 use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
+use crate::buffers::Buf;
 use crate::smtp::{BodySink, Closed, CommitError, Envelope, Phase, Rejection, Session};
 use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
 use crate::stats::ReactorStats;
 
-/// Read size while waiting for commands: small, so thousands of idle sessions stay cheap.
+/// Read size while waiting for commands: a small heap buffer per connection, so thousands of
+/// idle sessions stay cheap and never hold a registered buffer while the client thinks.
 pub const COMMAND_READ_SIZE: usize = 4 * 1024;
-/// Read size during DATA: large, so a message arrives in few reads and few spool pushes.
+/// Read size during DATA when the pool's registered read buffers are all in use (a registered
+/// read buffer is [`crate::buffers::DEFAULT_READ_BUF_SIZE`]).
 pub const DATA_READ_SIZE: usize = 64 * 1024;
 /// Most unconsumed input kept between reads. The session consumes or discards every complete
 /// line and caps a partial one at the RFC 5321 §4.5.3.1.4 limit (512) or the text-line limit
 /// (1000), so anything near this is a broken promise, answered by closing the connection.
 pub const MAX_PENDING: usize = DATA_READ_SIZE + 4 * 1024;
 /// Reply to a connection refused by a limit (RFC 3463 4.7.0: other security or policy status).
-const TOO_MANY_CONNECTIONS: &[u8] = b" 4.7.0 Too many connections, try again later\r\n";
+const TOO_MANY_CONNECTIONS: &[u8] = b" Too many connections, try again later\r\n";
 
 /// Serves one admitted connection until it ends; logs and counts the outcome.
 pub async fn serve(
@@ -77,7 +80,7 @@ pub async fn refuse(
     };
     tracing::info!("reject from={peer} reason={reason} reply=421");
     let mut reply = Vec::with_capacity(64);
-    reply.extend_from_slice(b"421 ");
+    reply.extend_from_slice(b"421 4.7.0 ");
     reply.extend_from_slice(r.hostname.as_bytes());
     reply.extend_from_slice(TOO_MANY_CONNECTIONS);
     r.stats.count_replies(&reply);
@@ -104,7 +107,7 @@ enum End {
 /// What a read turned into.
 enum ReadEvent {
     /// The read completed (bytes, EOF or error) and gave the buffer back.
-    Done(io::Result<usize>, Vec<u8>),
+    Done(io::Result<usize>, Buf),
     /// The session's deadline passed first.
     Timeout,
     /// The server is stopping and this session must go.
@@ -155,31 +158,36 @@ impl<'r> Conn<'r> {
         if let Err(end) = self.write_out().await {
             return end;
         }
-        let mut buf: Vec<u8> = Vec::new();
+        // Reused for every command-phase read; DATA reads take pooled (registered) buffers.
+        let mut command_buf = Some(Buf::heap(COMMAND_READ_SIZE));
         loop {
             let stop = *self.stop.borrow();
             let phase = self.session.phase();
             if stop == Stop::Now || (stop == Stop::Draining && phase == Phase::Command) {
                 return self.close_for_shutdown().await;
             }
-            let want = if phase == Phase::Data {
-                DATA_READ_SIZE
+            let buf = if phase == Phase::Data {
+                self.r
+                    .pool
+                    .read_buf()
+                    .unwrap_or_else(|| Buf::heap(DATA_READ_SIZE))
             } else {
-                COMMAND_READ_SIZE
+                command_buf
+                    .take()
+                    .unwrap_or_else(|| Buf::heap(COMMAND_READ_SIZE))
             };
-            if buf.capacity() != want {
-                buf = Vec::with_capacity(want);
-            }
-            buf.clear();
             match self.read(buf).await {
                 ReadEvent::Done(Ok(0), _) => return End::Eof,
                 ReadEvent::Done(Ok(n), b) => {
                     self.bytes_in += n as u64;
                     ReactorStats::add(&self.r.stats.counters.bytes_received, n as u64);
-                    if let Err(end) = self.feed(&b).await {
+                    // Valid bytes are b[..n] (a reused registered buffer may be longer).
+                    if let Err(end) = self.feed(&b[..n]).await {
                         return end;
                     }
-                    buf = b;
+                    if !b.is_fixed() && b.capacity() == COMMAND_READ_SIZE {
+                        command_buf = Some(b);
+                    }
                 }
                 ReadEvent::Done(Err(e), _) => return End::Io(e),
                 ReadEvent::Timeout => {
@@ -194,10 +202,10 @@ impl<'r> Conn<'r> {
 
     /// Reads into `buf`, racing the session deadline and the stop state. On `Timeout`/`Stop`
     /// the read stays in flight: the caller must close the connection (`finish` does).
-    async fn read(&mut self, buf: Vec<u8>) -> ReadEvent {
+    async fn read(&mut self, buf: Buf) -> ReadEvent {
         let phase = self.session.phase();
         let deadline = self.session.next_deadline();
-        let read = self.stream.read(buf);
+        let read = buf.read_from(&self.stream);
         tokio::pin!(read);
         let sleep = tokio::time::sleep_until(deadline.map_or_else(far_future, Into::into));
         tokio::pin!(sleep);
@@ -341,8 +349,7 @@ impl<'r> Conn<'r> {
                     }
                     (None, e) => Err(e.unwrap_or(CommitError::Io)),
                 };
-                let s = self.r.spool.stats();
-                stats.set_spool(s.fsyncs, s.commits);
+                stats.set_spool(self.r.spool.stats());
                 match &result {
                     Ok(id) => {
                         self.messages += 1;

@@ -23,7 +23,7 @@ use super::conn;
 use super::limit::{ConnLimits, Refusal};
 use super::shutdown::{Stop, Tracker, GRACE_PERIOD, HARD_STOP_WAIT};
 use super::ServerError;
-use crate::buffers::BufferPool;
+use crate::buffers::{BufferConfig, BufferPool};
 use crate::config::Config;
 use crate::smtp::SessionConfig;
 use crate::spool::Spool;
@@ -123,7 +123,9 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
     } = setup;
     #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
     let spool_config = config.spool_config(index as u16);
-    let pool = BufferPool {};
+    // Registered before any other I/O on this ring (tokio-uring waits for in-flight operations
+    // to register); falls back to heap buffers with a warning if RLIMIT_MEMLOCK is too small.
+    let pool = BufferPool::register(BufferConfig::from_rlimit(config.reactors()));
     let spool = match Spool::open(spool_config, pool.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -199,8 +201,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
     }
 
     let result = r.spool.close().await;
-    let s = r.spool.stats();
-    r.stats.set_spool(s.fsyncs, s.commits);
+    r.stats.set_spool(r.spool.stats());
     match result {
         Ok(()) => {
             tracing::debug!("reactor {index}: spool closed");

@@ -371,7 +371,10 @@ impl Session {
         if self.in_transaction {
             return self.fail(out, reply::NESTED_MAIL);
         }
-        if params.size.is_some_and(|n| n > self.config.max_message_size) {
+        if params
+            .size
+            .is_some_and(|n| n > self.config.max_message_size)
+        {
             return self.fail(out, reply::TOO_BIG);
         }
         let address = match path {

@@ -5,10 +5,12 @@
 
 use std::fmt::Write as _;
 
-use super::{ReactorSnapshot, Snapshot, Summary};
+use super::{ReactorSnapshot, Snapshot, SpoolFigures, Summary};
 
 /// Picks one histogram summary out of a reactor snapshot.
 type Pick = fn(&ReactorSnapshot) -> &Summary;
+/// Picks one figure out of a spool snapshot.
+type SpoolPick = fn(&SpoolFigures) -> u64;
 
 /// An output format, chosen by the one request line a stats client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +110,27 @@ pub fn text(snap: &Snapshot) -> String {
         "replies      2xx {}  3xx {}  4xx {}  5xx {}",
         c.replies_2xx, c.replies_3xx, c.replies_4xx, c.replies_5xx
     );
+    let sp = &snap.total.spool;
     let _ = writeln!(
         s,
-        "spool        fsyncs {}  commits {}",
-        c.spool_fsyncs, c.spool_commits
+        "spool        commits {}  aborts {}  failed {}  bytes {}  fsyncs {}  dir-fsyncs {}  segments {}",
+        sp.commits, sp.aborts, sp.failed_commits, sp.bytes, sp.fsyncs, sp.dir_fsyncs, sp.segments
     );
-    let tables: [(&str, Pick); 3] = [
+    let _ = writeln!(
+        s,
+        "             batch mean {:.2}  max {}  heap-buffers {}  write-errors {}  sync-errors {}",
+        sp.mean_batch, sp.max_batch, sp.heap_buffers, sp.write_errors, sp.sync_errors
+    );
+    let hist: Vec<String> = sp
+        .batches
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(label, n)| format!("{label}:{n}"))
+        .collect();
+    let _ = writeln!(s, "             fsyncs by batch size  {}", hist.join("  "));
+    let tables: [(&str, Pick); 2] = [
         ("ack latency (us)", |r| &r.ack_latency_us),
         ("session duration (ms)", |r| &r.session_duration_ms),
-        ("fsync batch (messages)", |r| &r.fsync_batch),
     ];
     for (title, pick) in tables {
         let _ = writeln!(
@@ -187,12 +201,42 @@ pub fn prometheus(snap: &Snapshot) -> String {
             );
         }
     }
-    let summaries: [(&str, f64, Pick); 3] = [
+    let spool: [(&str, &str, SpoolPick); 8] = [
+        ("ringmx_spool_commits_total", "counter", |f| f.commits),
+        ("ringmx_spool_aborts_total", "counter", |f| f.aborts),
+        ("ringmx_spool_failed_commits_total", "counter", |f| {
+            f.failed_commits
+        }),
+        ("ringmx_spool_bytes_total", "counter", |f| f.bytes),
+        ("ringmx_spool_fsyncs_total", "counter", |f| f.fsyncs),
+        ("ringmx_spool_dir_fsyncs_total", "counter", |f| f.dir_fsyncs),
+        ("ringmx_spool_segments_total", "counter", |f| f.segments),
+        ("ringmx_spool_max_batch", "gauge", |f| f.max_batch),
+    ];
+    for (metric, kind, pick) in spool {
+        let _ = writeln!(s, "# TYPE {metric} {kind}");
+        for (i, r) in snap.reactors.iter().enumerate() {
+            let _ = writeln!(s, "{metric}{{reactor=\"{i}\"}} {}", pick(&r.spool));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP ringmx_spool_fsync_batches_total fdatasync calls by how many messages each made durable."
+    );
+    let _ = writeln!(s, "# TYPE ringmx_spool_fsync_batches_total counter");
+    for (i, r) in snap.reactors.iter().enumerate() {
+        for (label, n) in &r.spool.batches {
+            let _ = writeln!(
+                s,
+                "ringmx_spool_fsync_batches_total{{reactor=\"{i}\",messages=\"{label}\"}} {n}"
+            );
+        }
+    }
+    let summaries: [(&str, f64, Pick); 2] = [
         ("ringmx_ack_latency_seconds", 1e-6, |r| &r.ack_latency_us),
         ("ringmx_session_duration_seconds", 1e-3, |r| {
             &r.session_duration_ms
         }),
-        ("ringmx_fsync_batch_messages", 1.0, |r| &r.fsync_batch),
     ];
     for (metric, scale, pick) in summaries {
         let _ = writeln!(s, "# TYPE {metric} summary");

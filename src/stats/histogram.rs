@@ -15,8 +15,6 @@ const SIGNIFICANT_FIGURES: u8 = 3;
 const ACK_LATENCY_MAX_US: u64 = 600_000_000;
 /// Largest session duration recorded exactly: one day in ms.
 const SESSION_DURATION_MAX_MS: u64 = 86_400_000;
-/// Largest fsync batch recorded exactly (messages made durable by one fdatasync).
-const BATCH_MAX: u64 = 1_000_000;
 
 /// The histograms one reactor keeps.
 #[derive(Debug, Clone)]
@@ -25,8 +23,6 @@ pub struct Histograms {
     pub ack_latency_us: Histogram<u64>,
     /// Accept → close; ms.
     pub session_duration_ms: Histogram<u64>,
-    /// Messages per fdatasync, as reported by the spool.
-    pub fsync_batch: Histogram<u64>,
 }
 
 /// Percentiles of one histogram, as shown by `ringmx stats`.
@@ -56,7 +52,6 @@ impl Histograms {
         Self {
             ack_latency_us: new_histogram(ACK_LATENCY_MAX_US),
             session_duration_ms: new_histogram(SESSION_DURATION_MAX_MS),
-            fsync_batch: new_histogram(BATCH_MAX),
         }
     }
 
@@ -72,20 +67,11 @@ impl Histograms {
             .saturating_record(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
     }
 
-    /// Records `fsyncs` fdatasync calls that together made `messages` messages durable (the
-    /// spool reports counts, so a batch of that size is recorded for each fsync, rounded).
-    pub fn record_batches(&mut self, fsyncs: u64, messages: u64) {
-        if let Some(per) = (messages + fsyncs / 2).checked_div(fsyncs) {
-            self.fsync_batch.saturating_record_n(per, fsyncs);
-        }
-    }
-
     /// Adds `other` into `self` (same bounds, so this cannot fail; a failure would only lose
     /// that histogram's figures, never panic).
     pub fn merge(&mut self, other: &Self) {
         let _ = self.ack_latency_us.add(&other.ack_latency_us);
         let _ = self.session_duration_ms.add(&other.session_duration_ms);
-        let _ = self.fsync_batch.add(&other.fsync_batch);
     }
 }
 
@@ -159,16 +145,5 @@ mod tests {
         let s = Summary::of(&a.session_duration_ms);
         assert_eq!(s.count, 3);
         assert!(s.max >= SESSION_DURATION_MAX_MS - SESSION_DURATION_MAX_MS / 500);
-    }
-
-    #[test]
-    fn batches() {
-        let mut h = Histograms::new();
-        h.record_batches(0, 5);
-        assert!(h.fsync_batch.is_empty());
-        h.record_batches(2, 9);
-        let s = Summary::of(&h.fsync_batch);
-        assert_eq!(s.count, 2);
-        assert_eq!(s.p50, 5);
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use histogram::{Histograms, Summary};
 
 use crate::config::sync_name;
-use crate::spool::SyncPolicy;
+use crate::spool::{SpoolStats, SyncPolicy, BATCH_BUCKETS};
 
 /// Declares the counter set once: an atomic struct for the reactor and a plain snapshot struct.
 macro_rules! counters {
@@ -107,10 +107,6 @@ counters! {
     replies_4xx,
     /// 5xx replies sent.
     replies_5xx,
-    /// fdatasync calls completed by this reactor's spool writer.
-    spool_fsyncs,
-    /// Messages committed by this reactor's spool writer.
-    spool_commits,
 }
 
 /// One reactor's statistics.
@@ -118,7 +114,15 @@ counters! {
 pub struct ReactorStats {
     /// Counters.
     pub counters: Counters,
-    histograms: Mutex<Histograms>,
+    /// Histograms and the spool writer's latest figures, behind one lock.
+    locked: Mutex<Locked>,
+}
+
+/// What [`ReactorStats`] keeps behind its mutex.
+#[derive(Debug, Clone, Default)]
+struct Locked {
+    histograms: Histograms,
+    spool: SpoolStats,
 }
 
 impl ReactorStats {
@@ -126,7 +130,7 @@ impl ReactorStats {
     pub fn new() -> Self {
         Self {
             counters: Counters::default(),
-            histograms: Mutex::new(Histograms::new()),
+            locked: Mutex::new(Locked::default()),
         }
     }
 
@@ -165,31 +169,25 @@ impl ReactorStats {
         }
     }
 
-    /// Publishes the spool writer's totals and records the fsync batches since the last call.
-    pub fn set_spool(&self, fsyncs: u64, commits: u64) {
-        let c = &self.counters;
-        let old_f = c.spool_fsyncs.swap(fsyncs, Ordering::Relaxed);
-        let old_c = c.spool_commits.swap(commits, Ordering::Relaxed);
-        if fsyncs > old_f {
-            self.histograms()
-                .record_batches(fsyncs - old_f, commits.saturating_sub(old_c));
-        }
+    /// Publishes the spool writer's figures (a copy of [`crate::spool::Spool::stats`]).
+    pub fn set_spool(&self, spool: SpoolStats) {
+        self.lock().spool = spool;
     }
 
     /// Records one acknowledged message's latency.
     pub fn record_ack(&self, latency: Duration) {
-        self.histograms().record_ack(latency);
+        self.lock().histograms.record_ack(latency);
     }
 
     /// Records one finished session's duration.
     pub fn record_session(&self, duration: Duration) {
-        self.histograms().record_session(duration);
+        self.lock().histograms.record_session(duration);
     }
 
-    fn histograms(&self) -> MutexGuard<'_, Histograms> {
+    fn lock(&self) -> MutexGuard<'_, Locked> {
         // A panic while holding this lock can only come from hdrhistogram itself; the data is
         // plain counts and still usable, so a poisoned lock is taken over, not propagated.
-        self.histograms
+        self.locked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -233,8 +231,61 @@ pub struct ReactorSnapshot {
     pub ack_latency_us: Summary,
     /// Session duration, ms.
     pub session_duration_ms: Summary,
-    /// Messages per fdatasync.
-    pub fsync_batch: Summary,
+    /// The spool writer's figures.
+    pub spool: SpoolFigures,
+}
+
+/// A spool writer's figures, as shown by the stats socket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpoolFigures {
+    /// fdatasync calls on segments.
+    pub fsyncs: u64,
+    /// fsync calls on the spool directory.
+    pub dir_fsyncs: u64,
+    /// Messages committed.
+    pub commits: u64,
+    /// Messages aborted.
+    pub aborts: u64,
+    /// Commits that failed.
+    pub failed_commits: u64,
+    /// Bytes written to segments.
+    pub bytes: u64,
+    /// Mean messages per fdatasync (the group-commit batch size).
+    pub mean_batch: f64,
+    /// Largest batch.
+    pub max_batch: u64,
+    /// Batch-size histogram: `(sizes, fsyncs)` pairs such as `("5-8", 12)`.
+    pub batches: Vec<(String, u64)>,
+    /// Segments created.
+    pub segments: u64,
+    /// Write buffers taken from the heap because the registered pool was empty.
+    pub heap_buffers: u64,
+    /// Failed segment writes.
+    pub write_errors: u64,
+    /// Failed fsyncs.
+    pub sync_errors: u64,
+}
+
+impl SpoolFigures {
+    fn new(s: &SpoolStats) -> Self {
+        Self {
+            fsyncs: s.fsyncs,
+            dir_fsyncs: s.dir_fsyncs,
+            commits: s.commits,
+            aborts: s.aborts,
+            failed_commits: s.failed_commits,
+            bytes: s.bytes,
+            mean_batch: s.mean_batch(),
+            max_batch: s.batch_max,
+            batches: (0..BATCH_BUCKETS)
+                .map(|i| (SpoolStats::bucket_label(i), s.batch_hist[i]))
+                .collect(),
+            segments: s.segments,
+            heap_buffers: s.heap_buffers,
+            write_errors: s.write_errors,
+            sync_errors: s.sync_errors,
+        }
+    }
 }
 
 impl Registry {
@@ -257,32 +308,33 @@ impl Registry {
     /// Merges all reactors' figures now.
     pub fn snapshot(&self) -> Snapshot {
         let mut total_counters = CounterSnapshot::default();
-        let mut total_h = Histograms::new();
+        let mut total = Locked::default();
         let mut reactors = Vec::with_capacity(self.reactors.len());
         for r in &self.reactors {
             let counters = r.counters.snapshot();
-            let h = r.histograms().clone();
+            let locked = r.lock().clone();
             total_counters.add(&counters);
-            total_h.merge(&h);
-            reactors.push(ReactorSnapshot::new(counters, &h));
+            total.histograms.merge(&locked.histograms);
+            total.spool.merge(&locked.spool);
+            reactors.push(ReactorSnapshot::new(counters, &locked));
         }
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             sync: sync_name(self.sync),
             reactors,
-            total: ReactorSnapshot::new(total_counters, &total_h),
+            total: ReactorSnapshot::new(total_counters, &total),
         }
     }
 }
 
 impl ReactorSnapshot {
-    fn new(counters: CounterSnapshot, h: &Histograms) -> Self {
+    fn new(counters: CounterSnapshot, l: &Locked) -> Self {
         Self {
             counters,
-            ack_latency_us: Summary::of(&h.ack_latency_us),
-            session_duration_ms: Summary::of(&h.session_duration_ms),
-            fsync_batch: Summary::of(&h.fsync_batch),
+            ack_latency_us: Summary::of(&l.histograms.ack_latency_us),
+            session_duration_ms: Summary::of(&l.histograms.session_duration_ms),
+            spool: SpoolFigures::new(&l.spool),
         }
     }
 }
@@ -316,18 +368,36 @@ mod tests {
         ReactorStats::dec(&r1.counters.connections_active);
         r0.record_ack(Duration::from_micros(100));
         r1.record_ack(Duration::from_micros(300));
-        r1.set_spool(2, 10);
-        r1.set_spool(3, 12);
+        r0.set_spool(SpoolStats {
+            fsyncs: 1,
+            commits: 1,
+            batch_sum: 1,
+            batch_max: 1,
+            batch_hist: [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..SpoolStats::default()
+        });
+        r1.set_spool(SpoolStats {
+            fsyncs: 2,
+            commits: 5,
+            batch_sum: 5,
+            batch_max: 3,
+            batch_hist: [0, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            ..SpoolStats::default()
+        });
         let snap = reg.snapshot();
         assert_eq!(snap.sync, "none");
         assert_eq!(snap.reactors.len(), 2);
         assert_eq!(snap.reactors[1].counters.messages_accepted, 2);
         assert_eq!(snap.total.counters.messages_accepted, 3);
         assert_eq!(snap.total.counters.connections_active, 0);
-        assert_eq!(snap.total.counters.spool_fsyncs, 3);
+        assert_eq!(snap.total.spool.fsyncs, 3);
+        assert_eq!(snap.total.spool.commits, 6);
+        assert_eq!(snap.total.spool.max_batch, 3);
+        assert!((snap.total.spool.mean_batch - 2.0).abs() < 1e-9);
+        assert_eq!(snap.total.spool.batches[0], ("1".to_string(), 1));
+        assert_eq!(snap.total.spool.batches[2], ("3-4".to_string(), 1));
         assert_eq!(snap.total.ack_latency_us.count, 2);
         assert_eq!(snap.reactors[0].ack_latency_us.max, 100);
         assert!((299..=301).contains(&snap.total.ack_latency_us.max));
-        assert_eq!(snap.total.fsync_batch.count, 3);
     }
 }
