@@ -265,6 +265,9 @@ impl<'r> Conn<'r> {
             let n = match res {
                 Ok(n) => n,
                 Err(closed) => {
+                    // A message refused in this same batch (e.g. 552 then QUIT) is settled
+                    // first, so it is counted as refused, not as aborted.
+                    self.end_message().await;
                     self.write_out().await?;
                     return Err(End::Closed(closed));
                 }

@@ -481,3 +481,38 @@ fn serve_errors_are_one_line_and_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--domain"));
 }
+
+#[test]
+fn listens_on_ipv4_and_ipv6_together() {
+    require_io_uring!();
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let server = Server::start(&["--listen", "[::1]:0"]);
+    assert_eq!(server.addrs.len(), 2, "{}", server.log());
+    assert!(server.addrs[1].is_ipv6());
+    for addr in &server.addrs {
+        let mut c = Client::greeted(*addr);
+        c.expect("EHLO client.example.org", 250);
+        c.expect("QUIT", 221);
+    }
+}
+
+#[test]
+fn notifies_systemd_ready_and_stopping() {
+    require_io_uring!();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut server = Server::start_env(&[], &[("NOTIFY_SOCKET", path.as_os_str())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    server.signal(libc::SIGTERM);
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}

@@ -57,8 +57,10 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// The temporary directory holding the spool (kept alive with the server).
     pub(crate) dir: tempfile::TempDir,
-    /// Where it listens.
+    /// Where it listens (the first `--listen`).
     pub(crate) addr: SocketAddr,
+    /// Every address it listens on, in `--listen` order.
+    pub(crate) addrs: Vec<SocketAddr>,
     /// Everything it logged so far.
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -66,6 +68,11 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server with 2 reactors, `--sync group`, and `extra` flags.
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_env(extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub(crate) fn start_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         let mut cmd = Command::new(RINGMX);
@@ -76,6 +83,7 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -94,13 +102,13 @@ impl Server {
             });
         }
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut addr = None;
+        let mut addrs = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = line.split("listening on ").nth(1) {
-                        addr = Some(a.trim().parse().unwrap());
+                        addrs.push(a.trim().parse().unwrap());
                     }
                     if line.contains("ready:") {
                         break;
@@ -119,7 +127,8 @@ impl Server {
         Self {
             child: Some(child),
             dir,
-            addr: addr.expect("ready without a listening line"),
+            addr: *addrs.first().expect("ready without a listening line"),
+            addrs,
             log,
         }
     }
