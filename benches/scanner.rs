@@ -8,15 +8,22 @@
 //! - `ceiling/lf_count/65536`: `memchr::memchr_iter(b'\n', ..).count()` over the same input, the
 //!   speed limit of anything that must find every line end.
 //! - `scanner/base64_76/1048576`: 1 MiB of 76-character base64 lines, fed in 64 KiB chunks.
-//! - `scanner/long_lines/65536`: 64 KiB of 998-character lines (RFC 5321 §4.5.3.1.6 maximum).
+//! - `scanner/long_lines/65536`: 64 KiB of 998-character text lines (the RFC 5321 §4.5.3.1.6
+//!   maximum), one in 16 dot-stuffed.
 //!
 //! Run: `cargo bench --bench scanner -- --warm-up-time 1 --measurement-time 3`.
+//! Samples are many and short (flat sampling), so on a busy machine most of them run
+//! uninterrupted; read the median (`jq .median.point_estimate
+//! target/criterion/scanner/typical_76/65536/new/estimates.json`, in ns per iteration) rather than
+//! the mean that criterion prints, which a few interrupted samples drag down.
 //! Every iteration asserts the body length and that the terminator was found where expected.
 
 // `criterion_group!` defines an undocumented `pub fn`; nothing else here is public.
 #![allow(missing_docs)]
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use ringmx::data::DataScanner;
 
 /// Characters per text line before the CRLF (RFC 5322 §2.1.1 recommends at most 78).
@@ -154,6 +161,7 @@ fn benches(c: &mut Criterion) {
         ("base64_76", &base64_76),
         ("long_lines", &long_lines),
     ] {
+        group.sampling_mode(SamplingMode::Flat);
         group.throughput(Throughput::Bytes(input.wire.len() as u64));
         group.bench_with_input(
             BenchmarkId::new(name, input.wire.len()),
@@ -170,6 +178,7 @@ fn benches(c: &mut Criterion) {
 
     let input = &typical_76;
     let mut group = c.benchmark_group("naive");
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(input.wire.len() as u64));
     group.bench_with_input(
         BenchmarkId::new("typical_76", input.wire.len()),
@@ -184,6 +193,7 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("ceiling");
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(input.wire.len() as u64));
     group.bench_with_input(
         BenchmarkId::new("lf_count", input.wire.len()),
@@ -199,7 +209,17 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(scanner, benches);
+/// Many short samples: on a shared machine a sample that another process interrupts is slow,
+/// and with short samples most are not interrupted, so the median shows the code's own speed.
+fn config() -> Criterion {
+    Criterion::default().sample_size(3000).nresamples(10_000)
+}
+
+criterion_group! {
+    name = scanner;
+    config = config();
+    targets = benches
+}
 criterion_main!(scanner);
 
 /// The byte-at-a-time scanner the SIMD one replaced, kept here as the `naive` baseline: same

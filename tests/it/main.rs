@@ -1,6 +1,7 @@
-//! The one integration test binary: real servers over loopback, real clients, the spool read
-//! back with `ringmx spool`.
+//! The integration test binary (one binary, one module per area): real servers over loopback,
+//! real clients, the spool read back with `ringmx spool`.
 
 mod clients;
 mod server;
+mod spool;
 mod util;

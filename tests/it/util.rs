@@ -307,7 +307,9 @@ pub(crate) fn require_tool(path: &str, package: &str) {
 /// `ringmx spool ls` output for `spool`.
 pub(crate) fn spool_ls(spool: &Path) -> String {
     let out = run_tool(
-        Command::new(RINGMX).args(["spool", "ls"]).arg(spool),
+        Command::new(RINGMX)
+            .args(["spool", "ls", "--spool"])
+            .arg(spool),
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "spool ls failed: {out:?}");
