@@ -320,7 +320,7 @@ pub(crate) fn spool_ls(spool: &Path) -> String {
 pub(crate) fn spool_cat(spool: &Path, id: &str) -> Vec<u8> {
     let out = run_tool(
         Command::new(RINGMX)
-            .args(["spool", "cat"])
+            .args(["spool", "cat", "--spool"])
             .arg(spool)
             .arg(id),
         Duration::from_secs(30),
