@@ -70,6 +70,21 @@ fn push_code(out: &mut Vec<u8>, code: u16, sep: u8) {
     out.extend_from_slice(&[digit(code / 100), digit(code / 10), digit(code), sep]);
 }
 
+/// Appends `n` in decimal without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Appends `text`, with every control byte (including CR and LF) replaced by `?`, so that text
 /// we did not write ourselves can never end a reply line early or inject one.
 fn push_sanitized(out: &mut Vec<u8>, text: &str) {
@@ -98,7 +113,7 @@ pub(crate) fn encode_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64) {
     out.extend_from_slice(b"250-");
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
-    out.extend_from_slice(max_size.to_string().as_bytes());
+    push_decimal(out, max_size);
     out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
 }
 
@@ -231,5 +246,8 @@ mod tests {
              250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
         );
         assert_eq!(text(|o| encode_helo(o, "mx.test")), "250 mx.test\r\n");
+        for n in [0, 7, 10, 52_428_800, u64::MAX] {
+            assert_eq!(text(|o| push_decimal(o, n)), n.to_string());
+        }
     }
 }

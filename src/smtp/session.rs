@@ -40,7 +40,7 @@ use crate::data::DataScanner;
 /// - Every complete command line in `input` is handled, in order, and its reply appended to
 ///   `out` (PIPELINING, RFC 2920), so one write answers a whole batch.
 /// - A partial command line at the end is not consumed. It is always shorter than
-///   [`MAX_COMMAND_LINE`](super::MAX_COMMAND_LINE): once a line reaches that length without a
+///   [`MAX_COMMAND_LINE`]: once a line reaches that length without a
 ///   LF it is consumed and discarded as it comes, and answered with 500 5.5.6 at its end, so the
 ///   driver never holds more than `MAX_COMMAND_LINE - 1` unconsumed bytes.
 /// - In DATA every byte is consumed (body bytes go to [`BodySink::segment`]) up to and

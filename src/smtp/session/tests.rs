@@ -919,6 +919,25 @@ fn command_line_of_exactly_512_octets_is_fine_513_is_not() {
 }
 
 #[test]
+fn a_partial_line_is_kept_up_to_511_octets_and_dropped_at_512() {
+    let mut d = Driver::new(config());
+    d.take_lines();
+    // 510 octets + CR: still possibly a valid 512-octet line, so the driver keeps it.
+    let mut line = format!("NOOP {}", "x".repeat(MAX_COMMAND_LINE - 5 - 2)).into_bytes();
+    line.push(b'\r');
+    d.feed(&line);
+    assert_eq!(d.pending.len(), MAX_COMMAND_LINE - 1);
+    d.feed(b"\n");
+    assert_eq!(d.take_lines(), ["250 2.0.0 Ok"]);
+    // 512 octets and no LF: already too long, consumed at once.
+    d.feed(&[b'y'; MAX_COMMAND_LINE]);
+    assert!(d.pending.is_empty());
+    assert!(d.take_lines().is_empty());
+    d.feed(b"\r\nNOOP\r\n");
+    assert_eq!(d.take_lines(), ["500 5.5.6 Line too long", "250 2.0.0 Ok"]);
+}
+
+#[test]
 fn an_overlong_line_is_consumed_as_it_arrives_and_answered_at_its_end() {
     let mut d = Driver::new(config());
     d.take_lines();
