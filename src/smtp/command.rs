@@ -249,11 +249,26 @@ mod tests {
             (b"help mail", Ok(Help)),
             (b"VRFY postmaster", Ok(Vrfy)),
             // MAIL / RCPT
-            (b"MAIL FROM:<>", Ok(Mail { path: Path::Null, params: no_params })),
-            (b"mail from:<>", Ok(Mail { path: Path::Null, params: no_params })),
+            (
+                b"MAIL FROM:<>",
+                Ok(Mail {
+                    path: Path::Null,
+                    params: no_params,
+                }),
+            ),
+            (
+                b"mail from:<>",
+                Ok(Mail {
+                    path: Path::Null,
+                    params: no_params,
+                }),
+            ),
             (
                 b"MAIL FROM: <a@b.example>",
-                Ok(Mail { path: mbox("a@b.example", "a", "b.example"), params: no_params }),
+                Ok(Mail {
+                    path: mbox("a@b.example", "a", "b.example"),
+                    params: no_params,
+                }),
             ),
             (
                 b"MAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME SMTPUTF8",
@@ -266,8 +281,18 @@ mod tests {
                     },
                 }),
             ),
-            (b"RCPT TO:<x@y.example>", Ok(Rcpt { path: mbox("x@y.example", "x", "y.example") })),
-            (b"rcpt to:<Postmaster>", Ok(Rcpt { path: Path::Postmaster("Postmaster") })),
+            (
+                b"RCPT TO:<x@y.example>",
+                Ok(Rcpt {
+                    path: mbox("x@y.example", "x", "y.example"),
+                }),
+            ),
+            (
+                b"rcpt to:<Postmaster>",
+                Ok(Rcpt {
+                    path: Path::Postmaster("Postmaster"),
+                }),
+            ),
             // errors
             (b"", Err(Unrecognized)),
             (b" MAIL FROM:<>", Err(Unrecognized)),
@@ -285,21 +310,48 @@ mod tests {
             (b"VRFY", Err(Syntax("Syntax: VRFY address"))),
             (b"MAIL", Err(Syntax("Syntax: MAIL FROM:<address>"))),
             (b"MAIL FROM", Err(Syntax("Syntax: MAIL FROM:<address>"))),
-            (b"MAIL FROM <a@b.example>", Err(Syntax("Syntax: MAIL FROM:<address>"))),
-            (b"MAIL TO:<a@b.example>", Err(Syntax("Syntax: MAIL FROM:<address>"))),
+            (
+                b"MAIL FROM <a@b.example>",
+                Err(Syntax("Syntax: MAIL FROM:<address>")),
+            ),
+            (
+                b"MAIL TO:<a@b.example>",
+                Err(Syntax("Syntax: MAIL FROM:<address>")),
+            ),
             (b"MAIL FROM:", Err(Sender(AddressError::Missing))),
-            (b"MAIL FROM:<a@b.example", Err(Sender(AddressError::Unbalanced))),
-            (b"MAIL FROM:a@b.example", Err(Sender(AddressError::NoAngleBrackets))),
+            (
+                b"MAIL FROM:<a@b.example",
+                Err(Sender(AddressError::Unbalanced)),
+            ),
+            (
+                b"MAIL FROM:a@b.example",
+                Err(Sender(AddressError::NoAngleBrackets)),
+            ),
             (b"MAIL FROM:<a@b.example> FOO=1", Err(UnsupportedParameter)),
             (b"MAIL FROM:<a@b.example>SIZE=1", Err(BadParameter)),
             (b"MAIL FROM:<a@b.example> SIZE=x", Err(BadParameter)),
             (b"MAIL FROM:<\xc3@b.example>", Err(InvalidUtf8)),
             (b"RCPT TO:", Err(Recipient(AddressError::Missing))),
-            (b"RCPT TO:<>", Err(Recipient(AddressError::EmptyForwardPath))),
-            (b"RCPT TO <x@y.example>", Err(Syntax("Syntax: RCPT TO:<address>"))),
-            (b"RCPT TO:<x@y.example", Err(Recipient(AddressError::Unbalanced))),
-            (b"RCPT TO:x@y.example>", Err(Recipient(AddressError::NoAngleBrackets))),
-            (b"RCPT TO:<x@y.example> NOTIFY=NEVER", Err(UnsupportedParameter)),
+            (
+                b"RCPT TO:<>",
+                Err(Recipient(AddressError::EmptyForwardPath)),
+            ),
+            (
+                b"RCPT TO <x@y.example>",
+                Err(Syntax("Syntax: RCPT TO:<address>")),
+            ),
+            (
+                b"RCPT TO:<x@y.example",
+                Err(Recipient(AddressError::Unbalanced)),
+            ),
+            (
+                b"RCPT TO:x@y.example>",
+                Err(Recipient(AddressError::NoAngleBrackets)),
+            ),
+            (
+                b"RCPT TO:<x@y.example> NOTIFY=NEVER",
+                Err(UnsupportedParameter),
+            ),
             (b"RCPT TO:<x@y.example>>", Err(BadParameter)),
             (b"RCPT TO:<x\0@y.example>", Err(NulByte)),
             (b"NOOP \0", Err(NulByte)),
@@ -326,7 +378,11 @@ mod tests {
             (CommandError::InvalidUtf8, 501, "5.5.4"),
             (CommandError::Syntax("x"), 501, "5.5.4"),
             (CommandError::Sender(AddressError::Unbalanced), 501, "5.1.7"),
-            (CommandError::Recipient(AddressError::Unbalanced), 501, "5.1.3"),
+            (
+                CommandError::Recipient(AddressError::Unbalanced),
+                501,
+                "5.1.3",
+            ),
             (CommandError::UnsupportedParameter, 555, "5.5.4"),
             (CommandError::BadParameter, 501, "5.5.4"),
         ];

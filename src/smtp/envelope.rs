@@ -146,8 +146,7 @@ pub(crate) fn parse_path(s: &str, kind: PathKind) -> Result<(Path<'_>, &str), Ad
     const POSTMASTER: &[u8] = b"postmaster";
     if kind == PathKind::Forward && !source_route {
         if let Some(word) = b.get(i..i + POSTMASTER.len()) {
-            if word.eq_ignore_ascii_case(POSTMASTER) && b.get(i + POSTMASTER.len()) == Some(&b'>')
-            {
+            if word.eq_ignore_ascii_case(POSTMASTER) && b.get(i + POSTMASTER.len()) == Some(&b'>') {
                 let end = i + POSTMASTER.len();
                 return Ok((Path::Postmaster(&s[i..end]), &s[end + 1..]));
             }
@@ -324,11 +323,13 @@ fn for_each_param(
             None => (token, None),
         };
         // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"); esmtp-value = 1*(%d33-60 / %d62-126)
-        let key_ok = key.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        let key_ok = key
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
             && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
-        let value_ok = value.is_none_or(|v| {
-            !v.is_empty() && v.bytes().all(|c| matches!(c, 33..=60 | 62..=126))
-        });
+        let value_ok = value
+            .is_none_or(|v| !v.is_empty() && v.bytes().all(|c| matches!(c, 33..=60 | 62..=126)));
         if !key_ok || !value_ok {
             return Err(ParamError::Malformed);
         }
@@ -399,7 +400,12 @@ mod tests {
         match parse_path(s, kind)? {
             (Path::Mailbox(m), rest) => {
                 assert_eq!(m.address, format!("{}@{}", m.local, m.domain));
-                Ok((m.address.to_owned(), m.source_route, m.non_ascii, rest.to_owned()))
+                Ok((
+                    m.address.to_owned(),
+                    m.source_route,
+                    m.non_ascii,
+                    rest.to_owned(),
+                ))
             }
             (other, _) => panic!("{s:?}: not a mailbox: {other:?}"),
         }
@@ -409,22 +415,44 @@ mod tests {
     fn reverse_paths_that_parse() {
         use PathKind::Reverse;
         assert_eq!(parse_path("<>", Reverse), Ok((Path::Null, "")));
-        assert_eq!(parse_path("<> SIZE=1", Reverse), Ok((Path::Null, " SIZE=1")));
+        assert_eq!(
+            parse_path("<> SIZE=1", Reverse),
+            Ok((Path::Null, " SIZE=1"))
+        );
         let table: &[(&str, &str, bool, &str)] = &[
             ("<a@b.example>", "a@b.example", false, ""),
-            ("<first.last@x.example> BODY=8BITMIME", "first.last@x.example", false, " BODY=8BITMIME"),
+            (
+                "<first.last@x.example> BODY=8BITMIME",
+                "first.last@x.example",
+                false,
+                " BODY=8BITMIME",
+            ),
             ("<user%other@x.example>", "user%other@x.example", false, ""),
             ("<\"a b@c\"@x.example>", "\"a b@c\"@x.example", false, ""),
             ("<\"a\\\"q\"@x.example>", "\"a\\\"q\"@x.example", false, ""),
             ("<\"a>b\"@x.example>", "\"a>b\"@x.example", false, ""),
             ("<a@[192.0.2.1]>", "a@[192.0.2.1]", false, ""),
             ("<a@[IPv6:2001:db8::1]>", "a@[IPv6:2001:db8::1]", false, ""),
-            ("<@r1.example,@r2.example:a@b.example>", "a@b.example", true, ""),
-            ("<!#$&'*+-/=?^_`{|}~@x-y.example>", "!#$&'*+-/=?^_`{|}~@x-y.example", false, ""),
+            (
+                "<@r1.example,@r2.example:a@b.example>",
+                "a@b.example",
+                true,
+                "",
+            ),
+            (
+                "<!#$&'*+-/=?^_`{|}~@x-y.example>",
+                "!#$&'*+-/=?^_`{|}~@x-y.example",
+                false,
+                "",
+            ),
         ];
         for &(input, address, routed, rest) in table {
             let got = mailbox(input, Reverse).unwrap_or_else(|e| panic!("{input:?}: {e:?}"));
-            assert_eq!(got, (address.to_owned(), routed, false, rest.to_owned()), "{input:?}");
+            assert_eq!(
+                got,
+                (address.to_owned(), routed, false, rest.to_owned()),
+                "{input:?}"
+            );
         }
     }
 
@@ -464,7 +492,11 @@ mod tests {
             ("<a@b_c.example>", Reverse, BadDomain),
         ];
         for &(input, kind, want) in table {
-            assert_eq!(parse_path(input, kind).map(|_| ()), Err(want), "{input:?} {kind:?}");
+            assert_eq!(
+                parse_path(input, kind).map(|_| ()),
+                Err(want),
+                "{input:?} {kind:?}"
+            );
         }
     }
 
@@ -472,7 +504,10 @@ mod tests {
     fn forward_path_domains_are_not_judged_here() {
         // The relay check refuses these as "not ours"; the parser only hands them on.
         for (input, domain) in [
-            ("<a@remote.example@local.example>", "remote.example@local.example"),
+            (
+                "<a@remote.example@local.example>",
+                "remote.example@local.example",
+            ),
             ("<a@local.example.>", "local.example."),
             ("<a@[127.0.0.1]>", "[127.0.0.1]"),
         ] {
@@ -485,7 +520,12 @@ mod tests {
 
     #[test]
     fn postmaster_without_domain_only_in_forward_paths() {
-        for p in ["<Postmaster>", "<postmaster>", "<POSTMASTER>", "<pOsTmAsTeR>"] {
+        for p in [
+            "<Postmaster>",
+            "<postmaster>",
+            "<POSTMASTER>",
+            "<pOsTmAsTeR>",
+        ] {
             assert_eq!(
                 parse_path(p, PathKind::Forward),
                 Ok((Path::Postmaster(&p[1..p.len() - 1]), ""))
@@ -522,7 +562,11 @@ mod tests {
         let ok = format!("<{}@{domain}>", "a".repeat(MAX_LOCAL_PART));
         assert_eq!(ok.len(), MAX_PATH);
         assert!(mailbox(&ok, PathKind::Reverse).is_ok());
-        let long = format!("<{}@{}>", "a".repeat(MAX_LOCAL_PART), domain_of_len(dom_len + 1));
+        let long = format!(
+            "<{}@{}>",
+            "a".repeat(MAX_LOCAL_PART),
+            domain_of_len(dom_len + 1)
+        );
         assert_eq!(
             parse_path(&long, PathKind::Reverse).map(|_| ()),
             Err(AddressError::PathTooLong)
@@ -551,10 +595,20 @@ mod tests {
 
     #[test]
     fn domain_syntax_table() {
-        for ok in ["a", "a.b", "a-b.c1", "1.2.3.4", "xn--bcher-kva.example", "[1.2.3.4]", "[IPv6:::1]"] {
+        for ok in [
+            "a",
+            "a.b",
+            "a-b.c1",
+            "1.2.3.4",
+            "xn--bcher-kva.example",
+            "[1.2.3.4]",
+            "[IPv6:::1]",
+        ] {
             assert!(is_domain(ok.as_bytes()), "{ok:?}");
         }
-        for bad in ["", ".", "a.", ".a", "a..b", "-a", "a-", "a b", "a@b", "[", "[]", "[a[b]", "a_b"] {
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "-a", "a-", "a b", "a@b", "[", "[]", "[a[b]", "a_b",
+        ] {
             assert!(!is_domain(bad.as_bytes()), "{bad:?}");
         }
         assert!(!is_domain(format!("{}.x", "a".repeat(64)).as_bytes()));
@@ -563,16 +617,28 @@ mod tests {
     #[test]
     fn mail_parameters_table() {
         use ParamError::*;
-        let ok = |size, body, smtputf8| Ok(MailParams { size, body, smtputf8 });
+        let ok = |size, body, smtputf8| {
+            Ok(MailParams {
+                size,
+                body,
+                smtputf8,
+            })
+        };
         let table: &[(&str, Result<MailParams, ParamError>)] = &[
             ("", ok(None, None, false)),
             (" SIZE=1000", ok(Some(1000), None, false)),
             (" size=0", ok(Some(0), None, false)),
-            ("  SIZE=12  BODY=8bitmime ", ok(Some(12), Some(Body::EightBitMime), false)),
+            (
+                "  SIZE=12  BODY=8bitmime ",
+                ok(Some(12), Some(Body::EightBitMime), false),
+            ),
             (" BODY=7BIT", ok(None, Some(Body::SevenBit), false)),
             (" SMTPUTF8", ok(None, None, true)),
             (" smtputf8 SIZE=5", ok(Some(5), None, true)),
-            (" SIZE=99999999999999999999", ok(Some(u64::MAX), None, false)),
+            (
+                " SIZE=99999999999999999999",
+                ok(Some(u64::MAX), None, false),
+            ),
             (" SIZE=999999999999999999999", Err(BadValue)),
             (" SIZE=", Err(Malformed)),
             (" SIZE", Err(BadValue)),
@@ -601,7 +667,10 @@ mod tests {
     fn rcpt_parameters_are_not_offered() {
         assert_eq!(parse_rcpt_params(""), Ok(()));
         assert_eq!(parse_rcpt_params("   "), Ok(()));
-        assert_eq!(parse_rcpt_params(" NOTIFY=NEVER"), Err(ParamError::Unsupported));
+        assert_eq!(
+            parse_rcpt_params(" NOTIFY=NEVER"),
+            Err(ParamError::Unsupported)
+        );
         assert_eq!(parse_rcpt_params("x"), Err(ParamError::Malformed));
     }
 }

@@ -80,7 +80,8 @@ pub struct SessionConfig {
     pub hostname: String,
     /// Domains we accept mail for (compared case-insensitively, exact match).
     pub local_domains: Vec<String>,
-    /// Largest message body we accept, in bytes (advertised as `SIZE n`).
+    /// Largest message body we accept, in bytes after dot-unstuffing (advertised as `SIZE n`).
+    /// Keep it above 0: `SIZE 0` means "no fixed limit" to clients (RFC 1870 §4).
     pub max_message_size: u64,
     /// Recipients per transaction; more get 452 4.5.3.
     pub max_recipients: usize,

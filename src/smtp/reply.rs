@@ -70,6 +70,21 @@ fn push_code(out: &mut Vec<u8>, code: u16, sep: u8) {
     out.extend_from_slice(&[digit(code / 100), digit(code / 10), digit(code), sep]);
 }
 
+/// Appends `n` in decimal without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Appends `text`, with every control byte (including CR and LF) replaced by `?`, so that text
 /// we did not write ourselves can never end a reply line early or inject one.
 fn push_sanitized(out: &mut Vec<u8>, text: &str) {
@@ -98,10 +113,8 @@ pub(crate) fn encode_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64) {
     out.extend_from_slice(b"250-");
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
-    out.extend_from_slice(max_size.to_string().as_bytes());
-    out.extend_from_slice(
-        b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n",
-    );
+    push_decimal(out, max_size);
+    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
 }
 
 // ---- the fixed replies, grouped by command --------------------------------------------------
@@ -113,8 +126,7 @@ pub(crate) const MAIL_OK: Reply = Reply::new(250, "2.1.0", "Ok");
 /// 250 to RCPT.
 pub(crate) const RCPT_OK: Reply = Reply::new(250, "2.1.5", "Ok");
 /// 354 to DATA (no enhanced code: 3xx).
-pub(crate) const DATA_GO_AHEAD: Reply =
-    Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+pub(crate) const DATA_GO_AHEAD: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
 /// 250 after the driver made a message durable; the queue id follows the text.
 pub(crate) const QUEUED: Reply = Reply::new(250, "2.0.0", "Ok queued as ");
 /// 221 to QUIT.
@@ -171,8 +183,7 @@ pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
 );
 
 /// 452 after DATA: the driver ran out of space.
-pub(crate) const COMMIT_NO_SPACE: Reply =
-    Reply::new(452, "4.3.1", "Insufficient system storage");
+pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
 /// 451 after DATA: the driver hit an I/O error.
 pub(crate) const COMMIT_IO: Reply =
     Reply::new(451, "4.3.0", "Local error in processing, try again later");
@@ -181,8 +192,7 @@ pub(crate) const COMMIT_IO: Reply =
 pub(crate) const TOO_MANY_ERRORS: Reply =
     Reply::new(421, "4.7.0", "Too many errors, closing connection");
 /// 421 after a timeout (sent with our hostname).
-pub(crate) const TIMEOUT: Reply =
-    Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
+pub(crate) const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
 /// 421 on shutdown (sent with our hostname).
 pub(crate) const SHUTDOWN: Reply =
     Reply::new(421, "4.3.2", "Service shutting down, closing connection");
@@ -221,7 +231,10 @@ mod tests {
             text(|o| QUEUED.encode_with_arg(o, "id\r\n250 fake")),
             "250 2.0.0 Ok queued as id??250 fake\r\n"
         );
-        assert_eq!(text(|o| encode_greeting(o, "a\nb")), "220 a?b ESMTP ringmx\r\n");
+        assert_eq!(
+            text(|o| encode_greeting(o, "a\nb")),
+            "220 a?b ESMTP ringmx\r\n"
+        );
     }
 
     #[test]
@@ -233,5 +246,8 @@ mod tests {
              250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
         );
         assert_eq!(text(|o| encode_helo(o, "mx.test")), "250 mx.test\r\n");
+        for n in [0, 7, 10, 52_428_800, u64::MAX] {
+            assert_eq!(text(|o| push_decimal(o, n)), n.to_string());
+        }
     }
 }

@@ -40,7 +40,7 @@ use crate::data::DataScanner;
 /// - Every complete command line in `input` is handled, in order, and its reply appended to
 ///   `out` (PIPELINING, RFC 2920), so one write answers a whole batch.
 /// - A partial command line at the end is not consumed. It is always shorter than
-///   [`MAX_COMMAND_LINE`](super::MAX_COMMAND_LINE): once a line reaches that length without a
+///   [`MAX_COMMAND_LINE`]: once a line reaches that length without a
 ///   LF it is consumed and discarded as it comes, and answered with 500 5.5.6 at its end, so the
 ///   driver never holds more than `MAX_COMMAND_LINE - 1` unconsumed bytes.
 /// - In DATA every byte is consumed (body bytes go to [`BodySink::segment`]) up to and
@@ -371,7 +371,10 @@ impl Session {
         if self.in_transaction {
             return self.fail(out, reply::NESTED_MAIL);
         }
-        if params.size.is_some_and(|n| n > self.config.max_message_size) {
+        if params
+            .size
+            .is_some_and(|n| n > self.config.max_message_size)
+        {
             return self.fail(out, reply::TOO_BIG);
         }
         let address = match path {

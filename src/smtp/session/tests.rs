@@ -100,12 +100,9 @@ impl Driver {
         }
         self.pending.extend_from_slice(bytes);
         loop {
-            let r = self.session.handle_input(
-                self.now,
-                &self.pending,
-                &mut self.out,
-                &mut self.sink,
-            );
+            let r =
+                self.session
+                    .handle_input(self.now, &self.pending, &mut self.out, &mut self.sink);
             match r {
                 Err(c) => {
                     assert_eq!(self.session.phase(), Phase::Closed);
@@ -156,10 +153,7 @@ impl Driver {
     fn take_lines(&mut self) -> Vec<String> {
         let text = out_text(&std::mem::take(&mut self.out));
         assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
-        let lines: Vec<String> = text
-            .split_terminator("\r\n")
-            .map(str::to_owned)
-            .collect();
+        let lines: Vec<String> = text.split_terminator("\r\n").map(str::to_owned).collect();
         for l in &lines {
             assert!(!l.contains(['\r', '\n']), "bare line ending in reply {l:?}");
             assert!(l.len() >= 3 && l.as_bytes()[..3].iter().all(u8::is_ascii_digit));
@@ -393,7 +387,8 @@ fn the_session_waits_for_the_commit_and_writes_no_250_itself() {
     assert_eq!(out.len(), before);
     // The commit writes the 250, then the rest is handled.
     s.handle_commit(now, Ok("ABC123"), &mut out);
-    assert!(out_text(&out).ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as ABC123\r\n"));
+    assert!(out_text(&out)
+        .ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as ABC123\r\n"));
     assert_eq!(s.phase(), Phase::Command);
     assert_eq!(s.envelope().rcpts.len(), 0, "transaction ended");
     assert_eq!(s.handle_input(now, &input[n..], &mut out, &mut sink), Ok(6));
@@ -433,7 +428,8 @@ fn handle_commit_outside_awaiting_commit_does_nothing() {
     let mut d = Driver::new(config());
     d.take_lines();
     d.session.handle_commit(d.now, Ok("X"), &mut d.out);
-    d.session.handle_commit(d.now, Err(CommitError::Io), &mut d.out);
+    d.session
+        .handle_commit(d.now, Err(CommitError::Io), &mut d.out);
     assert!(d.out.is_empty());
     assert_eq!(d.session.phase(), Phase::Command);
 }
@@ -753,7 +749,12 @@ fn postmaster_without_domain_in_any_case() {
     );
     assert_eq!(
         d.session.envelope().rcpts,
-        ["Postmaster", "postmaster", "POSTMASTER", "postmaster@local.test"]
+        [
+            "Postmaster",
+            "postmaster",
+            "POSTMASTER",
+            "postmaster@local.test"
+        ]
     );
 }
 
@@ -918,6 +919,25 @@ fn command_line_of_exactly_512_octets_is_fine_513_is_not() {
 }
 
 #[test]
+fn a_partial_line_is_kept_up_to_511_octets_and_dropped_at_512() {
+    let mut d = Driver::new(config());
+    d.take_lines();
+    // 510 octets + CR: still possibly a valid 512-octet line, so the driver keeps it.
+    let mut line = format!("NOOP {}", "x".repeat(MAX_COMMAND_LINE - 5 - 2)).into_bytes();
+    line.push(b'\r');
+    d.feed(&line);
+    assert_eq!(d.pending.len(), MAX_COMMAND_LINE - 1);
+    d.feed(b"\n");
+    assert_eq!(d.take_lines(), ["250 2.0.0 Ok"]);
+    // 512 octets and no LF: already too long, consumed at once.
+    d.feed(&[b'y'; MAX_COMMAND_LINE]);
+    assert!(d.pending.is_empty());
+    assert!(d.take_lines().is_empty());
+    d.feed(b"\r\nNOOP\r\n");
+    assert_eq!(d.take_lines(), ["500 5.5.6 Line too long", "250 2.0.0 Ok"]);
+}
+
+#[test]
 fn an_overlong_line_is_consumed_as_it_arrives_and_answered_at_its_end() {
     let mut d = Driver::new(config());
     d.take_lines();
@@ -1053,8 +1073,14 @@ fn at_least_100_recipients_by_default() {
     }
     d.feed(batch.as_bytes());
     let lines = d.take_lines();
-    assert_eq!(lines.iter().filter(|l| l.starts_with("250 2.1.5")).count(), 100);
-    assert_eq!(lines.last().map(String::as_str), Some("452 4.5.3 Too many recipients"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("250 2.1.5")).count(),
+        100
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("452 4.5.3 Too many recipients")
+    );
 }
 
 #[test]
@@ -1079,7 +1105,13 @@ fn a_body_of_exactly_the_limit_is_accepted_one_more_byte_is_552() {
     d.feed(&body);
     d.feed(b".\r\nNOOP\r\n");
     let lines = d.take_lines();
-    let tail: Vec<&str> = lines.iter().rev().take(3).rev().map(String::as_str).collect();
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         tail,
         [
@@ -1102,14 +1134,18 @@ fn a_body_of_exactly_the_limit_is_accepted_one_more_byte_is_552() {
 fn a_huge_body_is_streamed_and_refused_without_buffering() {
     let mut d = Driver::new(config());
     d.feed(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n");
-    let chunk = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n".repeat(50);
+    let chunk =
+        b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n".repeat(50);
     for _ in 0..200 {
         d.feed(&chunk);
         assert!(d.pending.is_empty());
     }
     let calls = d.sink.segment_calls;
     d.feed(&chunk);
-    assert_eq!(d.sink.segment_calls, calls, "no segments once over the limit");
+    assert_eq!(
+        d.sink.segment_calls, calls,
+        "no segments once over the limit"
+    );
     d.feed(b".\r\n");
     assert!(d.take_lines().last().unwrap().starts_with("552 5.3.4"));
     assert_eq!(d.sink.messages[0].outcome, Some(Err(Rejection::TooBig)));
@@ -1302,8 +1338,8 @@ fn a_refused_body_is_answered_and_the_next_commands_run_in_the_same_read() {
 
 /// A message whose body tries to end early with `fake_end` and then inject a second message.
 fn smuggle(fake_end: &[u8]) -> Vec<u8> {
-    let mut v = b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nhello"
-        .to_vec();
+    let mut v =
+        b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nhello".to_vec();
     v.extend_from_slice(fake_end);
     v.extend_from_slice(
         b"MAIL FROM:<evil@s.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n",
@@ -1401,12 +1437,19 @@ fn in_data_the_deadline_follows_the_last_input() {
     }
     d.now += Duration::from_secs(1);
     d.feed(b"\r\n.\r\n");
-    assert_eq!(d.session.next_deadline(), Some(d.now + idle), "after the commit");
+    assert_eq!(
+        d.session.next_deadline(),
+        Some(d.now + idle),
+        "after the commit"
+    );
 }
 
 #[test]
 fn timeout_writes_421_4_4_2_and_closes() {
-    for phase_input in [&b""[..], b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nhalf a bo"] {
+    for phase_input in [
+        &b""[..],
+        b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nhalf a bo",
+    ] {
         let mut d = Driver::new(config());
         d.feed(phase_input);
         d.take_lines();
@@ -1420,7 +1463,8 @@ fn timeout_writes_421_4_4_2_and_closes() {
         assert_eq!(d.session.next_deadline(), None);
         let mut more = Vec::new();
         assert_eq!(
-            d.session.handle_input(d.now, b"NOOP\r\n", &mut more, &mut d.sink),
+            d.session
+                .handle_input(d.now, b"NOOP\r\n", &mut more, &mut d.sink),
             Err(Closed::Timeout)
         );
         assert!(more.is_empty());
