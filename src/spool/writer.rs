@@ -129,6 +129,9 @@ impl Failure {
             text: text.to_string(),
         }
     }
+    fn is_no_space(&self) -> bool {
+        matches!(self.errno, Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    }
     fn to_error(&self) -> SpoolError {
         match self.errno {
             Some(n) => SpoolError::from_io(io::Error::from_raw_os_error(n)),
@@ -382,6 +385,22 @@ impl Shared {
     /// `open(2)` with `O_CREAT`, once per segment); its header frame is written through the
     /// ring. Its directory entry is fsynced by the syncer before the first ack in it.
     fn roll(this: &Rc<Self>, st: &mut State) -> Result<Rc<Segment>, Failure> {
+        // After running out of space, do not create (and abandon) a new file per message
+        // while the filesystem is still full.
+        let out_of_space = st
+            .current
+            .as_ref()
+            .and_then(|c| c.failure())
+            .is_some_and(|f| f.is_no_space());
+        if out_of_space {
+            let need = 2 * this.buffers.config().write_buf_size as u64;
+            if free_bytes(&this.dir).is_some_and(|free| free < need) {
+                return Err(Failure {
+                    errno: Some(libc::ENOSPC),
+                    text: "no space left on device".into(),
+                });
+            }
+        }
         let name = SegmentName {
             reactor: this.config.reactor,
             seq: st.next_seq,
@@ -541,7 +560,13 @@ impl Shared {
                 SyncPolicy::Group => seg.synced.get(),
                 SyncPolicy::None => seg.written.get(),
             };
-            if let Err(e) = seg.std.set_len(keep) {
+            let cut = if keep == 0 {
+                // Nothing in it was ever acknowledged: remove the file.
+                std::fs::remove_file(&seg.path)
+            } else {
+                seg.std.set_len(keep)
+            };
+            if let Err(e) = cut {
                 tracing::warn!(segment = %seg.path.display(), error = %e, "cannot cut failed segment; recovery will");
             }
             return None;
@@ -1015,6 +1040,20 @@ fn lock_reactor(config: &SpoolConfig) -> Result<StdFile, SpoolError> {
         )));
     }
     Ok(f)
+}
+
+/// Bytes available to us on the filesystem holding `dir`, if `fstatvfs` works.
+fn free_bytes(dir: &tokio_uring::fs::File) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: the descriptor is open for the call (owned by `dir`); fstatvfs writes only into
+    // the struct we pass.
+    let rc = unsafe { libc::fstatvfs(dir.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstatvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn unix_us(t: SystemTime) -> u64 {
