@@ -286,7 +286,7 @@ fn normalize(mut c: BufferConfig) -> BufferConfig {
 /// A buffer checked out of a [`BufferPool`] (or an unpooled heap buffer).
 ///
 /// Pass the inner value to tokio-uring: `Fixed` to `read_fixed` / `write_fixed_at`, `Heap` to
-/// `read` / `write_at`; or use the helpers [`Buf::read_from`] and [`Buf::write_all_at`], which
+/// `read` / `write_at`; or use the methods [`Buf::read_from`] and [`Buf::write_all_at`], which
 /// pick the right call.
 #[derive(Debug)]
 pub enum Buf {
