@@ -16,11 +16,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            ringmx::server::init_logging();
-            match Config::load(&args) {
-                Ok(config) => done(ringmx::server::run(config)),
-                Err(e) => fail(e),
-            }
+            let log = ringmx::server::init_logging();
+            let res = match Config::load(&args) {
+                Ok(config) => ringmx::server::run(config).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            // Flush the log lines before the final error line.
+            drop(log);
+            done(res)
         }
         Command::CheckConfig(args) => match Config::load(&args) {
             Ok(config) => {

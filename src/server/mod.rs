@@ -73,16 +73,27 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 /// Sets up logging to stderr, one line per event, level from `RUST_LOG` (default `info`).
-pub fn init_logging() {
+///
+/// Lines are formatted on the thread that logs them but written by a background thread
+/// (`tracing-appender`), so a reactor never makes a blocking `write(2)` to stderr per message.
+/// The queue is not lossy: if stderr cannot keep up for 128k lines, loggers wait rather than
+/// drop audit lines. Keep the returned guard alive until exit: dropping it flushes the queue.
+#[must_use = "dropping the guard stops and flushes the log writer"]
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ringmx-log")
+        .finish(io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(writer)
         .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+    guard
 }
 
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
