@@ -279,6 +279,11 @@ impl<'r> Conn<'r> {
             if let Some(eod) = acked_at {
                 self.r.stats.record_ack(eod.elapsed());
             }
+            // Stopping: a session that has just finished a transaction must not start another
+            // from commands already pipelined behind it; it gets 421 4.3.2 now.
+            if *self.stop.borrow() != Stop::Running && self.session.phase() == Phase::Command {
+                return Err(self.close_for_shutdown().await);
+            }
             if used >= input.len() || (acked_at.is_none() && n == 0) {
                 return Ok(used);
             }

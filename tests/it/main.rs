@@ -3,5 +3,6 @@
 
 mod clients;
 mod server;
+mod shutdown;
 mod spool;
 mod util;
