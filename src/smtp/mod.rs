@@ -166,7 +166,7 @@ pub struct Envelope {
 pub enum Rejection {
     /// Larger than the size limit: 552 5.3.4.
     TooBig,
-    /// Bare CR or LF in the body: 550 5.6.11.
+    /// Bare CR or LF in the body: 550 5.6.0.
     BareLineEnding,
 }
 

@@ -175,10 +175,12 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
     "5.3.4",
     "Message size exceeds fixed maximum message size",
 );
-/// 550 after the terminator: the body held a bare CR or LF (SMTP smuggling defence).
+/// 550 after the terminator: the body held a bare CR or LF (SMTP smuggling defence). X.6.0
+/// ("other or undefined media error", RFC 3463 §3.7): the content is at fault, and the
+/// registry (RFC 5248) has no more specific code for broken line endings.
 pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
     550,
-    "5.6.11",
+    "5.6.0",
     "Bare CR or LF in message body, message refused",
 );
 

@@ -46,7 +46,7 @@ use crate::data::DataScanner;
 /// - In DATA every byte is consumed (body bytes go to [`BodySink::segment`]) up to and
 ///   including the terminator `<CRLF>.<CRLF>`. If the message is fine, `handle_input` returns
 ///   right after the terminator without a reply ([`Phase::AwaitingCommit`]); a refused
-///   message (bare CR/LF: 550 5.6.11, too big: 552 5.3.4) is answered at once and the
+///   message (bare CR/LF: 550 5.6.0, too big: 552 5.3.4) is answered at once and the
 ///   following commands are handled in the same call.
 /// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
 ///

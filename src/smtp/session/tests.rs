@@ -1191,7 +1191,7 @@ fn refused_bodies_count_towards_the_error_cap() {
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
-        S: 550 5.6.11
+        S: 550 5.6.0
         S: 421 4.7.0
         CLOSED: TooManyErrors
         ",
@@ -1319,7 +1319,7 @@ fn a_refused_body_is_answered_and_the_next_commands_run_in_the_same_read() {
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
-        S: 550 5.6.11 Bare CR or LF in message body
+        S: 550 5.6.0 Bare CR or LF in message body
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
@@ -1373,7 +1373,7 @@ fn smuggling_variants_leave_exactly_one_message() {
         ));
         let final_reply = match want {
             Ok(()) => "250 2.0.0 Ok queued as Q1\r\n",
-            Err(_) => "550 5.6.11 Bare CR or LF in message body, message refused\r\n",
+            Err(_) => "550 5.6.0 Bare CR or LF in message body, message refused\r\n",
         };
         let expected = format!(
             "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
