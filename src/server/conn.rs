@@ -441,6 +441,10 @@ impl<'r> Conn<'r> {
                 ReactorStats::inc(&c.sessions_shutdown);
                 "shutdown"
             }
+            End::Closed(Closed::NotSmtp) => {
+                ReactorStats::inc(&c.sessions_not_smtp);
+                "not-smtp"
+            }
             End::Eof => {
                 ReactorStats::inc(&c.sessions_disconnected);
                 "client-closed"

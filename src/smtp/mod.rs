@@ -27,12 +27,13 @@
 //!   │      │   EHLO/HELO/MAIL/RCPT/RSET/NOOP/VRFY/HELP → reply        │
 //!   │      │   over-long line → discarded as it arrives, 500 5.5.6    │
 //!   │      │   QUIT → 221, Err(Closed::Quit)                          │
+//!   │      │   HTTP request line → 221 2.7.0, Err(Closed::NotSmtp)    │
 //!   │      │   N errors → 421 4.7.0, Err(Closed::TooManyErrors)       │
 //!   │      │ DATA (MAIL + RCPT given) → 354, sink.begin(envelope)     │
 //!   │      ▼                                                          │
 //!   │   Phase::Data: bytes → DataScanner → sink.segment(unstuffed)    │
 //!   │      │ <CRLF>.<CRLF>                                            │
-//!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.11 ───────────┤
+//!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.0 ────────────┤
 //!   │      ├── over the size limit → sink.end(Err), 552 5.3.4 ────────┘
 //!   │      └── fine → sink.end(Ok); handle_input returns here
 //!   │      ▼
@@ -124,6 +125,9 @@ pub enum Closed {
     TooManyErrors,
     /// The client was too slow (421 4.4.2 written).
     Timeout,
+    /// The client spoke another protocol: an HTTP request line such as `GET / HTTP/1.1`
+    /// (221 2.7.0 written, as Postfix does; a browser or proxy must not get to chat with us).
+    NotSmtp,
     /// The server is shutting down (421 4.3.2 written).
     Shutdown,
 }

@@ -190,6 +190,13 @@ pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient
 pub(crate) const COMMIT_IO: Reply =
     Reply::new(451, "4.3.0", "Local error in processing, try again later");
 
+/// 221 to an HTTP request line, then close (sent with our hostname). Postfix answers these
+/// `221 2.7.0` too: a closing reply, with the policy class of RFC 3463 §3.8.
+pub(crate) const NOT_SMTP: Reply = Reply::new(
+    221,
+    "2.7.0",
+    "This is an SMTP server, not HTTP; closing connection",
+);
 /// 421 after too many errors (sent with our hostname).
 pub(crate) const TOO_MANY_ERRORS: Reply =
     Reply::new(421, "4.7.0", "Too many errors, closing connection");

@@ -73,6 +73,9 @@ use crate::data::DataScanner;
 /// - A non-ASCII address without SMTPUTF8 gets 553 5.6.7 (RFC 6531 §3.7.4.1); bytes that are
 ///   not UTF-8 at all get 501 5.5.4.
 /// - DATA without an accepted RCPT gets 503 5.5.1 (RFC 5321 §3.3 allows 503 or 554).
+/// - An HTTP request line (`GET / HTTP/1.1`, `POST …`, `CONNECT …`) gets 221 2.7.0 and
+///   the session closes ([`Closed::NotSmtp`]), as Postfix does: replying 500 to every header
+///   line would only keep a browser or proxy talking.
 /// - ESMTP parameters are also accepted after HELO.
 #[derive(Debug)]
 pub struct Session {
@@ -298,6 +301,9 @@ impl Session {
         }
         match command::parse(line) {
             Ok(command) => self.handle_command(command, out, sink),
+            Err(command::CommandError::NotSmtp) => {
+                Err(self.close_with(out, reply::NOT_SMTP, Closed::NotSmtp))
+            }
             Err(e) => self.fail(out, e.reply()),
         }
     }

@@ -79,6 +79,8 @@ counters! {
     sessions_too_many_errors,
     /// Sessions closed by a server shutdown.
     sessions_shutdown,
+    /// Sessions closed because the client spoke HTTP, not SMTP (221 2.7.0).
+    sessions_not_smtp,
     /// Sessions the client closed without QUIT.
     sessions_disconnected,
     /// Sessions ended by a socket error.

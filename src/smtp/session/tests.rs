@@ -616,7 +616,7 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_500() {
         S: 250 2.0.0
         C: XYZZY
         S: 500 5.5.2 Command unrecognized
-        C: GET / HTTP/1.1
+        C: GETX / HTTP/1.1
         S: 500 5.5.2
         C:
         S: 500 5.5.2
@@ -626,6 +626,47 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_500() {
         S: 500 5.5.2
         ",
     );
+}
+
+#[test]
+fn an_http_request_gets_221_and_the_session_closes_at_once() {
+    for (request, after) in [
+        ("GET / HTTP/1.1", "Host: mx.test"),
+        ("POST /submit HTTP/1.1", "Content-Length: 5"),
+        ("CONNECT mx.test:25 HTTP/1.1", "Host: mx.test:25"),
+        ("PRI * HTTP/2.0", ""),
+    ] {
+        // As the first line, and in the middle of a transaction (which it abandons).
+        for before in ["", "C: EHLO c.test\nC: MAIL FROM:<a@s.test>\n"] {
+            let script = format!(
+                "S: 220
+                 {before}
+                 C: {request}
+                 C: {after}
+                 C: NOOP"
+            );
+            let mut d = Driver::new(no_cap());
+            let mut input = Vec::new();
+            for line in script.lines().filter_map(|l| l.trim().strip_prefix("C: ")) {
+                input.extend_from_slice(line.as_bytes());
+                input.extend_from_slice(b"\r\n");
+            }
+            d.feed(&input);
+            let lines = d.take_lines();
+            assert_eq!(
+                lines.last().map(String::as_str),
+                Some("221 2.7.0 mx.test This is an SMTP server, not HTTP; closing connection"),
+                "{request:?} after {before:?}: {lines:?}"
+            );
+            assert!(
+                !lines.iter().any(|l| l.starts_with('5')),
+                "nothing after the request line is answered: {lines:?}"
+            );
+            assert_eq!(d.closed, Some(Closed::NotSmtp));
+            assert_eq!(d.session.phase(), Phase::Closed);
+            assert!(d.sink.messages.is_empty());
+        }
+    }
 }
 
 #[test]
