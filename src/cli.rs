@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// How long a client may stay silent or take for one command, in seconds [default: 300].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
+    /// How long a whole message body may take, from the 354 to the final dot, in seconds, so
+    /// a client dripping bytes cannot hold a connection forever [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub data_timeout: Option<u64>,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

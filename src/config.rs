@@ -50,6 +50,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for `--idle-timeout` (one hour).
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
+/// Default `--data-timeout`: a whole message body must arrive within 10 minutes of the 354,
+/// however steadily it drips (the spirit of RFC 5321 §4.5.3.2.6, the 10 minutes a client waits
+/// for the reply after the body). At the default 35 MiB `--max-message-size` that asks for about
+/// 60 KiB/s; raise it for very large messages from slow links.
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upper bound for `--data-timeout` (one day).
+pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
 /// Upper bound for `--reactors`.
 pub const MAX_REACTORS: usize = 1024;
 /// Protocol errors a client may make before `421 4.7.0` and close.
@@ -76,6 +83,7 @@ pub struct Config {
     max_connections: usize,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,
+    data_timeout: Duration,
 }
 
 /// Why a configuration is unusable. `Display` gives one line for the operator.
@@ -116,6 +124,8 @@ pub enum ConfigError {
     MessageSizeTooLarge(u64),
     /// `--idle-timeout` above [`MAX_IDLE_TIMEOUT_SECS`].
     IdleTimeoutTooLong(u64),
+    /// `--data-timeout` above [`MAX_DATA_TIMEOUT_SECS`].
+    DataTimeoutTooLong(u64),
     /// The per-IP limit is above the global one.
     PerIpAboveTotal {
         /// `--max-connections-per-ip`.
@@ -165,6 +175,10 @@ impl fmt::Display for ConfigError {
                 f,
                 "idle-timeout = {n} s is above the limit of {MAX_IDLE_TIMEOUT_SECS} s"
             ),
+            Self::DataTimeoutTooLong(n) => write!(
+                f,
+                "data-timeout = {n} s is above the limit of {MAX_DATA_TIMEOUT_SECS} s"
+            ),
             Self::PerIpAboveTotal { per_ip, total } => write!(
                 f,
                 "max-connections-per-ip = {per_ip} is above max-connections = {total}"
@@ -204,6 +218,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Option<u64>,
+    data_timeout: Option<u64>,
 }
 
 impl Config {
@@ -363,6 +378,12 @@ impl Config {
             Some(s) => Duration::from_secs(s),
             None => DEFAULT_IDLE_TIMEOUT,
         };
+        let data_timeout = match args.data_timeout.or(file.data_timeout) {
+            Some(0) => return Err(ConfigError::Zero("data-timeout")),
+            Some(s) if s > MAX_DATA_TIMEOUT_SECS => return Err(ConfigError::DataTimeoutTooLong(s)),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_DATA_TIMEOUT,
+        };
 
         Ok(Self {
             listen,
@@ -377,6 +398,7 @@ impl Config {
             max_connections,
             max_connections_per_ip,
             idle_timeout,
+            data_timeout,
         })
     }
 
@@ -428,6 +450,10 @@ impl Config {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+    /// How long a whole message body may take after the 354.
+    pub fn data_timeout(&self) -> Duration {
+        self.data_timeout
+    }
 
     /// The policy every SMTP session shares.
     pub fn session_config(&self) -> Arc<SessionConfig> {
@@ -438,6 +464,7 @@ impl Config {
             max_recipients: self.max_recipients,
             max_errors: MAX_ERRORS,
             idle_timeout: self.idle_timeout,
+            data_timeout: Some(self.data_timeout),
         })
     }
 
@@ -454,7 +481,7 @@ impl Config {
         format!(
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
-             idle-timeout={}s",
+             idle-timeout={}s data-timeout={}s",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -468,6 +495,7 @@ impl Config {
             self.max_connections_per_ip
                 .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
             self.idle_timeout.as_secs(),
+            self.data_timeout.as_secs(),
         )
     }
 }
@@ -561,6 +589,30 @@ mod tests {
         assert_eq!(c.max_connections(), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.max_connections_per_ip(), None);
         assert_eq!(c.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(c.data_timeout(), Duration::from_secs(600));
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn data_timeout_from_file_and_flag_and_its_limits() {
+        let c = merge(&args(), "data-timeout = 1200").unwrap();
+        assert_eq!(c.data_timeout(), Duration::from_secs(1200));
+        assert!(c.summary().contains("data-timeout=1200s"));
+        let flags = ServeArgs {
+            data_timeout: Some(5),
+            ..args()
+        };
+        let c = merge(&flags, "data-timeout = 1200").unwrap();
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(5))
+        );
+        let e = |toml| merge(&args(), toml).unwrap_err().to_string();
+        assert!(e("data-timeout = 0").contains("data-timeout must be at least 1"));
+        assert!(e("data-timeout = 86401").contains("above the limit"));
     }
 
     #[test]

@@ -91,11 +91,17 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// How long a client may take for one command line, or stay silent in DATA.
     pub idle_timeout: Duration,
+    /// How long a whole message body may take, from the 354 to the terminator, however
+    /// steadily the bytes come: without it a client dripping one byte per `idle_timeout` holds
+    /// its connection forever. `None` (the default here) sets no such limit; `ringmx serve`
+    /// sets one (`--data-timeout`).
+    pub data_timeout: Option<Duration>,
 }
 
 impl SessionConfig {
     /// A configuration with the default limits ([`DEFAULT_MAX_MESSAGE_SIZE`],
-    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]).
+    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]) and no
+    /// whole-message deadline.
     pub fn new(hostname: impl Into<String>, local_domains: Vec<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -104,6 +110,7 @@ impl SessionConfig {
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            data_timeout: None,
         }
     }
 

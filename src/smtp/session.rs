@@ -65,7 +65,9 @@ use crate::data::DataScanner;
 /// [`Session::next_deadline`] is [`SessionConfig::idle_timeout`] after the start of the
 /// current command line (when the previous one ended, or the session or the last message
 /// began), so a client that drips a line one byte at a time is still cut off; in DATA it is
-/// `idle_timeout` after the last body bytes arrived. There is none while awaiting a commit.
+/// `idle_timeout` after the last body bytes arrived, but never later than
+/// [`SessionConfig::data_timeout`] after the DATA command (so a body dripping in forever is
+/// cut off too). There is none while awaiting a commit.
 ///
 /// # Choices a postmaster may want to know
 /// - Paths must be in angle brackets; a source route is dropped from a reverse-path and
@@ -116,6 +118,8 @@ struct DataState {
     size: u64,
     /// Over the size limit: no more segments go to the sink.
     too_big: bool,
+    /// When the whole body must be in ([`SessionConfig::data_timeout`] after the 354).
+    deadline: Option<Instant>,
 }
 
 impl Session {
@@ -166,6 +170,7 @@ impl Session {
                         scanner,
                         size,
                         too_big,
+                        ..
                     } = data;
                     let scan = scanner.scan(&input[pos..], |segment| {
                         if *too_big {
@@ -267,10 +272,13 @@ impl Session {
     /// When the driver must call [`Session::handle_timeout`] if no input arrives first; `None`
     /// while awaiting a commit, once closed, or if the timeout is too large to represent.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match self.state {
-            State::Command | State::Data(_) => {
-                self.last_progress.checked_add(self.config.idle_timeout)
-            }
+        let idle = self.last_progress.checked_add(self.config.idle_timeout);
+        match &self.state {
+            State::Command => idle,
+            State::Data(data) => match (idle, data.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             State::AwaitingCommit | State::Closed(_) => None,
         }
     }
@@ -333,10 +341,16 @@ impl Session {
                     return self.fail(out, reply::NEED_RCPT);
                 }
                 reply::DATA_GO_AHEAD.encode(out);
+                // `last_progress` is the time this DATA line was read.
+                let deadline = self
+                    .config
+                    .data_timeout
+                    .and_then(|t| self.last_progress.checked_add(t));
                 self.state = State::Data(DataState {
                     scanner: DataScanner::new(),
                     size: 0,
                     too_big: false,
+                    deadline,
                 });
                 sink.begin(&self.envelope);
             }

@@ -1486,6 +1486,50 @@ fn in_data_the_deadline_follows_the_last_input() {
 }
 
 #[test]
+fn data_timeout_bounds_the_whole_body_however_steadily_it_drips() {
+    let mut c = config();
+    c.data_timeout = Some(Duration::from_secs(600));
+    let mut d = Driver::new(c);
+    let idle = Duration::from_secs(300);
+    d.now += Duration::from_secs(10);
+    d.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n");
+    let data_at = d.now;
+    assert_eq!(d.session.phase(), Phase::Data);
+    assert_eq!(d.session.next_deadline(), Some(data_at + idle));
+    // A byte every 200 s keeps the idle deadline moving, but not past DATA + 600 s.
+    for i in 1..=5u64 {
+        d.now = data_at + Duration::from_secs(200 * i);
+        d.feed(b"x");
+        let want = (d.now + idle).min(data_at + Duration::from_secs(600));
+        assert_eq!(d.session.next_deadline(), Some(want), "after {i} bytes");
+    }
+    let mut out = Vec::new();
+    assert_eq!(d.session.handle_timeout(&mut out), Closed::Timeout);
+    assert!(
+        out_text(&out).starts_with("421 4.4.2 "),
+        "{}",
+        out_text(&out)
+    );
+    assert_eq!(d.sink.messages[0].outcome, None, "the message never ended");
+
+    // The deadline belongs to one body: the next message gets its own.
+    let mut c = config();
+    c.data_timeout = Some(Duration::from_secs(60));
+    let mut d = Driver::new(c);
+    d.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    d.now += Duration::from_secs(100);
+    d.feed(b"MAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n");
+    assert_eq!(
+        d.session.next_deadline(),
+        Some(d.now + Duration::from_secs(60))
+    );
+    // Back in the command phase only the idle timeout applies.
+    d.feed(b"y\r\n.\r\n");
+    assert_eq!(d.session.next_deadline(), Some(d.now + idle));
+    assert_eq!(d.committed, 2);
+}
+
+#[test]
 fn timeout_writes_421_4_4_2_and_closes() {
     for phase_input in [
         &b""[..],
