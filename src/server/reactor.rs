@@ -199,7 +199,8 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
     let spool = match Spool::open(spool_config, pool.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = ready.send((index, Err(ServerError::Spool(index, e))));
+            let err = ServerError::Spool(index, config.spool_dir().to_path_buf(), e);
+            let _ = ready.send((index, Err(err)));
             return Ok(());
         }
     };
@@ -277,7 +278,11 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
             tracing::debug!("reactor {index}: spool closed");
             Ok(())
         }
-        Err(e) => Err(ServerError::Spool(index, e)),
+        Err(e) => Err(ServerError::Spool(
+            index,
+            config.spool_dir().to_path_buf(),
+            e,
+        )),
     }
 }
 
