@@ -326,11 +326,18 @@ impl<'r> Conn<'r> {
                         "bare-line-ending"
                     }
                 };
+                // Past the limit the session stops handing on body bytes, so `sink.size`
+                // only counts up to it: log the limit instead of a misleading small size.
+                let size = match rejection {
+                    Rejection::TooBig => {
+                        format!(">{}", self.r.session_config.max_message_size)
+                    }
+                    Rejection::BareLineEnding => self.sink.size.to_string(),
+                };
                 tracing::info!(
-                    "rejected from=<{}> client={} reason={reason} size={}",
+                    "rejected from=<{}> client={} reason={reason} size={size}",
                     self.sink.from,
                     self.peer.ip(),
-                    self.sink.size
                 );
                 None
             }
