@@ -73,6 +73,16 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub(crate) fn start_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::start_custom(extra, env, |_| {})
+    }
+
+    /// Like [`Server::start_env`]; `customize` may change the command before it is spawned
+    /// (e.g. a `pre_exec` hook that lowers a resource limit).
+    pub(crate) fn start_custom(
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         let mut cmd = Command::new(RINGMX);
@@ -87,6 +97,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        customize(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
