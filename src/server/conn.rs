@@ -32,7 +32,9 @@ use super::limit::{ConnPermit, Refusal};
 use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
 use crate::buffers::Buf;
-use crate::smtp::{BodySink, Closed, CommitError, Envelope, Phase, Rejection, Session};
+use crate::smtp::{
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+};
 use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
 use crate::stats::ReactorStats;
 
@@ -555,6 +557,16 @@ impl BodySink for SpoolSink<'_> {
         self.eod = Some(Instant::now());
         self.from.clone_from(&envelope.mail_from);
         self.rcpts = envelope.rcpts.len();
+    }
+
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        let (code, status) = why.reply();
+        tracing::info!(
+            "reject rcpt=<{address}> from=<{}> client={} reason={} reply={code} {status}",
+            envelope.mail_from,
+            self.client_ip,
+            why.name()
+        );
     }
 }
 

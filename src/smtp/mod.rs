@@ -181,7 +181,38 @@ pub enum Rejection {
     BareLineEnding,
 }
 
-/// Where body bytes go. Implemented by the driver (it streams them to the spool).
+/// Why a recipient was refused by policy (rather than for its syntax), for the driver's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientRefusal {
+    /// Not one of our domains: 550 5.7.1 (we do not relay).
+    Relay,
+    /// A source route (`<@a:u@b>`): 550 5.7.1.
+    SourceRoute,
+    /// A non-ASCII address in a transaction without SMTPUTF8: 553 5.6.7.
+    NeedsSmtputf8,
+}
+
+impl RecipientRefusal {
+    /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relay => "relay-denied",
+            Self::SourceRoute => "source-route",
+            Self::NeedsSmtputf8 => "needs-smtputf8",
+        }
+    }
+
+    /// The reply code and enhanced status code the client got.
+    pub fn reply(self) -> (u16, &'static str) {
+        match self {
+            Self::Relay | Self::SourceRoute => (550, "5.7.1"),
+            Self::NeedsSmtputf8 => (553, "5.6.7"),
+        }
+    }
+}
+
+/// Where body bytes go, plus the few session events a postmaster wants logged. Implemented by
+/// the driver (it streams bodies to the spool).
 pub trait BodySink {
     /// DATA was accepted (354 written): a message starts with this envelope.
     fn begin(&mut self, envelope: &Envelope);
@@ -191,6 +222,11 @@ pub trait BodySink {
     /// The terminator was seen. `Ok(())`: the driver must make the message durable and then call
     /// [`Session::handle_commit`]; `Err(r)`: the reply is already written, discard the message.
     fn end(&mut self, envelope: &Envelope, outcome: Result<(), Rejection>);
+    /// RCPT `address` (as written, without angle brackets) was refused for `why`; the reply is
+    /// already written. For the log only; does nothing by default.
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        let _ = (envelope, address, why);
+    }
 }
 
 /// Why the driver could not make a message durable.

@@ -13,7 +13,8 @@ use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Reply};
 use super::{
-    BodySink, Closed, CommitError, Envelope, Phase, Rejection, SessionConfig, MAX_COMMAND_LINE,
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, SessionConfig,
+    MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -332,7 +333,7 @@ impl Session {
                 reply::encode_helo(out, &self.config.hostname);
             }
             Command::Mail { path, params } => return self.handle_mail(path, params, out),
-            Command::Rcpt { path } => return self.handle_rcpt(path, out),
+            Command::Rcpt { path } => return self.handle_rcpt(path, out, sink),
             Command::Data => {
                 if !self.in_transaction {
                     return self.fail(out, reply::NEED_MAIL);
@@ -423,7 +424,12 @@ impl Session {
         Ok(())
     }
 
-    fn handle_rcpt(&mut self, path: Path<'_>, out: &mut Vec<u8>) -> Result<(), Closed> {
+    fn handle_rcpt(
+        &mut self,
+        path: Path<'_>,
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
         if !self.in_transaction {
             return self.fail(out, reply::NEED_MAIL);
         }
@@ -435,13 +441,16 @@ impl Session {
         let address = match path {
             Path::Postmaster(p) => p,
             Path::Mailbox(m) if m.source_route => {
-                return self.fail(out, reply::SOURCE_ROUTE_DENIED)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::SourceRoute);
+                return self.fail(out, reply::SOURCE_ROUTE_DENIED);
             }
             Path::Mailbox(m) if m.non_ascii && !self.envelope.smtputf8 => {
-                return self.fail(out, reply::NEED_SMTPUTF8)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::NeedsSmtputf8);
+                return self.fail(out, reply::NEED_SMTPUTF8);
             }
             Path::Mailbox(m) if !self.config.is_local_domain(m.domain) => {
-                return self.fail(out, reply::RELAY_DENIED)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::Relay);
+                return self.fail(out, reply::RELAY_DENIED);
             }
             Path::Mailbox(m) => m.address,
             // The parser never gives `<>` for a forward-path.

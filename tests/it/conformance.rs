@@ -190,6 +190,21 @@ fn relay_attempts_are_refused_and_local_tricks_stay_literal() {
         c.expect("DATA", 503);
         c.expect("QUIT", 221);
     }
+    // Each refusal is one log line a postmaster can grep.
+    let log = server.log();
+    assert!(
+        log.contains(
+            "reject rcpt=<u@other.example> from=<a@b.example> client=127.0.0.1 reason=relay-denied reply=550 5.7.1"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "reject rcpt=<u@example.test> from=<a@b.example> client=127.0.0.1 reason=source-route"
+        ),
+        "{log}"
+    );
+    assert_eq!(log.matches("reason=relay-denied").count(), 7, "{log}");
     // Ours, whatever the case; `%` and quoted `@` are local-part characters, not routes.
     let accepted = [
         "u@EXAMPLE.TEST",

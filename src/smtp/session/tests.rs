@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::smtp::{
-    BodySink, Closed, CommitError, Envelope, Phase, Rejection, Session, SessionConfig,
-    DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+    SessionConfig, DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
 };
 
 // ---- harness --------------------------------------------------------------------------------
@@ -27,6 +27,8 @@ struct Message {
 struct RecordingSink {
     messages: Vec<Message>,
     segment_calls: usize,
+    /// Recipients reported as refused by policy.
+    refused: Vec<(String, RecipientRefusal)>,
 }
 
 impl BodySink for RecordingSink {
@@ -55,6 +57,15 @@ impl BodySink for RecordingSink {
         assert!(m.outcome.is_none(), "end twice");
         assert_eq!(&m.envelope, envelope, "envelope changed during DATA");
         m.outcome = Some(outcome);
+    }
+
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        assert!(
+            self.messages.last().is_none_or(|m| m.outcome.is_some()),
+            "a refusal during DATA"
+        );
+        let _ = envelope;
+        self.refused.push((address.to_owned(), why));
     }
 }
 
@@ -823,6 +834,46 @@ fn relay_tricks_are_refused_with_550_5_7_1() {
         let d = run(config(), &script);
         assert!(d.session.envelope().rcpts.is_empty(), "{t}");
     }
+}
+
+#[test]
+fn policy_refusals_are_reported_to_the_sink_for_the_log() {
+    let d = run(
+        config(),
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<u@remote.test>
+        C: RCPT TO:<@local.test:b@local.test>
+        C: RCPT TO:<jörg@local.test>
+        C: RCPT TO:<u@local.test>
+        C: RCPT TO:<bad syntax@local.test>
+        S: 250 2.1.0
+        S: 550 5.7.1 Relay access denied
+        S: 550 5.7.1 Source routes
+        S: 553 5.6.7
+        S: 250 2.1.5
+        S: 501 5.1.3
+        ",
+        ),
+    );
+    assert_eq!(
+        d.sink.refused,
+        [
+            ("u@remote.test".to_owned(), RecipientRefusal::Relay),
+            ("b@local.test".to_owned(), RecipientRefusal::SourceRoute),
+            (
+                "jörg@local.test".to_owned(),
+                RecipientRefusal::NeedsSmtputf8
+            ),
+        ],
+        "policy refusals only, not syntax errors or accepted recipients"
+    );
+    for (_, why) in &d.sink.refused {
+        let (code, status) = why.reply();
+        assert!(code >= 550 && status.starts_with('5'), "{why:?}");
+    }
+    assert_eq!(RecipientRefusal::Relay.name(), "relay-denied");
 }
 
 #[test]
