@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{ServeArgs, SyncArg};
-use crate::smtp::SessionConfig;
+use crate::cli::{BareLfArg, ServeArgs, SyncArg};
+use crate::smtp::{BareLf, SessionConfig};
 use crate::spool::{SpoolConfig, SyncPolicy};
 
 /// Default listen address: unprivileged port on loopback, so a first run needs no root.
@@ -84,6 +84,7 @@ pub struct Config {
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,
     data_timeout: Duration,
+    bare_lf: BareLf,
 }
 
 /// Why a configuration is unusable. `Display` gives one line for the operator.
@@ -116,6 +117,8 @@ pub enum ConfigError {
     BadHostname(String),
     /// `sync` in the file is neither `group` nor `none`.
     BadSync(String),
+    /// `bare-lf` in the file is neither `reject` nor `normalize`.
+    BadBareLf(String),
     /// `--reactors` out of range.
     Reactors(usize),
     /// A limit that must be positive is zero.
@@ -165,6 +168,7 @@ impl fmt::Display for ConfigError {
                 "hostname {h:?} is not a valid host name (set one with --hostname)"
             ),
             Self::BadSync(s) => write!(f, "sync {s:?} must be \"group\" or \"none\""),
+            Self::BadBareLf(s) => write!(f, "bare-lf {s:?} must be \"reject\" or \"normalize\""),
             Self::Reactors(n) => write!(f, "reactors = {n} must be between 1 and {MAX_REACTORS}"),
             Self::Zero(name) => write!(f, "{name} must be at least 1"),
             Self::MessageSizeTooLarge(n) => write!(
@@ -219,6 +223,7 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     idle_timeout: Option<u64>,
     data_timeout: Option<u64>,
+    bare_lf: Option<String>,
 }
 
 impl Config {
@@ -384,6 +389,16 @@ impl Config {
             Some(s) => Duration::from_secs(s),
             None => DEFAULT_DATA_TIMEOUT,
         };
+        let bare_lf = match (args.bare_lf, file.bare_lf) {
+            (Some(BareLfArg::Reject), _) => BareLf::Reject,
+            (Some(BareLfArg::Normalize), _) => BareLf::Normalize,
+            (None, Some(s)) => match s.as_str() {
+                "reject" => BareLf::Reject,
+                "normalize" => BareLf::Normalize,
+                _ => return Err(ConfigError::BadBareLf(s)),
+            },
+            (None, None) => BareLf::Reject,
+        };
 
         Ok(Self {
             listen,
@@ -399,6 +414,7 @@ impl Config {
             max_connections_per_ip,
             idle_timeout,
             data_timeout,
+            bare_lf,
         })
     }
 
@@ -454,6 +470,10 @@ impl Config {
     pub fn data_timeout(&self) -> Duration {
         self.data_timeout
     }
+    /// The bare-LF policy.
+    pub fn bare_lf(&self) -> BareLf {
+        self.bare_lf
+    }
 
     /// The policy every SMTP session shares.
     pub fn session_config(&self) -> Arc<SessionConfig> {
@@ -465,6 +485,7 @@ impl Config {
             max_errors: MAX_ERRORS,
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
+            bare_lf: self.bare_lf,
         })
     }
 
@@ -481,7 +502,7 @@ impl Config {
         format!(
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
-             idle-timeout={}s data-timeout={}s",
+             idle-timeout={}s data-timeout={}s bare-lf={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -496,6 +517,10 @@ impl Config {
                 .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
             self.idle_timeout.as_secs(),
             self.data_timeout.as_secs(),
+            match self.bare_lf {
+                BareLf::Reject => "reject",
+                BareLf::Normalize => "normalize",
+            },
         )
     }
 }
@@ -594,6 +619,28 @@ mod tests {
             c.session_config().data_timeout,
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn bare_lf_policy_defaults_to_reject() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(c.bare_lf(), BareLf::Reject);
+        assert_eq!(c.session_config().bare_lf, BareLf::Reject);
+        let c = merge(&args(), "bare-lf = \"normalize\"").unwrap();
+        assert_eq!(c.session_config().bare_lf, BareLf::Normalize);
+        assert!(c.summary().contains("bare-lf=normalize"));
+        let flags = ServeArgs {
+            bare_lf: Some(BareLfArg::Reject),
+            ..args()
+        };
+        assert_eq!(
+            merge(&flags, "bare-lf = \"normalize\"").unwrap().bare_lf(),
+            BareLf::Reject
+        );
+        let e = merge(&args(), "bare-lf = \"accept\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"reject\" or \"normalize\""), "{e}");
     }
 
     #[test]

@@ -199,6 +199,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 config.hostname()
             );
         }
+        if config.bare_lf() == crate::smtp::BareLf::Normalize {
+            tracing::info!(
+                "--bare-lf normalize: bare LF in commands and bodies is read as CRLF (bare CR is still refused)"
+            );
+        }
         if config.sync() == SyncPolicy::None {
             tracing::warn!(
                 "--sync none: messages are acknowledged WITHOUT fsync; a crash or power cut loses accepted mail (testing only)"

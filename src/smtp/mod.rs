@@ -15,6 +15,7 @@
 //! - `command`: one command line → a `Command` or a `CommandError` (which maps to a reply).
 //! - `envelope`: reverse-/forward-path and parameter syntax, the relay check.
 //! - `reply`: reply texts with enhanced status codes (RFC 3463) and their encoding.
+//! - `bare_lf`: the opt-in `normalize` policy for bare LF ([`BareLf`]).
 //!
 //! # Flow
 //!
@@ -46,6 +47,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bare_lf;
 mod command;
 mod envelope;
 mod reply;
@@ -96,12 +98,29 @@ pub struct SessionConfig {
     /// its connection forever. `None` (the default here) sets no such limit; `ringmx serve`
     /// sets one (`--data-timeout`).
     pub data_timeout: Option<Duration>,
+    /// What to do with a bare LF (an LF without its CR) in a command line or a body.
+    pub bare_lf: BareLf,
+}
+
+/// The policy for bare LF (RFC 5321 §2.3.8: lines end in CRLF only). Bare CR is refused under
+/// both; only `<CRLF>.<CRLF>` ever ends a message under both, so neither lets a smuggled
+/// message through (CVE-2023-51764 and relatives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BareLf {
+    /// Refuse: 500 5.5.2 for a command line, 550 5.6.0 for a body (after its terminator).
+    #[default]
+    Reject,
+    /// Accept LF-terminated command lines, and store a body's bare LFs as CRLF (a `.` right
+    /// after one is dropped as dot-stuffing), as Postfix's `smtpd_forbid_bare_newline =
+    /// normalize` does: for old scripts that send `\n` line endings (`curl -T` without
+    /// `--crlf`, Python's `smtplib.sendmail` given bytes).
+    Normalize,
 }
 
 impl SessionConfig {
     /// A configuration with the default limits ([`DEFAULT_MAX_MESSAGE_SIZE`],
     /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]) and no
-    /// whole-message deadline.
+    /// whole-message deadline; bare LF is refused.
     pub fn new(hostname: impl Into<String>, local_domains: Vec<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -111,6 +130,7 @@ impl SessionConfig {
             max_errors: DEFAULT_MAX_ERRORS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             data_timeout: None,
+            bare_lf: BareLf::Reject,
         }
     }
 

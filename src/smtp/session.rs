@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use memchr::memchr;
 
+use super::bare_lf::LfNormalizer;
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Reply};
 use super::{
-    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, SessionConfig,
-    MAX_COMMAND_LINE,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection,
+    SessionConfig, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -54,6 +55,9 @@ use crate::data::DataScanner;
 /// # Lines
 /// A command line ends at LF. Only CRLF is a valid ending: a line ended by a bare LF, or
 /// holding a CR anywhere else, gets 500 5.5.2 and is not run (SMTP smuggling defence).
+/// Under [`BareLf::Normalize`] a line ended by a bare LF is run as if it ended in CRLF, and a
+/// body's bare LFs are stored as CRLF instead of refusing the message; a bare CR is refused
+/// either way.
 ///
 /// # Errors and closing
 /// Every 4xx/5xx reply to the client's input counts as an error, except 452 4.5.3 (too many
@@ -121,6 +125,8 @@ struct DataState {
     too_big: bool,
     /// When the whole body must be in ([`SessionConfig::data_timeout`] after the 354).
     deadline: Option<Instant>,
+    /// Rewrites bare LF under [`BareLf::Normalize`]; `None` under [`BareLf::Reject`].
+    normalizer: Option<LfNormalizer>,
 }
 
 impl Session {
@@ -171,24 +177,33 @@ impl Session {
                         scanner,
                         size,
                         too_big,
+                        normalizer,
                         ..
                     } = data;
-                    let scan = scanner.scan(&input[pos..], |segment| {
+                    let mut push = |piece: &[u8]| {
                         if *too_big {
                             return;
                         }
-                        *size = size.saturating_add(segment.len() as u64);
+                        *size = size.saturating_add(piece.len() as u64);
                         if *size > max {
                             *too_big = true;
                         } else {
-                            sink.segment(segment);
+                            sink.segment(piece);
                         }
+                    };
+                    let scan = scanner.scan(&input[pos..], |segment| match normalizer {
+                        Some(n) => n.feed(segment, &mut push),
+                        None => push(segment),
                     });
                     pos += scan.consumed;
                     if !scan.complete {
                         return Ok(pos);
                     }
-                    let outcome = if scanner.saw_bare_line_ending() {
+                    let refused = match normalizer {
+                        Some(_) => scanner.saw_bare_cr(),
+                        None => scanner.saw_bare_line_ending(),
+                    };
+                    let outcome = if refused {
                         Err(Rejection::BareLineEnding)
                     } else if *too_big {
                         Err(Rejection::TooBig)
@@ -302,8 +317,10 @@ impl Session {
         out: &mut Vec<u8>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
-        let Some(line) = line.strip_suffix(b"\r") else {
-            return self.fail(out, reply::BARE_LINE_ENDING);
+        let line = match line.strip_suffix(b"\r") {
+            Some(line) => line,
+            None if self.config.bare_lf == BareLf::Normalize => line,
+            None => return self.fail(out, reply::BARE_LINE_ENDING),
         };
         if memchr(b'\r', line).is_some() {
             return self.fail(out, reply::BARE_LINE_ENDING);
@@ -352,6 +369,8 @@ impl Session {
                     size: 0,
                     too_big: false,
                     deadline,
+                    normalizer: (self.config.bare_lf == BareLf::Normalize)
+                        .then(LfNormalizer::default),
                 });
                 sink.begin(&self.envelope);
             }

@@ -500,6 +500,70 @@ fn whole_transactions_and_quit_in_one_write_answer_in_order_and_store_exact_byte
     assert!(age.num_seconds().abs() < 120, "{date}");
 }
 
+/// Sends `path` with curl and with Python's smtplib (`sendmail` given bytes), as LF-only
+/// scripts do; returns whether each succeeded.
+fn send_lf_file_with_curl_and_smtplib(server: &Server, path: &std::path::Path) -> [bool; 2] {
+    let curl = run_tool(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .arg(format!("smtp://{}/curl.example.org", server.addr))
+            .args(["--mail-from", "curl@example.org"])
+            .args(["--mail-rcpt", &format!("rcpt@{DOMAIN}")])
+            .arg("--upload-file")
+            .arg(path),
+        Duration::from_secs(30),
+    );
+    let script = "import smtplib, sys\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)\n\
+        s.sendmail('py@example.org', [sys.argv[3]], open(sys.argv[2], 'rb').read())\n\
+        s.quit()\n";
+    let py = run_tool(
+        Command::new("python3")
+            .args(["-c", script, &server.addr.port().to_string()])
+            .arg(path)
+            .arg(format!("rcpt@{DOMAIN}")),
+        Duration::from_secs(30),
+    );
+    [curl.status.success(), py.status.success()]
+}
+
+#[test]
+fn lf_only_clients_get_550_by_default_and_deliver_under_bare_lf_normalize() {
+    require_io_uring!();
+    crate::util::require_tool("/usr/bin/curl", "curl");
+    crate::util::require_tool("/usr/bin/python3", "python3");
+    let lf = b"From: <lf@example.org>\nSubject: lf lines\n\nbody line\nlast line\n";
+    // Both clients end an LF body with CRLF . CRLF, hence the empty last line.
+    let stored =
+        b"From: <lf@example.org>\r\nSubject: lf lines\r\n\r\nbody line\r\nlast line\r\n\r\n";
+
+    let strict = Server::start(&[]);
+    let path = strict.dir.path().join("lf.eml");
+    std::fs::write(&path, lf).unwrap();
+    assert_eq!(
+        send_lf_file_with_curl_and_smtplib(&strict, &path),
+        [false, false]
+    );
+    assert_eq!(strict.log().matches("reason=bare-line-ending").count(), 2);
+    assert!(strict.accepted_ids().is_empty());
+
+    let lenient = Server::start(&["--bare-lf", "normalize"]);
+    assert_eq!(
+        send_lf_file_with_curl_and_smtplib(&lenient, &path),
+        [true, true]
+    );
+    let ids = lenient.accepted_ids();
+    assert_eq!(ids.len(), 2, "{}", lenient.log());
+    for id in &ids {
+        assert_stored(&lenient.spool(), id, stored);
+    }
+    assert!(
+        lenient.log().contains("--bare-lf normalize"),
+        "{}",
+        lenient.log()
+    );
+}
+
 // ---- timeouts and non-SMTP clients -------------------------------------------------------------
 
 #[test]

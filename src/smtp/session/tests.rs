@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::smtp::{
-    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
     SessionConfig, DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
 };
 
@@ -1307,7 +1307,15 @@ const BATCH_REPLIES: &str = "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPE
 
 /// Feeds `input` in the given pieces; returns replies, messages and how it ended.
 fn outcome(input: &[u8], cuts: &[usize]) -> (String, Vec<Message>, Option<Closed>) {
-    let mut d = Driver::new(config());
+    outcome_with(config(), input, cuts)
+}
+
+fn outcome_with(
+    config: SessionConfig,
+    input: &[u8],
+    cuts: &[usize],
+) -> (String, Vec<Message>, Option<Closed>) {
+    let mut d = Driver::new(config);
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
         d.feed(&input[start..cut]);
@@ -1487,6 +1495,123 @@ fn smuggled_text_is_the_body_byte_for_byte() {
         messages[0].body,
         b"hello\n.\r\nMAIL FROM:<evil@s.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nsmuggled\r\n"
     );
+}
+
+// ---- the `normalize` policy for bare LF ----------------------------------------------------
+
+fn normalizing() -> SessionConfig {
+    let mut c = config();
+    c.bare_lf = BareLf::Normalize;
+    c
+}
+
+/// Whether every LF in `body` is the LF of a CRLF.
+fn all_crlf(body: &[u8]) -> bool {
+    body.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && body[i - 1] == b'\r'))
+}
+
+#[test]
+fn normalize_still_ends_messages_only_at_crlf_dot_crlf() {
+    let injected: &[u8] =
+        b"MAIL FROM:<evil@s.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nsmuggled\r\n";
+    /// (fake terminator, outcome, stored body before the injected text)
+    type Variant = (&'static [u8], Result<(), Rejection>, &'static [u8]);
+    let variants: [Variant; 7] = [
+        (b"\n.\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\n.\r\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\r\n.\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\r.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\r\n.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\n.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\r\n. \r\n", Ok(()), b"hello\r\n \r\n"),
+    ];
+    for (fake_end, want, head) in variants {
+        let input = smuggle(fake_end);
+        let whole = outcome_with(normalizing(), &input, &[]);
+        let (out, messages, closed) = &whole;
+        let name = String::from_utf8_lossy(fake_end);
+        assert_eq!(messages.len(), 1, "{name:?}: one message, never two");
+        let m = &messages[0];
+        assert_eq!(m.outcome, Some(want), "{name:?}");
+        assert_eq!(*closed, Some(Closed::Quit), "{name:?}");
+        if want.is_ok() {
+            let mut body = head.to_vec();
+            body.extend_from_slice(injected);
+            assert_eq!(m.body, body, "{name:?}: the injected text is content");
+            assert!(all_crlf(&m.body), "{name:?}");
+            assert!(out.contains("250 2.0.0 Ok queued as Q1\r\n221"), "{out}");
+        } else {
+            assert!(
+                out.contains("550 5.6.0 "),
+                "{name:?}: bare CR is refused: {out}"
+            );
+        }
+        for i in 0..=input.len() {
+            assert_eq!(
+                outcome_with(normalizing(), &input, &[i]),
+                whole,
+                "{name:?} split at {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn normalize_reads_lf_commands_and_stores_lf_bodies_as_crlf() {
+    // What `curl -T file` (LF lines, no --crlf) and smtplib.sendmail(bytes) send.
+    let input: &[u8] = b"EHLO c\nMAIL FROM:<a@s.test>\nRCPT TO:<a@local.test>\nDATA\n\
+        Subject: lf\n\n..stuffed\n.unstuffed\nlast\n\r\n.\r\nNOOP\rX\r\nQUIT\n";
+    let whole = outcome_with(normalizing(), input, &[]);
+    let (out, messages, closed) = &whole;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].outcome, Some(Ok(())));
+    assert_eq!(
+        messages[0].body,
+        b"Subject: lf\r\n\r\n.stuffed\r\nunstuffed\r\nlast\r\n\r\n"
+    );
+    assert!(out.ends_with(
+        "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as Q1\r\n\
+         500 5.5.2 Bare CR or LF in command line\r\n221 2.0.0 Bye\r\n"
+    ));
+    assert_eq!(*closed, Some(Closed::Quit));
+    for i in 0..=input.len() {
+        assert_eq!(
+            outcome_with(normalizing(), input, &[i]),
+            whole,
+            "split at {i}"
+        );
+    }
+    // The default refuses the same input.
+    let (out, messages, _) = outcome(input, &[]);
+    assert!(messages.is_empty(), "no DATA under reject");
+    assert!(
+        out.contains("500 5.5.2 Bare CR or LF in command line"),
+        "{out}"
+    );
+}
+
+#[test]
+fn normalize_counts_the_size_after_rewriting() {
+    // The limit is 1000: 250 bare-LF lines are 500 bytes on the wire and 750 once stored.
+    let head = b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n";
+    let mut lines = b"x\n".repeat(250);
+    lines.extend(std::iter::repeat_n(b'y', 248));
+    lines.extend_from_slice(b"\r\n");
+    let message = |extra: &[u8]| {
+        let mut v = head.to_vec();
+        v.extend_from_slice(extra);
+        v.extend_from_slice(&lines);
+        v.extend_from_slice(b".\r\n");
+        v
+    };
+    let (_, m, _) = outcome_with(normalizing(), &message(b""), &[]);
+    assert_eq!(m[0].outcome, Some(Ok(())));
+    assert_eq!(m[0].body.len(), 1000, "exactly at the limit once rewritten");
+    let (out, m, _) = outcome_with(normalizing(), &message(b"z\n"), &[]);
+    assert_eq!(m[0].outcome, Some(Err(Rejection::TooBig)), "{out}");
+    assert!(out.contains("552 5.3.4"), "{out}");
 }
 
 // ---- timeouts and shutdown ------------------------------------------------------------------
