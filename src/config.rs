@@ -483,6 +483,7 @@ impl Config {
             max_message_size: self.max_message_size,
             max_recipients: self.max_recipients,
             max_errors: MAX_ERRORS,
+            max_junk_commands: crate::smtp::DEFAULT_MAX_JUNK_COMMANDS,
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
             bare_lf: self.bare_lf,

@@ -72,6 +72,10 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
 /// Default number of error replies before 421 4.7.0 and close.
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
+/// Default number of NOOP, RSET, VRFY and HELP commands a client may send between two accepted
+/// messages before each further one also counts as an error (Postfix's
+/// `smtpd_junk_command_limit`), so a client cannot hold a connection forever with keep-alives.
+pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
 /// Default time a client gets for one command line or between two reads of a body: the five
 /// minutes of RFC 5321 §4.5.3.2.7 (server timeout while waiting for the next command).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -91,6 +95,9 @@ pub struct SessionConfig {
     /// Error replies before 421 4.7.0 and close: the Nth error reply is followed by the 421.
     /// 0 turns the cap off.
     pub max_errors: u32,
+    /// NOOP/RSET/VRFY/HELP commands allowed between two accepted messages before each further
+    /// one counts as an error (its reply is unchanged). 0 turns the limit off.
+    pub max_junk_commands: u32,
     /// How long a client may take for one command line, or stay silent in DATA.
     pub idle_timeout: Duration,
     /// How long a whole message body may take, from the 354 to the terminator, however
@@ -119,7 +126,8 @@ pub enum BareLf {
 
 impl SessionConfig {
     /// A configuration with the default limits ([`DEFAULT_MAX_MESSAGE_SIZE`],
-    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]) and no
+    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_MAX_JUNK_COMMANDS`],
+    /// [`DEFAULT_IDLE_TIMEOUT`]) and no
     /// whole-message deadline; bare LF is refused.
     pub fn new(hostname: impl Into<String>, local_domains: Vec<String>) -> Self {
         Self {
@@ -128,6 +136,7 @@ impl SessionConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
+            max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             data_timeout: None,
             bare_lf: BareLf::Reject,

@@ -62,7 +62,8 @@ use crate::data::DataScanner;
 /// # Errors and closing
 /// Every 4xx/5xx reply to the client's input counts as an error, except 452 4.5.3 (too many
 /// recipients: the client is expected to send the rest in another transaction) and the
-/// driver's commit failures. The [`SessionConfig::max_errors`]th error is followed by
+/// driver's commit failures. So does every NOOP, RSET, VRFY or HELP beyond
+/// [`SessionConfig::max_junk_commands`] since the last accepted message (keep-alive loops). The [`SessionConfig::max_errors`]th error is followed by
 /// 421 4.7.0 and `Err(Closed::TooManyErrors)`. Bytes after the command that closed the session
 /// are ignored.
 ///
@@ -100,6 +101,8 @@ pub struct Session {
     in_transaction: bool,
     /// Error replies so far (see the type docs).
     errors: u32,
+    /// NOOP/RSET/VRFY/HELP since the session began or the last accepted message.
+    junk: u32,
     /// We are inside an over-long command line, dropping bytes up to its LF.
     discarding: bool,
     /// Command phase: when the current command line started. Data phase: last body input.
@@ -140,6 +143,7 @@ impl Session {
             greeted: false,
             in_transaction: false,
             errors: 0,
+            junk: 0,
             discarding: false,
             last_progress: now,
         }
@@ -254,7 +258,10 @@ impl Session {
             return;
         }
         match result {
-            Ok(id) => reply::QUEUED.encode_with_arg(out, id),
+            Ok(id) => {
+                reply::QUEUED.encode_with_arg(out, id);
+                self.junk = 0;
+            }
             Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(out),
             Err(CommitError::Io) => reply::COMMIT_IO.encode(out),
         }
@@ -377,10 +384,20 @@ impl Session {
             Command::Rset => {
                 self.reset_transaction();
                 reply::OK.encode(out);
+                return self.junk_command(out);
             }
-            Command::Noop => reply::OK.encode(out),
-            Command::Vrfy => reply::VRFY_CANNOT.encode(out),
-            Command::Help => reply::HELP.encode(out),
+            Command::Noop => {
+                reply::OK.encode(out);
+                return self.junk_command(out);
+            }
+            Command::Vrfy => {
+                reply::VRFY_CANNOT.encode(out);
+                return self.junk_command(out);
+            }
+            Command::Help => {
+                reply::HELP.encode(out);
+                return self.junk_command(out);
+            }
             Command::Quit => {
                 reply::BYE.encode(out);
                 self.state = State::Closed(Closed::Quit);
@@ -529,6 +546,22 @@ impl Session {
     fn fail(&mut self, out: &mut Vec<u8>, r: Reply) -> Result<(), Closed> {
         debug_assert!(r.is_error(), "{r:?} is not an error reply");
         r.encode(out);
+        self.count_error(out)
+    }
+
+    /// Counts a NOOP/RSET/VRFY/HELP (its reply already written); past
+    /// [`SessionConfig::max_junk_commands`] it also counts as an error.
+    fn junk_command(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
+        self.junk = self.junk.saturating_add(1);
+        let limit = self.config.max_junk_commands;
+        if limit != 0 && self.junk > limit {
+            return self.count_error(out);
+        }
+        Ok(())
+    }
+
+    /// Counts one error; the last one allowed appends 421 4.7.0 and closes the session.
+    fn count_error(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
         self.errors = self.errors.saturating_add(1);
         if self.config.max_errors != 0 && self.errors >= self.config.max_errors {
             return Err(self.close_with(out, reply::TOO_MANY_ERRORS, Closed::TooManyErrors));

@@ -388,6 +388,23 @@ fn many_errors_get_421_4_7_0_and_close() {
     wait_counter(&server, "sessions_too_many_errors", 1);
 }
 
+#[test]
+fn keep_alive_loops_end_in_421_after_the_junk_limit() {
+    require_io_uring!();
+    let server = Server::start(&[]);
+    let mut c = Client::greeted(server.addr);
+    // 100 free NOOPs, then each counts as an error: the 10th error closes.
+    c.send("NOOP\r\n".repeat(120).as_bytes());
+    let got = replies(&mut c, 111);
+    assert!(
+        got[..110].iter().all(|r| r.starts_with("250 2.0.0")),
+        "{got:?}"
+    );
+    assert!(got[110].starts_with("421 4.7.0 "), "{}", got[110]);
+    assert!(c.closed_within(Duration::from_secs(3)));
+    wait_counter(&server, "sessions_too_many_errors", 1);
+}
+
 // ---- DATA: smuggling, pipelining, what is stored ---------------------------------------------
 
 #[test]

@@ -1497,6 +1497,55 @@ fn smuggled_text_is_the_body_byte_for_byte() {
     );
 }
 
+#[test]
+fn keep_alive_loops_count_as_errors_past_the_junk_limit() {
+    let mut c = config();
+    c.max_junk_commands = 3;
+    c.max_errors = 3;
+    // Three free, then each NOOP/RSET/VRFY/HELP is answered as usual but counts as an error.
+    let d = run(
+        c.clone(),
+        "S: 220
+         C: NOOP
+         C: RSET
+         C: VRFY x
+         C: HELP
+         C: NOOP
+         C: NOOP
+         C: NOOP
+         S: 250 2.0.0
+         S: 250 2.0.0
+         S: 252 2.5.0
+         S: 214 2.0.0
+         S: 250 2.0.0
+         S: 250 2.0.0
+         S: 421 4.7.0 mx.test Too many errors
+         CLOSED: TooManyErrors",
+    );
+    assert_eq!(d.committed, 0);
+    // An accepted message starts the count again.
+    let mut script = String::from("S: 220\nC: EHLO c\n");
+    for _ in 0..3 {
+        script.push_str("C: NOOP\n");
+    }
+    script.push_str("C: MAIL FROM:<>\nC: RCPT TO:<a@local.test>\nC: DATA\nC: x\nC: .\n");
+    for _ in 0..3 {
+        script.push_str("C: RSET\n");
+    }
+    script.push_str("C: QUIT\n");
+    let mut d = Driver::new(c);
+    let mut input = Vec::new();
+    for line in script.lines().filter_map(|l| l.strip_prefix("C: ")) {
+        input.extend_from_slice(line.as_bytes());
+        input.extend_from_slice(b"\r\n");
+    }
+    d.feed(&input);
+    let lines = d.take_lines();
+    assert_eq!(d.closed, Some(Closed::Quit), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("421")), "{lines:?}");
+    assert_eq!(d.committed, 1);
+}
+
 // ---- the `normalize` policy for bare LF ----------------------------------------------------
 
 fn normalizing() -> SessionConfig {
