@@ -109,6 +109,9 @@ pub enum ConfigError {
     BadListen(String),
     /// The same address is given twice.
     DuplicateListen(SocketAddr),
+    /// A wildcard address (`0.0.0.0` or `[::]`) and a specific one of the same family share a
+    /// port: the wildcard already covers it, and the kernel would refuse the second bind.
+    OverlappingListen(SocketAddr, SocketAddr),
     /// No `--domain` anywhere.
     NoDomain,
     /// A domain is not a valid DNS name.
@@ -158,6 +161,10 @@ impl fmt::Display for ConfigError {
                 "listen address {s:?} is not IP:port (e.g. 127.0.0.1:2525 or [::1]:2525)"
             ),
             Self::DuplicateListen(a) => write!(f, "listen address {a} is given twice"),
+            Self::OverlappingListen(a, b) => write!(
+                f,
+                "listen addresses {a} and {b} overlap: the wildcard one already covers the other; list one of them"
+            ),
             Self::NoDomain => write!(
                 f,
                 "no domain to accept mail for: give --domain D or `domain = [\"D\"]` in the config file"
@@ -273,6 +280,16 @@ impl Config {
         for a in &listen {
             if !seen.insert(*a) {
                 return Err(ConfigError::DuplicateListen(*a));
+            }
+        }
+        for (i, a) in listen.iter().enumerate() {
+            for b in &listen[i + 1..] {
+                let same_port = a.port() == b.port() && a.port() != 0;
+                let same_family = a.is_ipv4() == b.is_ipv4();
+                if same_port && same_family && (a.ip().is_unspecified() || b.ip().is_unspecified())
+                {
+                    return Err(ConfigError::OverlappingListen(*a, *b));
+                }
             }
         }
         if listen.is_empty() {
@@ -620,6 +637,24 @@ mod tests {
             c.session_config().data_timeout,
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_are_refused() {
+        let e = |list: &[&str]| {
+            let flags = ServeArgs {
+                listen: list.iter().map(|a| a.parse().unwrap()).collect(),
+                ..args()
+            };
+            merge(&flags, "").err().map(|e| e.to_string())
+        };
+        let msg = e(&["127.0.0.1:25", "0.0.0.0:25"]).unwrap();
+        assert!(msg.contains("127.0.0.1:25 and 0.0.0.0:25 overlap"), "{msg}");
+        assert!(e(&["[::]:25", "[::1]:25"]).is_some());
+        // Different families (IPV6_V6ONLY), different ports and port 0 are fine.
+        assert_eq!(e(&["0.0.0.0:25", "[::]:25"]), None);
+        assert_eq!(e(&["0.0.0.0:25", "127.0.0.1:26"]), None);
+        assert_eq!(e(&["0.0.0.0:0", "127.0.0.1:0"]), None);
     }
 
     #[test]
