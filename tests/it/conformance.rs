@@ -42,6 +42,19 @@ fn counter(server: &Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// Waits (up to 5 s) until `n` log lines contain `needle`, and returns the log: the server
+/// logs before it replies, but the test's stderr reader may lag behind the reply.
+fn wait_log_count(server: &Server, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = server.log();
+        if log.matches(needle).count() >= n || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (up to 5 s) until a counter reaches `want`: sessions are counted as their task ends,
 /// just after the client has seen the close.
 fn wait_counter(server: &Server, name: &str, want: u64) {
@@ -191,7 +204,7 @@ fn relay_attempts_are_refused_and_local_tricks_stay_literal() {
         c.expect("QUIT", 221);
     }
     // Each refusal is one log line a postmaster can grep.
-    let log = server.log();
+    let log = wait_log_count(&server, "reject rcpt=", refused.len());
     assert!(
         log.contains(
             "reject rcpt=<u@other.example> from=<a@b.example> client=127.0.0.1 reason=relay-denied reply=550 5.7.1"
@@ -290,7 +303,8 @@ fn line_path_and_recipient_limits_are_exact() {
     c.send(b"Subject: a hundred\r\n\r\nx\r\n.\r\n");
     assert_eq!(c.reply().0, 250);
     c.expect("QUIT", 221);
-    assert!(server.log().contains("rcpts=100 "), "{}", server.log());
+    let log = wait_log_count(&server, "rcpts=100 ", 1);
+    assert!(log.contains("rcpts=100 "), "{log}");
 }
 
 #[test]
@@ -338,7 +352,8 @@ fn size_limit_exactly_at_the_limit_is_accepted_one_over_is_552_and_not_stored() 
     assert!(!ls.contains("over"), "{ls}");
     assert_eq!(counter(&server, "messages_rejected_too_big"), 1);
     assert!(
-        server.log().contains("reason=too-big size=>1000"),
+        wait_log_count(&server, "reason=too-big size=>1000", 1)
+            .contains("reason=too-big size=>1000"),
         "{}",
         server.log()
     );
@@ -561,7 +576,8 @@ fn lf_only_clients_get_550_by_default_and_deliver_under_bare_lf_normalize() {
         send_lf_file_with_curl_and_smtplib(&strict, &path),
         [false, false]
     );
-    assert_eq!(strict.log().matches("reason=bare-line-ending").count(), 2);
+    let log = wait_log_count(&strict, "reason=bare-line-ending", 2);
+    assert_eq!(log.matches("reason=bare-line-ending").count(), 2, "{log}");
     assert!(strict.accepted_ids().is_empty());
 
     let lenient = Server::start(&["--bare-lf", "normalize"]);
@@ -606,7 +622,8 @@ fn an_http_request_gets_221_and_the_connection_closes_at_once() {
         0,
         "header lines were answered"
     );
-    assert!(server.log().contains("reason=not-smtp"), "{}", server.log());
+    let log = wait_log_count(&server, "reason=not-smtp", 2);
+    assert_eq!(log.matches("reason=not-smtp").count(), 2, "{log}");
 }
 
 #[test]
