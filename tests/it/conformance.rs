@@ -388,6 +388,55 @@ fn forty_megabytes_over_a_small_limit_in_bounded_memory() {
 }
 
 #[test]
+fn a_thousand_slow_clients_in_data_stay_in_bounded_memory() {
+    require_io_uring!();
+    const CLIENTS: usize = 1000;
+    let limit = crate::util::raise_fd_limit();
+    if limit < (2 * CLIENTS + 200) as u64 {
+        eprintln!("SKIPPED: RLIMIT_NOFILE hard limit {limit} is too low for {CLIENTS} clients");
+        return;
+    }
+    let server = Server::start(&[]);
+    let rss_before = server.rss_kib();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut c = Client::connect(server.addr);
+        c.send(
+            format!(
+                "EHLO slow.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@{DOMAIN}>\r\nDATA\r\n"
+            )
+            .as_bytes(),
+        );
+        clients.push(c);
+    }
+    for c in &mut clients {
+        assert_eq!(replies(c, 5).last().map(|r| &r[..4]), Some("354 "));
+        // A little body, then silence: the server waits for the rest.
+        c.send(b"Subject: slow\r\n\r\nthe first line of a long body\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "RSS grew by {} KiB per client waiting in DATA",
+        grown / CLIENTS as u64
+    );
+    // Per client: a 4 KiB read buffer here, plus the spool writer's buffer for the open
+    // message. A 64 KiB read buffer per waiting client (as before) would exceed this.
+    assert!(
+        grown < 96 * 1024,
+        "server RSS grew by {grown} KiB with {CLIENTS} clients waiting in DATA"
+    );
+    // They all still finish.
+    for c in &mut clients {
+        c.send(b".\r\n");
+    }
+    for c in &mut clients {
+        assert_eq!(c.reply().0, 250);
+    }
+    assert_eq!(counter(&server, "messages_accepted"), CLIENTS as u64);
+}
+
+#[test]
 fn many_errors_get_421_4_7_0_and_close() {
     require_io_uring!();
     let server = Server::start(&[]);
