@@ -76,6 +76,15 @@ pub struct ServeArgs {
     /// How long a client may stay silent or take for one command, in seconds [default: 300].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
+    /// How long a whole message body may take, from the 354 to the final dot, in seconds, so
+    /// a client dripping bytes cannot hold a connection forever [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub data_timeout: Option<u64>,
+    /// A bare LF (LF without CR) in a command or a body: `reject` it (500 5.5.2 / 550 5.6.0),
+    /// or `normalize` it to CRLF for old clients. Bare CR is always refused, and only
+    /// <CRLF>.<CRLF> ends a message either way [default: reject].
+    #[arg(long, value_name = "POLICY")]
+    pub bare_lf: Option<BareLfArg>,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -88,6 +97,15 @@ pub enum SyncArg {
     Group,
     /// Never fsync (testing only).
     None,
+}
+
+/// `--bare-lf` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BareLfArg {
+    /// Refuse commands and messages with a bare LF.
+    Reject,
+    /// Treat a bare LF as CRLF (stored as CRLF).
+    Normalize,
 }
 
 /// The options of `ringmx stats`.

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{ServeArgs, SyncArg};
-use crate::smtp::SessionConfig;
+use crate::cli::{BareLfArg, ServeArgs, SyncArg};
+use crate::smtp::{BareLf, SessionConfig};
 use crate::spool::{SpoolConfig, SyncPolicy};
 
 /// Default listen address: unprivileged port on loopback, so a first run needs no root.
@@ -50,6 +50,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for `--idle-timeout` (one hour).
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
+/// Default `--data-timeout`: a whole message body must arrive within 10 minutes of the 354,
+/// however steadily it drips (the spirit of RFC 5321 §4.5.3.2.6, the 10 minutes a client waits
+/// for the reply after the body). At the default 35 MiB `--max-message-size` that asks for about
+/// 60 KiB/s; raise it for very large messages from slow links.
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upper bound for `--data-timeout` (one day).
+pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
 /// Upper bound for `--reactors`.
 pub const MAX_REACTORS: usize = 1024;
 /// Protocol errors a client may make before `421 4.7.0` and close.
@@ -76,6 +83,8 @@ pub struct Config {
     max_connections: usize,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,
+    data_timeout: Duration,
+    bare_lf: BareLf,
 }
 
 /// Why a configuration is unusable. `Display` gives one line for the operator.
@@ -100,6 +109,9 @@ pub enum ConfigError {
     BadListen(String),
     /// The same address is given twice.
     DuplicateListen(SocketAddr),
+    /// A wildcard address (`0.0.0.0` or `[::]`) and a specific one of the same family share a
+    /// port: the wildcard already covers it, and the kernel would refuse the second bind.
+    OverlappingListen(SocketAddr, SocketAddr),
     /// No `--domain` anywhere.
     NoDomain,
     /// A domain is not a valid DNS name.
@@ -108,6 +120,8 @@ pub enum ConfigError {
     BadHostname(String),
     /// `sync` in the file is neither `group` nor `none`.
     BadSync(String),
+    /// `bare-lf` in the file is neither `reject` nor `normalize`.
+    BadBareLf(String),
     /// `--reactors` out of range.
     Reactors(usize),
     /// A limit that must be positive is zero.
@@ -116,6 +130,8 @@ pub enum ConfigError {
     MessageSizeTooLarge(u64),
     /// `--idle-timeout` above [`MAX_IDLE_TIMEOUT_SECS`].
     IdleTimeoutTooLong(u64),
+    /// `--data-timeout` above [`MAX_DATA_TIMEOUT_SECS`].
+    DataTimeoutTooLong(u64),
     /// The per-IP limit is above the global one.
     PerIpAboveTotal {
         /// `--max-connections-per-ip`.
@@ -145,6 +161,10 @@ impl fmt::Display for ConfigError {
                 "listen address {s:?} is not IP:port (e.g. 127.0.0.1:2525 or [::1]:2525)"
             ),
             Self::DuplicateListen(a) => write!(f, "listen address {a} is given twice"),
+            Self::OverlappingListen(a, b) => write!(
+                f,
+                "listen addresses {a} and {b} overlap: the wildcard one already covers the other; list one of them"
+            ),
             Self::NoDomain => write!(
                 f,
                 "no domain to accept mail for: give --domain D or `domain = [\"D\"]` in the config file"
@@ -155,6 +175,7 @@ impl fmt::Display for ConfigError {
                 "hostname {h:?} is not a valid host name (set one with --hostname)"
             ),
             Self::BadSync(s) => write!(f, "sync {s:?} must be \"group\" or \"none\""),
+            Self::BadBareLf(s) => write!(f, "bare-lf {s:?} must be \"reject\" or \"normalize\""),
             Self::Reactors(n) => write!(f, "reactors = {n} must be between 1 and {MAX_REACTORS}"),
             Self::Zero(name) => write!(f, "{name} must be at least 1"),
             Self::MessageSizeTooLarge(n) => write!(
@@ -164,6 +185,10 @@ impl fmt::Display for ConfigError {
             Self::IdleTimeoutTooLong(n) => write!(
                 f,
                 "idle-timeout = {n} s is above the limit of {MAX_IDLE_TIMEOUT_SECS} s"
+            ),
+            Self::DataTimeoutTooLong(n) => write!(
+                f,
+                "data-timeout = {n} s is above the limit of {MAX_DATA_TIMEOUT_SECS} s"
             ),
             Self::PerIpAboveTotal { per_ip, total } => write!(
                 f,
@@ -204,6 +229,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Option<u64>,
+    data_timeout: Option<u64>,
+    bare_lf: Option<String>,
 }
 
 impl Config {
@@ -253,6 +280,16 @@ impl Config {
         for a in &listen {
             if !seen.insert(*a) {
                 return Err(ConfigError::DuplicateListen(*a));
+            }
+        }
+        for (i, a) in listen.iter().enumerate() {
+            for b in &listen[i + 1..] {
+                let same_port = a.port() == b.port() && a.port() != 0;
+                let same_family = a.is_ipv4() == b.is_ipv4();
+                if same_port && same_family && (a.ip().is_unspecified() || b.ip().is_unspecified())
+                {
+                    return Err(ConfigError::OverlappingListen(*a, *b));
+                }
             }
         }
         if listen.is_empty() {
@@ -363,6 +400,22 @@ impl Config {
             Some(s) => Duration::from_secs(s),
             None => DEFAULT_IDLE_TIMEOUT,
         };
+        let data_timeout = match args.data_timeout.or(file.data_timeout) {
+            Some(0) => return Err(ConfigError::Zero("data-timeout")),
+            Some(s) if s > MAX_DATA_TIMEOUT_SECS => return Err(ConfigError::DataTimeoutTooLong(s)),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_DATA_TIMEOUT,
+        };
+        let bare_lf = match (args.bare_lf, file.bare_lf) {
+            (Some(BareLfArg::Reject), _) => BareLf::Reject,
+            (Some(BareLfArg::Normalize), _) => BareLf::Normalize,
+            (None, Some(s)) => match s.as_str() {
+                "reject" => BareLf::Reject,
+                "normalize" => BareLf::Normalize,
+                _ => return Err(ConfigError::BadBareLf(s)),
+            },
+            (None, None) => BareLf::Reject,
+        };
 
         Ok(Self {
             listen,
@@ -377,6 +430,8 @@ impl Config {
             max_connections,
             max_connections_per_ip,
             idle_timeout,
+            data_timeout,
+            bare_lf,
         })
     }
 
@@ -428,6 +483,14 @@ impl Config {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+    /// How long a whole message body may take after the 354.
+    pub fn data_timeout(&self) -> Duration {
+        self.data_timeout
+    }
+    /// The bare-LF policy.
+    pub fn bare_lf(&self) -> BareLf {
+        self.bare_lf
+    }
 
     /// The policy every SMTP session shares.
     pub fn session_config(&self) -> Arc<SessionConfig> {
@@ -437,7 +500,10 @@ impl Config {
             max_message_size: self.max_message_size,
             max_recipients: self.max_recipients,
             max_errors: MAX_ERRORS,
+            max_junk_commands: crate::smtp::DEFAULT_MAX_JUNK_COMMANDS,
             idle_timeout: self.idle_timeout,
+            data_timeout: Some(self.data_timeout),
+            bare_lf: self.bare_lf,
         })
     }
 
@@ -454,7 +520,7 @@ impl Config {
         format!(
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
-             idle-timeout={}s",
+             idle-timeout={}s data-timeout={}s bare-lf={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -468,6 +534,11 @@ impl Config {
             self.max_connections_per_ip
                 .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
             self.idle_timeout.as_secs(),
+            self.data_timeout.as_secs(),
+            match self.bare_lf {
+                BareLf::Reject => "reject",
+                BareLf::Normalize => "normalize",
+            },
         )
     }
 }
@@ -561,6 +632,70 @@ mod tests {
         assert_eq!(c.max_connections(), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.max_connections_per_ip(), None);
         assert_eq!(c.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(c.data_timeout(), Duration::from_secs(600));
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_are_refused() {
+        let e = |list: &[&str]| {
+            let flags = ServeArgs {
+                listen: list.iter().map(|a| a.parse().unwrap()).collect(),
+                ..args()
+            };
+            merge(&flags, "").err().map(|e| e.to_string())
+        };
+        let msg = e(&["127.0.0.1:25", "0.0.0.0:25"]).unwrap();
+        assert!(msg.contains("127.0.0.1:25 and 0.0.0.0:25 overlap"), "{msg}");
+        assert!(e(&["[::]:25", "[::1]:25"]).is_some());
+        // Different families (IPV6_V6ONLY), different ports and port 0 are fine.
+        assert_eq!(e(&["0.0.0.0:25", "[::]:25"]), None);
+        assert_eq!(e(&["0.0.0.0:25", "127.0.0.1:26"]), None);
+        assert_eq!(e(&["0.0.0.0:0", "127.0.0.1:0"]), None);
+    }
+
+    #[test]
+    fn bare_lf_policy_defaults_to_reject() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(c.bare_lf(), BareLf::Reject);
+        assert_eq!(c.session_config().bare_lf, BareLf::Reject);
+        let c = merge(&args(), "bare-lf = \"normalize\"").unwrap();
+        assert_eq!(c.session_config().bare_lf, BareLf::Normalize);
+        assert!(c.summary().contains("bare-lf=normalize"));
+        let flags = ServeArgs {
+            bare_lf: Some(BareLfArg::Reject),
+            ..args()
+        };
+        assert_eq!(
+            merge(&flags, "bare-lf = \"normalize\"").unwrap().bare_lf(),
+            BareLf::Reject
+        );
+        let e = merge(&args(), "bare-lf = \"accept\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"reject\" or \"normalize\""), "{e}");
+    }
+
+    #[test]
+    fn data_timeout_from_file_and_flag_and_its_limits() {
+        let c = merge(&args(), "data-timeout = 1200").unwrap();
+        assert_eq!(c.data_timeout(), Duration::from_secs(1200));
+        assert!(c.summary().contains("data-timeout=1200s"));
+        let flags = ServeArgs {
+            data_timeout: Some(5),
+            ..args()
+        };
+        let c = merge(&flags, "data-timeout = 1200").unwrap();
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(5))
+        );
+        let e = |toml| merge(&args(), toml).unwrap_err().to_string();
+        assert!(e("data-timeout = 0").contains("data-timeout must be at least 1"));
+        assert!(e("data-timeout = 86401").contains("above the limit"));
     }
 
     #[test]

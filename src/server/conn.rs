@@ -32,7 +32,9 @@ use super::limit::{ConnPermit, Refusal};
 use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
 use crate::buffers::Buf;
-use crate::smtp::{BodySink, Closed, CommitError, Envelope, Phase, Rejection, Session};
+use crate::smtp::{
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+};
 use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
 use crate::stats::ReactorStats;
 
@@ -42,6 +44,11 @@ pub const COMMAND_READ_SIZE: usize = 4 * 1024;
 /// Read size during DATA when the pool's registered read buffers are all in use (a registered
 /// read buffer is [`crate::buffers::DEFAULT_READ_BUF_SIZE`]).
 pub const DATA_READ_SIZE: usize = 64 * 1024;
+/// A read that brought at least this much means a body is streaming in: the following DATA
+/// reads of that message take large buffers. Until then (the first read after the 354, a
+/// client dripping its body) the small command buffer is used, so slow clients hold neither a
+/// registered buffer nor [`DATA_READ_SIZE`] of heap while the server waits for them.
+pub const BULK_READ: usize = COMMAND_READ_SIZE;
 /// Most unconsumed input kept between reads. The session consumes or discards every complete
 /// line and caps a partial one at the RFC 5321 §4.5.3.1.4 limit (512) or the text-line limit
 /// (1000), so anything near this is a broken promise, answered by closing the connection.
@@ -158,15 +165,20 @@ impl<'r> Conn<'r> {
         if let Err(end) = self.write_out().await {
             return end;
         }
-        // Reused for every command-phase read; DATA reads take pooled (registered) buffers.
+        // Reused for every command-phase read, and for DATA reads until the body streams in;
+        // then DATA reads take pooled (registered) buffers, or large heap ones.
         let mut command_buf = Some(Buf::heap(COMMAND_READ_SIZE));
+        let mut streaming = false;
         loop {
             let stop = *self.stop.borrow();
             let phase = self.session.phase();
             if stop == Stop::Now || (stop == Stop::Draining && phase == Phase::Command) {
                 return self.close_for_shutdown().await;
             }
-            let buf = if phase == Phase::Data {
+            if phase != Phase::Data {
+                streaming = false;
+            }
+            let buf = if streaming {
                 self.r
                     .pool
                     .read_buf()
@@ -179,6 +191,8 @@ impl<'r> Conn<'r> {
             match self.read(buf).await {
                 ReadEvent::Done(Ok(0), _) => return End::Eof,
                 ReadEvent::Done(Ok(n), b) => {
+                    // Once a body streams in, it keeps the large buffers until its end.
+                    streaming |= n >= BULK_READ;
                     self.bytes_in += n as u64;
                     ReactorStats::add(&self.r.stats.counters.bytes_received, n as u64);
                     // Valid bytes are b[..n] (a reused registered buffer may be longer).
@@ -331,11 +345,18 @@ impl<'r> Conn<'r> {
                         "bare-line-ending"
                     }
                 };
+                // Past the limit the session stops handing on body bytes, so `sink.size`
+                // only counts up to it: log the limit instead of a misleading small size.
+                let size = match rejection {
+                    Rejection::TooBig => {
+                        format!(">{}", self.r.session_config.max_message_size)
+                    }
+                    Rejection::BareLineEnding => self.sink.size.to_string(),
+                };
                 tracing::info!(
-                    "rejected from=<{}> client={} reason={reason} size={}",
+                    "rejected from=<{}> client={} reason={reason} size={size}",
                     self.sink.from,
                     self.peer.ip(),
-                    self.sink.size
                 );
                 None
             }
@@ -446,6 +467,10 @@ impl<'r> Conn<'r> {
                 ReactorStats::inc(&c.sessions_shutdown);
                 "shutdown"
             }
+            End::Closed(Closed::NotSmtp) => {
+                ReactorStats::inc(&c.sessions_not_smtp);
+                "not-smtp"
+            }
             End::Eof => {
                 ReactorStats::inc(&c.sessions_disconnected);
                 "client-closed"
@@ -549,6 +574,16 @@ impl BodySink for SpoolSink<'_> {
         self.eod = Some(Instant::now());
         self.from.clone_from(&envelope.mail_from);
         self.rcpts = envelope.rcpts.len();
+    }
+
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        let (code, status) = why.reply();
+        tracing::info!(
+            "reject rcpt=<{address}> from=<{}> client={} reason={} reply={code} {status}",
+            envelope.mail_from,
+            self.client_ip,
+            why.name()
+        );
     }
 }
 

@@ -52,6 +52,9 @@ pub fn bind_all(
     let mut per_reactor: Vec<Vec<TcpListener>> = (0..reactors).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
+        if addr.port() != 0 {
+            check_not_in_use(addr).map_err(|source| BindError { addr, source })?;
+        }
         let mut actual = addr;
         for sockets in &mut per_reactor {
             let l = bind_one(actual).map_err(|source| BindError { addr, source })?;
@@ -65,6 +68,22 @@ pub fn bind_all(
         bound.push(actual);
     }
     Ok((per_reactor, bound))
+}
+
+/// Fails with `EADDRINUSE` if anything already listens on `addr`, including another ringmx.
+///
+/// `SO_REUSEPORT` lets every socket of the same user join a port, so a second ringmx started
+/// by mistake (or an old one still running) would silently share the port and take half the
+/// connections into its own spool. A socket bound *without* `SO_REUSEPORT` conflicts with any
+/// listener on the port, so binding one (and closing it at once) tells. `SO_REUSEADDR` is set
+/// so connections of an earlier run still in TIME-WAIT do not count.
+fn check_not_in_use(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
 }
 
 /// One listening socket with `SO_REUSEADDR` + `SO_REUSEPORT` (+ `IPV6_V6ONLY` for IPv6 so that
@@ -106,6 +125,18 @@ mod tests {
             // Hosts without IPv6 refuse the address; the error must say which.
             Err(e) => assert!(e.to_string().contains("[::1]:0"), "{e}"),
         }
+    }
+
+    #[test]
+    fn a_port_held_by_another_reuseport_group_is_in_use() {
+        // What a second ringmx (same user, SO_REUSEPORT) would otherwise silently join.
+        let (first, bound) = bind_all(&["127.0.0.1:0".parse().unwrap()], 2).unwrap();
+        let e = bind_all(&bound, 2).unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+        assert!(e.to_string().contains("another process"), "{e}");
+        // Once the first group is closed the port is free again (TIME-WAIT aside).
+        drop(first);
+        assert!(bind_all(&bound, 2).is_ok());
     }
 
     #[test]

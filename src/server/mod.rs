@@ -21,6 +21,7 @@ pub mod shutdown;
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 use tokio::sync::watch;
@@ -44,8 +45,8 @@ pub enum ServerError {
     IoUring(ProbeError),
     /// A listening socket could not be bound.
     Bind(BindError),
-    /// A reactor's spool failed to open or close.
-    Spool(usize, SpoolError),
+    /// A reactor's spool (reactor number, spool directory) failed to open or close.
+    Spool(usize, PathBuf, SpoolError),
     /// The stats socket could not be set up.
     Stats(StatsError),
     /// Signal handlers or threads could not be set up.
@@ -59,10 +60,23 @@ impl fmt::Display for ServerError {
         match self {
             Self::IoUring(e) => e.fmt(f),
             Self::Bind(e) => e.fmt(f),
-            Self::Spool(i, SpoolError::NoSpace) => {
-                write!(f, "spool (reactor {i}): no space left on device")
+            Self::Spool(i, dir, SpoolError::NoSpace) => {
+                write!(
+                    f,
+                    "spool {} (reactor {i}): no space left on device",
+                    dir.display()
+                )
             }
-            Self::Spool(i, SpoolError::Io(e)) => write!(f, "spool (reactor {i}): {e}"),
+            Self::Spool(i, dir, SpoolError::Io(e)) => {
+                let hint = match e.kind() {
+                    io::ErrorKind::PermissionDenied => {
+                        " (the user running ringmx must be able to create and write files there; check the owner and mode of the directory, or choose another with --spool)"
+                    }
+                    io::ErrorKind::ReadOnlyFilesystem => " (choose a writable --spool)",
+                    _ => "",
+                };
+                write!(f, "spool {} (reactor {i}): {e}{hint}", dir.display())
+            }
             Self::Stats(e) => e.fmt(f),
             Self::Setup(what, e) => write!(f, "cannot set up {what}: {e}"),
             Self::ReactorPanicked(i) => write!(f, "reactor {i} crashed (see the log above)"),
@@ -190,6 +204,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if first_error.is_some() {
         stop_tx.send_replace(Stop::Now);
     } else {
+        if !config.hostname().contains('.') {
+            tracing::warn!(
+                "hostname {:?} is not fully qualified: the greeting, EHLO reply and Received: header should name this host's FQDN (RFC 5321 §4.1.3, §4.3.1); set --hostname",
+                config.hostname()
+            );
+        }
+        if config.bare_lf() == crate::smtp::BareLf::Normalize {
+            tracing::info!(
+                "--bare-lf normalize: bare LF in commands and bodies is read as CRLF (bare CR is still refused)"
+            );
+        }
         if config.sync() == SyncPolicy::None {
             tracing::warn!(
                 "--sync none: messages are acknowledged WITHOUT fsync; a crash or power cut loses accepted mail (testing only)"

@@ -3,7 +3,7 @@
 //!
 //! io_uring can be switched off by the `kernel.io_uring_disabled` sysctl (Linux 6.6+), hidden by
 //! a seccomp filter (Docker's default profile), missing from the kernel, or starved of locked
-//! memory on older kernels. The probe creates (and drops) an 8-entry ring; this module does not
+//! memory. The probe creates (and drops) an 8-entry ring; this module does not
 //! test registered buffers, which the buffer pool checks and falls back from by itself.
 
 use std::fmt;
@@ -25,7 +25,8 @@ pub enum ProbeError {
     Forbidden,
     /// ENOSYS: the kernel has no io_uring (or a filter pretends so).
     NotSupported,
-    /// ENOMEM: locked-memory limit too small (kernels before 5.12 charge rings to it).
+    /// ENOMEM: locked-memory limit too small even for a small ring (kernels before 5.12, and
+    /// recent ones again, charge ring memory to `RLIMIT_MEMLOCK`).
     Memlock,
     /// Anything else.
     Other(io::Error),

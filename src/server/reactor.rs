@@ -33,6 +33,15 @@ use crate::stats::ReactorStats;
 /// connections each keep one read in flight, but in-flight operations do not occupy the queue;
 /// it only has to hold what one loop turn submits.
 pub const RING_ENTRIES: u32 = 1024;
+/// Smallest ring tried when locked memory is short. Recent kernels charge ring memory to
+/// `RLIMIT_MEMLOCK` again (a 1024-entry ring needs more than the old 64 KiB default);
+/// tokio-uring submits early when the queue is full, so a small ring only costs a few more
+/// `io_uring_enter` calls.
+pub const MIN_RING_ENTRIES: u32 = 16;
+/// Share of `RLIMIT_MEMLOCK` the rings of all reactors may take together (in halves): the rest
+/// is for the start-up probe's ring, whose memory the kernel releases only after a while, and
+/// for registered buffers.
+const RING_MEMLOCK_SHARE_HALVES: u64 = 1;
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -94,10 +103,7 @@ pub fn run(setup: ReactorSetup) -> Result<(), ServerError> {
             }
         }
     }
-    let mut builder = tokio_uring::builder();
-    builder.entries(RING_ENTRIES);
-    // Not `Builder::start`, which panics when the ring cannot be created.
-    let rt = match tokio_uring::Runtime::new(&builder) {
+    let rt = match new_runtime(index, setup.config.reactors()) {
         Ok(rt) => rt,
         Err(e) => {
             let err =
@@ -107,6 +113,70 @@ pub fn run(setup: ReactorSetup) -> Result<(), ServerError> {
         }
     };
     rt.block_on(reactor_main(setup))
+}
+
+/// Locked memory a ring of `entries` submission entries takes, over-estimated for sizing:
+/// 64-byte SQEs, twice as many 16-byte CQEs, the SQ index array, and two pages of ring headers.
+pub fn ring_locked_bytes(entries: u32) -> u64 {
+    u64::from(entries) * (64 + 2 * 16 + 4) + 2 * 4096
+}
+
+/// The ring size to start with: [`RING_ENTRIES`], or, when `RLIMIT_MEMLOCK` (`memlock` bytes)
+/// applies to us (`limited`: no `CAP_IPC_LOCK`), the largest power of two at least
+/// [`MIN_RING_ENTRIES`] whose ring, once per reactor, fits in half of it. Several reactors start
+/// at once and draw on the same per-user limit, so each sizes itself up front instead of
+/// taking what it can and starving the others.
+pub fn initial_ring_entries(memlock: u64, reactors: usize, limited: bool) -> u32 {
+    if !limited || memlock == u64::MAX {
+        return RING_ENTRIES;
+    }
+    let share = memlock / 2 * RING_MEMLOCK_SHARE_HALVES / (reactors.max(1) as u64);
+    let mut entries = RING_ENTRIES;
+    while entries > MIN_RING_ENTRIES && ring_locked_bytes(entries) > share {
+        entries /= 2;
+    }
+    entries
+}
+
+/// Whether `RLIMIT_MEMLOCK` binds this process: false when it has `CAP_IPC_LOCK` in its
+/// effective set (then the kernel does not charge locked memory to the limit).
+fn memlock_applies() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_none_or(|caps| caps & (1 << CAP_IPC_LOCK) == 0)
+}
+
+/// A tokio-uring runtime with [`initial_ring_entries`] entries, or, while the kernel still
+/// answers `ENOMEM`, with half as many, down to [`MIN_RING_ENTRIES`]; a smaller ring than
+/// [`RING_ENTRIES`] is logged as a warning. Not `Builder::start`, which panics when the ring
+/// cannot be created.
+fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Runtime> {
+    let memlock = crate::buffers::memlock_limit();
+    let mut entries = initial_ring_entries(memlock, reactors, memlock_applies());
+    loop {
+        let mut builder = tokio_uring::builder();
+        builder.entries(entries);
+        match tokio_uring::Runtime::new(&builder) {
+            Ok(rt) => {
+                if entries < RING_ENTRIES {
+                    tracing::warn!(
+                        "reactor {index}: RLIMIT_MEMLOCK ({memlock} bytes) is too small for an io_uring ring of {RING_ENTRIES} entries per reactor; running with {entries}: raise LimitMEMLOCK= for full speed"
+                    );
+                }
+                return Ok(rt);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && entries > MIN_RING_ENTRIES => {
+                entries /= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
@@ -129,7 +199,8 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
     let spool = match Spool::open(spool_config, pool.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = ready.send((index, Err(ServerError::Spool(index, e))));
+            let err = ServerError::Spool(index, config.spool_dir().to_path_buf(), e);
+            let _ = ready.send((index, Err(err)));
             return Ok(());
         }
     };
@@ -207,7 +278,11 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
             tracing::debug!("reactor {index}: spool closed");
             Ok(())
         }
-        Err(e) => Err(ServerError::Spool(index, e)),
+        Err(e) => Err(ServerError::Spool(
+            index,
+            config.spool_dir().to_path_buf(),
+            e,
+        )),
     }
 }
 
@@ -264,4 +339,27 @@ async fn accept_loop(r: Rc<Reactor>, listener: TcpListener, local: Option<Socket
         }
     }
     tracing::debug!("reactor {}: stopped accepting", r.index);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_size_follows_the_memlock_limit_only_when_it_applies() {
+        assert_eq!(initial_ring_entries(u64::MAX, 8, true), RING_ENTRIES);
+        assert_eq!(initial_ring_entries(64 * 1024, 2, false), RING_ENTRIES);
+        assert_eq!(initial_ring_entries(8 << 20, 2, true), RING_ENTRIES);
+        // The old 64 KiB default: two reactors' rings fit in half of it.
+        let e = initial_ring_entries(64 * 1024, 2, true);
+        assert!((MIN_RING_ENTRIES..RING_ENTRIES).contains(&e), "{e}");
+        assert!(2 * ring_locked_bytes(e) <= 32 * 1024, "{e}");
+        assert!(
+            2 * ring_locked_bytes(e * 2) > 32 * 1024,
+            "the largest that fits: {e}"
+        );
+        // Nothing fits: the floor, and the kernel has the last word.
+        assert_eq!(initial_ring_entries(0, 4, true), MIN_RING_ENTRIES);
+        assert_eq!(initial_ring_entries(64 * 1024, 0, true), 128);
+    }
 }

@@ -82,10 +82,11 @@ pub fn text(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "sessions     quit {}  timeout {}  too-many-errors {}  shutdown {}  disconnected {}  io-error {}",
+        "sessions     quit {}  timeout {}  too-many-errors {}  not-smtp {}  shutdown {}  disconnected {}  io-error {}",
         c.sessions_quit,
         c.sessions_timeout,
         c.sessions_too_many_errors,
+        c.sessions_not_smtp,
         c.sessions_shutdown,
         c.sessions_disconnected,
         c.sessions_io_error

@@ -79,6 +79,8 @@ counters! {
     sessions_too_many_errors,
     /// Sessions closed by a server shutdown.
     sessions_shutdown,
+    /// Sessions closed because the client spoke HTTP, not SMTP (221 2.7.0).
+    sessions_not_smtp,
     /// Sessions the client closed without QUIT.
     sessions_disconnected,
     /// Sessions ended by a socket error.
@@ -87,7 +89,7 @@ counters! {
     messages_accepted,
     /// Messages refused for their size (552 5.3.4).
     messages_rejected_too_big,
-    /// Messages refused for a bare CR or LF (550 5.6.11).
+    /// Messages refused for a bare CR or LF (550 5.6.0).
     messages_rejected_bare_line_ending,
     /// Messages not stored because the disk is full (452 4.3.1).
     messages_failed_no_space,

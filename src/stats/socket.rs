@@ -4,12 +4,14 @@
 //! Protocol: connect, optionally send one line (`text`, `json` or `prometheus`; nothing or an
 //! empty line means text), read the answer until the server closes. The socket file is created
 //! with mode 0660, a stale file left by a crashed server is removed at start-up, and the file is
-//! removed again when the [`StatsServer`] is dropped. This module does not compute statistics;
+//! removed again when the [`StatsServer`] is dropped (only if it is still ours: not if it was
+//! deleted, or replaced by another server's, meanwhile). Stopping never depends on the file:
+//! the thread's blocking `accept` is woken by shutting the listening socket down. This module does not compute statistics;
 //! it asks the [`Registry`] for a snapshot.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,10 @@ const WATCH_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct StatsServer {
     path: PathBuf,
+    /// Device and inode of the socket file we bound, to remove only our own file.
+    file_id: Option<(u64, u64)>,
+    /// The listening socket (a second handle), shut down to wake the thread's `accept`.
+    listener: UnixListener,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -81,6 +87,12 @@ impl StatsServer {
         let listener = UnixListener::bind(path).map_err(|e| StatsError::Io(path.into(), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(|e| StatsError::Io(path.into(), e))?;
+        let file_id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let waker = listener
+            .try_clone()
+            .map_err(|e| StatsError::Io(path.into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
@@ -91,6 +103,8 @@ impl StatsServer {
         };
         Ok(Self {
             path: path.to_path_buf(),
+            file_id,
+            listener: waker,
             stop,
             thread: Some(thread),
         })
@@ -105,12 +119,24 @@ impl StatsServer {
 impl Drop for StatsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept; the thread sees the flag and returns.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the blocking accept (it fails with EINVAL); the thread sees the flag and
+        // returns. Connecting to the path instead would hang here forever if the file had
+        // been deleted or replaced meanwhile.
+        if socket2::SockRef::from(&self.listener)
+            .shutdown(std::net::Shutdown::Both)
+            .is_err()
+        {
+            let _ = UnixStream::connect(&self.path);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.file_id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -280,6 +306,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("is `ringmx serve` running"));
+    }
+
+    #[test]
+    fn stops_even_when_its_socket_file_was_removed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.sock");
+        let reg = Arc::new(Registry::new(1, SyncPolicy::Group));
+        // Removed (e.g. the spool directory was deleted under a running server).
+        let server = StatsServer::start(&path, reg.clone()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("dropping the stats server hung");
+        // Replaced by another server's socket: stop, and leave the other's file alone.
+        let server = StatsServer::start(&path, reg).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("dropping the stats server hung");
+        assert!(path.exists(), "the other server's socket was removed");
+        drop(other);
     }
 
     #[test]

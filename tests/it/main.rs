@@ -2,6 +2,7 @@
 //! real clients, the spool read back with `ringmx spool`.
 
 mod clients;
+mod conformance;
 mod server;
 mod shutdown;
 mod spool;

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ pub(crate) struct Server {
     pub(crate) addrs: Vec<SocketAddr>,
     /// Everything it logged so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// Set once the log reader has seen the end of the server's stderr.
+    log_done: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -73,6 +76,16 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub(crate) fn start_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::start_custom(extra, env, |_| {})
+    }
+
+    /// Like [`Server::start_env`]; `customize` may change the command before it is spawned
+    /// (e.g. a `pre_exec` hook that lowers a resource limit).
+    pub(crate) fn start_custom(
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         let mut cmd = Command::new(RINGMX);
@@ -87,18 +100,22 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        customize(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let log_done = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         {
             let log = log.clone();
+            let log_done = log_done.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     let _ = tx.send(line.clone());
                     log.lock().unwrap().push(line);
                 }
+                log_done.store(true, Ordering::SeqCst);
             });
         }
         let deadline = Instant::now() + START_TIMEOUT;
@@ -130,6 +147,7 @@ impl Server {
             addr: *addrs.first().expect("ready without a listening line"),
             addrs,
             log,
+            log_done,
         }
     }
 
@@ -166,7 +184,29 @@ impl Server {
     }
 
     /// Message ids from its `accepted id=…` log lines.
+    ///
+    /// The server writes that line to stderr before the 250 goes out, but the thread reading
+    /// stderr may lag behind a client that already has its reply; so this first waits (at most
+    /// 5 s) until the log holds as many lines as the server's `messages_accepted` counter, or,
+    /// once the server has exited, until its stderr is read to the end.
     pub(crate) fn accepted_ids(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let running = self.child.is_some();
+        let want = if running {
+            self.accepted_counter()
+        } else {
+            None
+        };
+        while Instant::now() < deadline {
+            let caught_up = match want {
+                Some(n) => self.count_log("accepted id=") >= n,
+                None => self.log_done.load(Ordering::SeqCst) || running,
+            };
+            if caught_up {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.log
             .lock()
             .unwrap()
@@ -174,6 +214,27 @@ impl Server {
             .filter_map(|l| l.split("accepted id=").nth(1))
             .map(|rest| rest.split_whitespace().next().unwrap().to_string())
             .collect()
+    }
+
+    /// Log lines containing `needle`.
+    fn count_log(&self, needle: &str) -> u64 {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count() as u64
+    }
+
+    /// `messages_accepted` from the stats socket, if the server answers.
+    fn accepted_counter(&self) -> Option<u64> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.stats_path()).ok()?;
+        s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+        s.write_all(b"json\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["total"]["counters"]["messages_accepted"].as_u64()
     }
 
     /// Sends `sig` to the server.
