@@ -213,7 +213,7 @@ reset_server() { # server
 ringmx_p99() { # p99 end-of-data -> 250 in microseconds from ringmx's stats, or "-"
     local j
     j=$("$RINGMX" stats --stats "$work/ringmx.stats" --json 2>/dev/null) || { echo -; return; }
-    jq -r '[.. | objects | select(has("p99")) | .p99][0] // "-"' <<<"$j" 2>/dev/null || echo -
+    jq -r '.total.ack_latency_us.p99 // "-"' <<<"$j" 2>/dev/null || echo -
 }
 
 # ---- runs ----------------------------------------------------------------------------------

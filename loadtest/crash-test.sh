@@ -93,6 +93,7 @@ for round in "${ROUNDS[@]}"; do
     conn=(-d)
     [[ $mode == new ]] && conn=()
     echo "== $name: kill -9 after ${delay}s of load (-s $sessions -l $size ${conn[*]:-new connections})"
+    round_start=$SECONDS
 
     start_server
     "$SOURCE" -s "$sessions" --duration "$LOAD_SECS" -l "$size" "${conn[@]}" "${SHAPE[@]}" \
@@ -117,6 +118,7 @@ for round in "${ROUNDS[@]}"; do
         failed=1
     fi
     stop_server
+    echo "   killed and restarted; checking ($((SECONDS - round_start))s)"
 
     status=PASS
     if ! "$RINGMX" spool check --spool "$dir/spool" >"$dir/check.txt" 2>&1; then
@@ -133,8 +135,8 @@ for round in "${ROUNDS[@]}"; do
     fi
     sed 's/^/   /' "$dir/verify.txt"
     [[ $status == PASS ]] || failed=1
-    summary+=("$(printf '%-10s %6ss %7s %4s %-4s %8s acked before the kill  %s' \
-        "$name" "$delay" "$size" "$sessions" "$mode" "$acked_before" "$status")")
+    summary+=("$(printf '%-10s %6ss %7s %4s %-4s %8s acked before the kill  %s (%ss)' \
+        "$name" "$delay" "$size" "$sessions" "$mode" "$acked_before" "$status" $((SECONDS - round_start)))")
 done
 
 echo

@@ -286,7 +286,7 @@ fn normalize(mut c: BufferConfig) -> BufferConfig {
 /// A buffer checked out of a [`BufferPool`] (or an unpooled heap buffer).
 ///
 /// Pass the inner value to tokio-uring: `Fixed` to `read_fixed` / `write_fixed_at`, `Heap` to
-/// `read` / `write_at`; or use the helpers [`Buf::read_from`] and [`Buf::write_all_at`], which
+/// `read` / `write_at`; or use the methods [`Buf::read_from`] and [`Buf::write_all_at`], which
 /// pick the right call.
 #[derive(Debug)]
 pub enum Buf {
@@ -599,6 +599,34 @@ mod tests {
         assert_eq!(&b[..], b"abcdefgh");
         assert_eq!(b.put_at(1, b"Z"), 1);
         assert_eq!(&b[..], b"aZcdefgh");
+    }
+
+    #[test]
+    fn failed_registration_falls_back_to_heap_buffers() {
+        tokio_uring::start(async {
+            let cfg = BufferConfig {
+                read_buf_size: 4096,
+                read_bufs: 1,
+                write_buf_size: 8192,
+                write_bufs: 1,
+            };
+            let first = BufferPool::register(cfg);
+            // One registered set per ring: the second registration is refused.
+            let second = BufferPool::register(cfg);
+            assert!(!second.is_registered());
+            let mut b = second.write_buf().expect("heap tier has a buffer");
+            assert!(!b.is_fixed());
+            assert!(second.write_buf().is_none(), "same count as configured");
+            let dir = tempfile::tempdir().unwrap();
+            let file = tokio_uring::fs::File::create(dir.path().join("f"))
+                .await
+                .unwrap();
+            b.put_at(0, b"heap path");
+            let (res, _b) = b.write_all_at(&file, 9, 0).await;
+            res.unwrap();
+            assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"heap path");
+            drop(first);
+        });
     }
 
     #[test]

@@ -1,1 +1,836 @@
-//! Configuration. (Stub.)
+//! Configuration: the `serve` flags merged over an optional TOML file, checked once.
+//!
+//! [`Config::load`] reads the file named by `--config` (if any), lets every flag given on the
+//! command line win over the file, fills in defaults and validates the result into an immutable
+//! [`Config`]; the server shares it behind an `Arc`. It then hands out the pieces the other
+//! modules need ([`Config::session_config`], [`Config::spool_config`]).
+//!
+//! The file uses the flags' own spelling (kebab-case), and unknown keys are errors so a typo is
+//! not silently ignored:
+//!
+//! ```toml
+//! listen = ["0.0.0.0:25", "[::]:25"]
+//! domain = ["example.org"]
+//! spool = "/var/spool/ringmx"
+//! max-message-size = 36700160
+//! ```
+//!
+//! This module does not open sockets, create the spool directory or touch io_uring; it only
+//! checks what can be checked without side effects.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{BareLfArg, ServeArgs, SyncArg};
+use crate::smtp::{BareLf, SessionConfig};
+use crate::spool::{SpoolConfig, SyncPolicy};
+
+/// Default listen address: unprivileged port on loopback, so a first run needs no root.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+/// Default spool directory (relative to the working directory).
+pub const DEFAULT_SPOOL_DIR: &str = "spool";
+/// Name of the stats socket inside the spool directory when `--stats` is not given.
+pub const DEFAULT_STATS_NAME: &str = "stats.sock";
+/// Default `--max-message-size`: 35 MiB, a common MX limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
+/// Largest accepted `--max-message-size` (1 GiB); beyond that, SMTP is the wrong transport.
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Default `--max-recipients`: RFC 5321 §4.5.3.1.8 requires accepting at least 100.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Default `--max-connections` over all reactors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `--idle-timeout`: RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Upper bound for `--idle-timeout` (one hour).
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
+/// Default `--data-timeout`: a whole message body must arrive within 10 minutes of the 354,
+/// however steadily it drips (the spirit of RFC 5321 §4.5.3.2.6, the 10 minutes a client waits
+/// for the reply after the body). At the default 35 MiB `--max-message-size` that asks for about
+/// 60 KiB/s; raise it for very large messages from slow links.
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upper bound for `--data-timeout` (one day).
+pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
+/// Upper bound for `--reactors`.
+pub const MAX_REACTORS: usize = 1024;
+/// Protocol errors a client may make before `421 4.7.0` and close.
+pub const MAX_ERRORS: u32 = 10;
+/// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
+pub const MAX_UNIX_SOCKET_PATH: usize = 107;
+/// RFC 1035 §2.3.4: a domain name is at most 255 octets (253 as text).
+const MAX_DOMAIN_LEN: usize = 253;
+/// RFC 1035 §2.3.4: a label is at most 63 octets.
+const MAX_LABEL_LEN: usize = 63;
+
+/// A checked configuration. Built once by [`Config::load`]; never changed afterwards.
+#[derive(Debug, Clone)]
+pub struct Config {
+    listen: Vec<SocketAddr>,
+    domains: Vec<String>,
+    spool_dir: PathBuf,
+    stats_path: PathBuf,
+    reactors: usize,
+    hostname: String,
+    sync: SyncPolicy,
+    max_message_size: u64,
+    max_recipients: usize,
+    max_connections: usize,
+    max_connections_per_ip: Option<usize>,
+    idle_timeout: Duration,
+    data_timeout: Duration,
+    bare_lf: BareLf,
+}
+
+/// Why a configuration is unusable. `Display` gives one line for the operator.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The config file is not valid TOML or has unknown/mistyped keys.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A `listen` entry in the file is not an `IP:port` address.
+    BadListen(String),
+    /// The same address is given twice.
+    DuplicateListen(SocketAddr),
+    /// A wildcard address (`0.0.0.0` or `[::]`) and a specific one of the same family share a
+    /// port: the wildcard already covers it, and the kernel would refuse the second bind.
+    OverlappingListen(SocketAddr, SocketAddr),
+    /// No `--domain` anywhere.
+    NoDomain,
+    /// A domain is not a valid DNS name.
+    BadDomain(String),
+    /// The hostname is not a valid DNS name.
+    BadHostname(String),
+    /// `sync` in the file is neither `group` nor `none`.
+    BadSync(String),
+    /// `bare-lf` in the file is neither `reject` nor `normalize`.
+    BadBareLf(String),
+    /// `--reactors` out of range.
+    Reactors(usize),
+    /// A limit that must be positive is zero.
+    Zero(&'static str),
+    /// `--max-message-size` above [`MAX_MESSAGE_SIZE_LIMIT`].
+    MessageSizeTooLarge(u64),
+    /// `--idle-timeout` above [`MAX_IDLE_TIMEOUT_SECS`].
+    IdleTimeoutTooLong(u64),
+    /// `--data-timeout` above [`MAX_DATA_TIMEOUT_SECS`].
+    DataTimeoutTooLong(u64),
+    /// The per-IP limit is above the global one.
+    PerIpAboveTotal {
+        /// `--max-connections-per-ip`.
+        per_ip: usize,
+        /// `--max-connections`.
+        total: usize,
+    },
+    /// The spool path exists but is not a directory.
+    SpoolNotDir(PathBuf),
+    /// The stats socket path does not fit in `sun_path`.
+    StatsPathTooLong(PathBuf),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            Self::Parse { path, message } => {
+                // toml's messages span several lines; keep ours on one.
+                let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                write!(f, "config file {}: {message}", path.display())
+            }
+            Self::BadListen(s) => write!(
+                f,
+                "listen address {s:?} is not IP:port (e.g. 127.0.0.1:2525 or [::1]:2525)"
+            ),
+            Self::DuplicateListen(a) => write!(f, "listen address {a} is given twice"),
+            Self::OverlappingListen(a, b) => write!(
+                f,
+                "listen addresses {a} and {b} overlap: the wildcard one already covers the other; list one of them"
+            ),
+            Self::NoDomain => write!(
+                f,
+                "no domain to accept mail for: give --domain D or `domain = [\"D\"]` in the config file"
+            ),
+            Self::BadDomain(d) => write!(f, "domain {d:?} is not a valid domain name"),
+            Self::BadHostname(h) => write!(
+                f,
+                "hostname {h:?} is not a valid host name (set one with --hostname)"
+            ),
+            Self::BadSync(s) => write!(f, "sync {s:?} must be \"group\" or \"none\""),
+            Self::BadBareLf(s) => write!(f, "bare-lf {s:?} must be \"reject\" or \"normalize\""),
+            Self::Reactors(n) => write!(f, "reactors = {n} must be between 1 and {MAX_REACTORS}"),
+            Self::Zero(name) => write!(f, "{name} must be at least 1"),
+            Self::MessageSizeTooLarge(n) => write!(
+                f,
+                "max-message-size = {n} is above the limit of {MAX_MESSAGE_SIZE_LIMIT} bytes"
+            ),
+            Self::IdleTimeoutTooLong(n) => write!(
+                f,
+                "idle-timeout = {n} s is above the limit of {MAX_IDLE_TIMEOUT_SECS} s"
+            ),
+            Self::DataTimeoutTooLong(n) => write!(
+                f,
+                "data-timeout = {n} s is above the limit of {MAX_DATA_TIMEOUT_SECS} s"
+            ),
+            Self::PerIpAboveTotal { per_ip, total } => write!(
+                f,
+                "max-connections-per-ip = {per_ip} is above max-connections = {total}"
+            ),
+            Self::SpoolNotDir(p) => write!(f, "spool {} exists and is not a directory", p.display()),
+            Self::StatsPathTooLong(p) => write!(
+                f,
+                "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The TOML file: the same keys as the flags, kebab-case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<String>>,
+    domain: Option<Vec<String>>,
+    spool: Option<PathBuf>,
+    stats: Option<PathBuf>,
+    reactors: Option<usize>,
+    hostname: Option<String>,
+    sync: Option<String>,
+    max_message_size: Option<u64>,
+    max_recipients: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    idle_timeout: Option<u64>,
+    data_timeout: Option<u64>,
+    bare_lf: Option<String>,
+}
+
+impl Config {
+    /// Reads `args.config` (if given), merges the flags over it and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] names the first problem found.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file, default_reactors, system_hostname)
+    }
+
+    /// Parses TOML text as a config file (used by [`Config::load`] and tests).
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] with `path` as the file name in the message.
+    pub fn from_toml(args: &ServeArgs, text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = parse_file(text, path)?;
+        Self::merge(args, file, default_reactors, system_hostname)
+    }
+
+    fn merge(
+        args: &ServeArgs,
+        file: FileConfig,
+        reactors_default: impl FnOnce() -> usize,
+        hostname_default: impl FnOnce() -> String,
+    ) -> Result<Self, ConfigError> {
+        let listen = if !args.listen.is_empty() {
+            args.listen.clone()
+        } else if let Some(list) = file.listen {
+            list.iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<SocketAddr>()
+                        .map_err(|_| ConfigError::BadListen(s.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| ConfigError::BadListen(DEFAULT_LISTEN.into()))?]
+        };
+        let mut seen = HashSet::new();
+        for a in &listen {
+            if !seen.insert(*a) {
+                return Err(ConfigError::DuplicateListen(*a));
+            }
+        }
+        for (i, a) in listen.iter().enumerate() {
+            for b in &listen[i + 1..] {
+                let same_port = a.port() == b.port() && a.port() != 0;
+                let same_family = a.is_ipv4() == b.is_ipv4();
+                if same_port && same_family && (a.ip().is_unspecified() || b.ip().is_unspecified())
+                {
+                    return Err(ConfigError::OverlappingListen(*a, *b));
+                }
+            }
+        }
+        if listen.is_empty() {
+            return Err(ConfigError::BadListen(String::new()));
+        }
+
+        let domains = if args.domain.is_empty() {
+            file.domain.unwrap_or_default()
+        } else {
+            args.domain.clone()
+        };
+        if domains.is_empty() {
+            return Err(ConfigError::NoDomain);
+        }
+        let mut domains_lc = Vec::with_capacity(domains.len());
+        for d in &domains {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !is_dns_name(&d) {
+                return Err(ConfigError::BadDomain(d));
+            }
+            if !domains_lc.contains(&d) {
+                domains_lc.push(d);
+            }
+        }
+
+        let spool_dir = args
+            .spool
+            .clone()
+            .or(file.spool)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
+        if spool_dir.exists() && !spool_dir.is_dir() {
+            return Err(ConfigError::SpoolNotDir(spool_dir));
+        }
+        let stats_path = args
+            .stats
+            .clone()
+            .or(file.stats)
+            .unwrap_or_else(|| spool_dir.join(DEFAULT_STATS_NAME));
+        if stats_path.as_os_str().len() > MAX_UNIX_SOCKET_PATH {
+            return Err(ConfigError::StatsPathTooLong(stats_path));
+        }
+
+        let reactors = match args.reactors.or(file.reactors) {
+            Some(n) => n,
+            None => reactors_default(),
+        };
+        if !(1..=MAX_REACTORS).contains(&reactors) {
+            return Err(ConfigError::Reactors(reactors));
+        }
+
+        let hostname = match args.hostname.clone().or(file.hostname) {
+            Some(h) => h.trim().trim_end_matches('.').to_ascii_lowercase(),
+            None => hostname_default(),
+        };
+        if !is_dns_name(&hostname) {
+            return Err(ConfigError::BadHostname(hostname));
+        }
+
+        let sync = match (args.sync, file.sync) {
+            (Some(SyncArg::Group), _) => SyncPolicy::Group,
+            (Some(SyncArg::None), _) => SyncPolicy::None,
+            (None, Some(s)) => match s.as_str() {
+                "group" => SyncPolicy::Group,
+                "none" => SyncPolicy::None,
+                _ => return Err(ConfigError::BadSync(s)),
+            },
+            (None, None) => SyncPolicy::Group,
+        };
+
+        let max_message_size = args
+            .max_message_size
+            .or(file.max_message_size)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        if max_message_size == 0 {
+            return Err(ConfigError::Zero("max-message-size"));
+        }
+        if max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+            return Err(ConfigError::MessageSizeTooLarge(max_message_size));
+        }
+        let max_recipients = args
+            .max_recipients
+            .or(file.max_recipients)
+            .unwrap_or(DEFAULT_MAX_RECIPIENTS);
+        if max_recipients == 0 {
+            return Err(ConfigError::Zero("max-recipients"));
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::Zero("max-connections"));
+        }
+        let max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip);
+        match max_connections_per_ip {
+            Some(0) => return Err(ConfigError::Zero("max-connections-per-ip")),
+            Some(per_ip) if per_ip > max_connections => {
+                return Err(ConfigError::PerIpAboveTotal {
+                    per_ip,
+                    total: max_connections,
+                })
+            }
+            _ => {}
+        }
+        let idle_timeout = match args.idle_timeout.or(file.idle_timeout) {
+            Some(0) => return Err(ConfigError::Zero("idle-timeout")),
+            Some(s) if s > MAX_IDLE_TIMEOUT_SECS => return Err(ConfigError::IdleTimeoutTooLong(s)),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_IDLE_TIMEOUT,
+        };
+        let data_timeout = match args.data_timeout.or(file.data_timeout) {
+            Some(0) => return Err(ConfigError::Zero("data-timeout")),
+            Some(s) if s > MAX_DATA_TIMEOUT_SECS => return Err(ConfigError::DataTimeoutTooLong(s)),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_DATA_TIMEOUT,
+        };
+        let bare_lf = match (args.bare_lf, file.bare_lf) {
+            (Some(BareLfArg::Reject), _) => BareLf::Reject,
+            (Some(BareLfArg::Normalize), _) => BareLf::Normalize,
+            (None, Some(s)) => match s.as_str() {
+                "reject" => BareLf::Reject,
+                "normalize" => BareLf::Normalize,
+                _ => return Err(ConfigError::BadBareLf(s)),
+            },
+            (None, None) => BareLf::Reject,
+        };
+
+        Ok(Self {
+            listen,
+            domains: domains_lc,
+            spool_dir,
+            stats_path,
+            reactors,
+            hostname,
+            sync,
+            max_message_size,
+            max_recipients,
+            max_connections,
+            max_connections_per_ip,
+            idle_timeout,
+            data_timeout,
+            bare_lf,
+        })
+    }
+
+    /// Addresses to listen on (each gets one `SO_REUSEPORT` socket per reactor).
+    pub fn listen(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+    /// Domains we accept mail for, lower-case, without a trailing dot.
+    pub fn domains(&self) -> &[String] {
+        &self.domains
+    }
+    /// The spool directory.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool_dir
+    }
+    /// The stats socket path.
+    pub fn stats_path(&self) -> &Path {
+        &self.stats_path
+    }
+    /// Number of reactors.
+    pub fn reactors(&self) -> usize {
+        self.reactors
+    }
+    /// Our hostname.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    /// The fsync policy.
+    pub fn sync(&self) -> SyncPolicy {
+        self.sync
+    }
+    /// Largest message in bytes.
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+    /// Recipients per message.
+    pub fn max_recipients(&self) -> usize {
+        self.max_recipients
+    }
+    /// Concurrent connections over all reactors.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+    /// Concurrent connections per client IP (`None`: no limit).
+    pub fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+    /// How long a client may stay silent.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+    /// How long a whole message body may take after the 354.
+    pub fn data_timeout(&self) -> Duration {
+        self.data_timeout
+    }
+    /// The bare-LF policy.
+    pub fn bare_lf(&self) -> BareLf {
+        self.bare_lf
+    }
+
+    /// The policy every SMTP session shares.
+    pub fn session_config(&self) -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: self.hostname.clone(),
+            local_domains: self.domains.clone(),
+            max_message_size: self.max_message_size,
+            max_recipients: self.max_recipients,
+            max_errors: MAX_ERRORS,
+            max_junk_commands: crate::smtp::DEFAULT_MAX_JUNK_COMMANDS,
+            idle_timeout: self.idle_timeout,
+            data_timeout: Some(self.data_timeout),
+            bare_lf: self.bare_lf,
+        })
+    }
+
+    /// The spool writer settings of reactor `reactor`.
+    pub fn spool_config(&self, reactor: u16) -> SpoolConfig {
+        let mut c = SpoolConfig::new(self.spool_dir.clone(), reactor, self.hostname.clone());
+        c.sync = self.sync;
+        c
+    }
+
+    /// A one-line summary for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        format!(
+            "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
+             max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
+             idle-timeout={}s data-timeout={}s bare-lf={}",
+            listen.join(","),
+            self.domains.join(","),
+            self.hostname,
+            self.spool_dir.display(),
+            self.stats_path.display(),
+            self.reactors,
+            sync_name(self.sync),
+            self.max_message_size,
+            self.max_recipients,
+            self.max_connections,
+            self.max_connections_per_ip
+                .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+            self.idle_timeout.as_secs(),
+            self.data_timeout.as_secs(),
+            match self.bare_lf {
+                BareLf::Reject => "reject",
+                BareLf::Normalize => "normalize",
+            },
+        )
+    }
+}
+
+/// `group` / `none`, as on the command line.
+pub fn sync_name(sync: SyncPolicy) -> &'static str {
+    match sync {
+        SyncPolicy::Group => "group",
+        SyncPolicy::None => "none",
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(&text, path)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The number of CPUs this process may run on (`sched_getaffinity`), at least 1.
+pub fn default_reactors() -> usize {
+    crate::server::allowed_cpus().len().max(1)
+}
+
+/// The system's host name (`gethostname`, which needs no /proc), or `localhost`.
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its full length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_ascii_lowercase(),
+        _ => "localhost".to_string(),
+    }
+}
+
+/// A DNS name in the RFC 1123 sense: dot-separated labels of letters, digits and inner hyphens.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DOMAIN_LEN
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= MAX_LABEL_LEN
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            domain: vec!["Example.TEST".into()],
+            ..ServeArgs::default()
+        }
+    }
+
+    fn merge(args: &ServeArgs, toml: &str) -> Result<Config, ConfigError> {
+        let file = parse_file(toml, Path::new("t.toml"))?;
+        Config::merge(args, file, || 3, || "mx.local".into())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(
+            c.listen(),
+            ["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.domains(), ["example.test"]);
+        assert_eq!(c.spool_dir(), Path::new("spool"));
+        assert_eq!(c.stats_path(), Path::new("spool/stats.sock"));
+        assert_eq!(c.reactors(), 3);
+        assert_eq!(c.hostname(), "mx.local");
+        assert_eq!(c.sync(), SyncPolicy::Group);
+        assert_eq!(c.max_message_size(), 35 * 1024 * 1024);
+        assert_eq!(c.max_recipients(), 100);
+        assert_eq!(c.max_connections(), DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.max_connections_per_ip(), None);
+        assert_eq!(c.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(c.data_timeout(), Duration::from_secs(600));
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_are_refused() {
+        let e = |list: &[&str]| {
+            let flags = ServeArgs {
+                listen: list.iter().map(|a| a.parse().unwrap()).collect(),
+                ..args()
+            };
+            merge(&flags, "").err().map(|e| e.to_string())
+        };
+        let msg = e(&["127.0.0.1:25", "0.0.0.0:25"]).unwrap();
+        assert!(msg.contains("127.0.0.1:25 and 0.0.0.0:25 overlap"), "{msg}");
+        assert!(e(&["[::]:25", "[::1]:25"]).is_some());
+        // Different families (IPV6_V6ONLY), different ports and port 0 are fine.
+        assert_eq!(e(&["0.0.0.0:25", "[::]:25"]), None);
+        assert_eq!(e(&["0.0.0.0:25", "127.0.0.1:26"]), None);
+        assert_eq!(e(&["0.0.0.0:0", "127.0.0.1:0"]), None);
+    }
+
+    #[test]
+    fn bare_lf_policy_defaults_to_reject() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(c.bare_lf(), BareLf::Reject);
+        assert_eq!(c.session_config().bare_lf, BareLf::Reject);
+        let c = merge(&args(), "bare-lf = \"normalize\"").unwrap();
+        assert_eq!(c.session_config().bare_lf, BareLf::Normalize);
+        assert!(c.summary().contains("bare-lf=normalize"));
+        let flags = ServeArgs {
+            bare_lf: Some(BareLfArg::Reject),
+            ..args()
+        };
+        assert_eq!(
+            merge(&flags, "bare-lf = \"normalize\"").unwrap().bare_lf(),
+            BareLf::Reject
+        );
+        let e = merge(&args(), "bare-lf = \"accept\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"reject\" or \"normalize\""), "{e}");
+    }
+
+    #[test]
+    fn data_timeout_from_file_and_flag_and_its_limits() {
+        let c = merge(&args(), "data-timeout = 1200").unwrap();
+        assert_eq!(c.data_timeout(), Duration::from_secs(1200));
+        assert!(c.summary().contains("data-timeout=1200s"));
+        let flags = ServeArgs {
+            data_timeout: Some(5),
+            ..args()
+        };
+        let c = merge(&flags, "data-timeout = 1200").unwrap();
+        assert_eq!(
+            c.session_config().data_timeout,
+            Some(Duration::from_secs(5))
+        );
+        let e = |toml| merge(&args(), toml).unwrap_err().to_string();
+        assert!(e("data-timeout = 0").contains("data-timeout must be at least 1"));
+        assert!(e("data-timeout = 86401").contains("above the limit"));
+    }
+
+    #[test]
+    fn file_values_are_used_and_flags_win() {
+        let toml = r#"
+            listen = ["0.0.0.0:25", "[::]:25"]
+            domain = ["a.test", "b.test"]
+            spool = "/var/spool/ringmx"
+            reactors = 2
+            hostname = "mx.a.test"
+            sync = "none"
+            max-message-size = 1000
+            max-recipients = 5
+            max-connections = 50
+            max-connections-per-ip = 5
+            idle-timeout = 30
+        "#;
+        let c = merge(&ServeArgs::default(), toml).unwrap();
+        assert_eq!(c.listen().len(), 2);
+        assert!(c.listen()[1].is_ipv6());
+        assert_eq!(c.domains(), ["a.test", "b.test"]);
+        assert_eq!(c.stats_path(), Path::new("/var/spool/ringmx/stats.sock"));
+        assert_eq!(c.reactors(), 2);
+        assert_eq!(c.sync(), SyncPolicy::None);
+        assert_eq!(c.max_message_size(), 1000);
+        assert_eq!(c.max_connections_per_ip(), Some(5));
+        assert_eq!(c.idle_timeout(), Duration::from_secs(30));
+
+        let flags = ServeArgs {
+            listen: vec!["127.0.0.1:2626".parse().unwrap()],
+            domain: vec!["c.test".into()],
+            stats: Some("/run/ringmx/stats.sock".into()),
+            sync: Some(SyncArg::Group),
+            max_message_size: Some(2000),
+            idle_timeout: Some(2),
+            ..ServeArgs::default()
+        };
+        let c = merge(&flags, toml).unwrap();
+        assert_eq!(
+            c.listen(),
+            ["127.0.0.1:2626".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.domains(), ["c.test"]);
+        assert_eq!(c.stats_path(), Path::new("/run/ringmx/stats.sock"));
+        assert_eq!(c.sync(), SyncPolicy::Group);
+        assert_eq!(c.max_message_size(), 2000);
+        assert_eq!(c.max_recipients(), 5);
+        assert_eq!(c.idle_timeout(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors() {
+        let e = |a: &ServeArgs, t: &str| merge(a, t).unwrap_err().to_string();
+        assert!(e(&ServeArgs::default(), "").contains("--domain"));
+        assert!(e(&args(), "listen = [\"localhost:25\"]").contains("not IP:port"));
+        assert!(e(&args(), "listen = [\"1.2.3.4:25\", \"1.2.3.4:25\"]").contains("twice"));
+        assert!(e(&args(), "max-mesage-size = 3").contains("unknown field"));
+        assert!(e(&args(), "max-message-size = \"big\"").contains("t.toml"));
+        assert!(e(&args(), "sync = \"always\"").contains("\"group\" or \"none\""));
+        assert!(e(&args(), "reactors = 0").contains("between 1 and"));
+        assert!(e(&args(), "max-recipients = 0").contains("max-recipients must be at least 1"));
+        assert!(e(&args(), "idle-timeout = 0").contains("idle-timeout"));
+        assert!(e(&args(), "idle-timeout = 99999").contains("above the limit"));
+        assert!(e(&args(), "max-message-size = 99999999999").contains("above the limit"));
+        assert!(e(&args(), "max-connections = 10\nmax-connections-per-ip = 11").contains("above"));
+        assert!(e(&args(), "hostname = \"bad host\"").contains("hostname"));
+        let bad_domain = ServeArgs {
+            domain: vec!["exa mple.test".into()],
+            ..ServeArgs::default()
+        };
+        assert!(e(&bad_domain, "").contains("not a valid domain"));
+        let long = ServeArgs {
+            stats: Some(PathBuf::from("/".repeat(200))),
+            ..args()
+        };
+        assert!(e(&long, "").contains("longer than"));
+        // Every message is one line.
+        assert!(!e(&args(), "max-message-size = [").contains('\n'));
+    }
+
+    #[test]
+    fn spool_path_that_is_a_file_is_refused() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let a = ServeArgs {
+            spool: Some(f.path().to_path_buf()),
+            ..args()
+        };
+        assert!(matches!(merge(&a, ""), Err(ConfigError::SpoolNotDir(_))));
+    }
+
+    #[test]
+    fn read_error_names_the_file() {
+        let a = ServeArgs {
+            config: Some("/nonexistent/ringmx.toml".into()),
+            ..args()
+        };
+        let msg = Config::load(&a).unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/ringmx.toml"), "{msg}");
+    }
+
+    #[test]
+    fn derived_configs() {
+        let c = merge(&args(), "max-recipients = 7\nsync = \"none\"").unwrap();
+        let s = c.session_config();
+        assert_eq!(s.local_domains, ["example.test"]);
+        assert_eq!(s.max_recipients, 7);
+        assert_eq!(s.max_errors, MAX_ERRORS);
+        let sp = c.spool_config(3);
+        assert_eq!(sp.reactor, 3);
+        assert_eq!(sp.sync, SyncPolicy::None);
+        assert_eq!(sp.dir, Path::new("spool"));
+        assert!(c.summary().contains("sync=none"));
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in [
+            "a",
+            "example.test",
+            "mx-1.example.test",
+            "xn--bcher-kva.test",
+        ] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        let long_label = "a".repeat(64);
+        for bad in [
+            "",
+            "a..b",
+            "-a.test",
+            "a-.test",
+            "a b",
+            "a_b.test",
+            long_label.as_str(),
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ use crate::args::{Config, Family};
 use crate::message::{self, RunId, Template};
 use crate::reply::MAX_REPLY;
 use crate::report::{self, Report, Stats};
-use crate::session::{Claim, Failure, Observer, Session};
+use crate::session::{Claim, Failure, Observer, Session, MAX_SEGMENTS};
 
 /// How often timeouts are checked and connections retried.
 const TICK: Duration = Duration::from_millis(100);
@@ -794,7 +794,7 @@ impl<'a> Worker<'a> {
             return;
         }
         while slot.sess.has_output() {
-            let mut iov = [IoSlice::new(&[]); 8];
+            let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
             let n = slot.sess.out_slices(&mut iov);
             match sock.write_vectored(&iov[..n]) {
                 Ok(0) => return self.fail(i, Failure::Closed, now),

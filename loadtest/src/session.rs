@@ -20,7 +20,7 @@ use crate::message::{self, Template};
 use crate::reply::{self, ReplyError};
 
 /// Most segments queued for one write: body head, body tail, RSET, the next group, QUIT.
-const MAX_SEGMENTS: usize = 8;
+pub(crate) const MAX_SEGMENTS: usize = 8;
 
 /// A message handed to a session: its index (the token's counter) and the time the latency of
 /// the whole transaction counts from (its intended send time at a fixed `--rate`).
@@ -259,7 +259,12 @@ impl Session {
     /// Fills `iov` with the unwritten bytes; returns how many slices it filled.
     pub(crate) fn out_slices<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_SEGMENTS]) -> usize {
         let mut n = 0;
-        for (i, seg) in self.out[self.out_idx..].iter().enumerate() {
+        // At most five segments are ever queued (see MAX_SEGMENTS); more would wait a round.
+        for (i, seg) in self.out[self.out_idx..]
+            .iter()
+            .take(MAX_SEGMENTS)
+            .enumerate()
+        {
             let bytes = match *seg {
                 Seg::Static(s) => s,
                 Seg::Head => &self.head,

@@ -1,6 +1,7 @@
 //! `--verify-eml DIR`: checks a spool export against an ack log. Every acknowledged token must be
-//! in exactly one file of `DIR`, and that file must end with the message re-rendered from the
-//! token, byte for byte (a server may put trace headers such as `Received:` in front).
+//! in exactly one file of `DIR` (dot files are skipped), and that file must end with the message
+//! re-rendered from the token, byte for byte (a server may put trace headers such as `Received:`
+//! in front).
 //!
 //! It only reads files; it does not talk to a server or know the spool format.
 
@@ -104,7 +105,7 @@ pub(crate) fn verify(shape: &Shape, ack_log: &Path, dir: &Path) -> Result<Verdic
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !is_hidden(p))
         .collect();
     paths.sort();
     for p in paths {
@@ -138,6 +139,13 @@ pub(crate) fn verify(shape: &Shape, ack_log: &Path, dir: &Path) -> Result<Verdic
     }
     v.unacked = found.keys().filter(|t| !acked.contains(*t)).count() as u64;
     Ok(v)
+}
+
+/// Dot files are an exporter's bookkeeping (e.g. its progress file), not messages.
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 /// The token in the `Message-ID: <token@…>` header, if the header block has one of ours.
@@ -223,6 +231,7 @@ mod tests {
         w("d.eml", &bad);
         w("f.eml", &message::render(&s, &t[5]));
         w("g.eml", b"Subject: hi\r\n\r\nnothing\r\n");
+        w(".export-state.eml", b"{}");
         let log = dir.join("acks");
         std::fs::write(&log, t[..5].join("\n") + "\n").expect("write");
         let sub = dir.join("export");

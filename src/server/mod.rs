@@ -1,1 +1,318 @@
-//! The io_uring driver. (Stub.)
+//! The io_uring driver: `ringmx serve`.
+//!
+//! [`run`] checks that io_uring works ([`probe`]), binds every listening socket ([`listener`]),
+//! starts one pinned reactor thread per core ([`reactor`]), each with its own tokio-uring
+//! runtime, spool writer, buffer pool and statistics, then the stats socket, and tells systemd it
+//! is ready ([`notify`]). SIGTERM/SIGINT ([`shutdown`]) drain the reactors; `run` returns once
+//! every reactor has synced and closed its spool. Connections are driven by [`conn`]; limits
+//! shared by the reactors live in [`limit`].
+//!
+//! Nothing here parses SMTP or writes spool frames: that is [`crate::smtp`] and
+//! [`crate::spool`].
+
+pub mod conn;
+pub mod cpu;
+pub mod limit;
+pub mod listener;
+pub mod notify;
+pub mod probe;
+pub mod reactor;
+pub mod shutdown;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+use tokio::sync::watch;
+
+pub use cpu::allowed_cpus;
+
+use crate::config::{sync_name, Config};
+use crate::spool::{SpoolError, SyncPolicy};
+use crate::stats::socket::{StatsError, StatsServer};
+use crate::stats::Registry;
+use limit::ConnLimits;
+use listener::BindError;
+use probe::ProbeError;
+use shutdown::{SignalWatcher, Stop};
+
+/// Why the server could not start or did not stop cleanly. `Display` is one line.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// io_uring is unusable here.
+    IoUring(ProbeError),
+    /// A listening socket could not be bound.
+    Bind(BindError),
+    /// A reactor's spool (reactor number, spool directory) failed to open or close.
+    Spool(usize, PathBuf, SpoolError),
+    /// The stats socket could not be set up.
+    Stats(StatsError),
+    /// Signal handlers or threads could not be set up.
+    Setup(&'static str, io::Error),
+    /// A reactor thread panicked.
+    ReactorPanicked(usize),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IoUring(e) => e.fmt(f),
+            Self::Bind(e) => e.fmt(f),
+            Self::Spool(i, dir, SpoolError::NoSpace) => {
+                write!(
+                    f,
+                    "spool {} (reactor {i}): no space left on device",
+                    dir.display()
+                )
+            }
+            Self::Spool(i, dir, SpoolError::Io(e)) => {
+                let hint = match e.kind() {
+                    io::ErrorKind::PermissionDenied => {
+                        " (the user running ringmx must be able to create and write files there; check the owner and mode of the directory, or choose another with --spool)"
+                    }
+                    io::ErrorKind::ReadOnlyFilesystem => " (choose a writable --spool)",
+                    _ => "",
+                };
+                write!(f, "spool {} (reactor {i}): {e}{hint}", dir.display())
+            }
+            Self::Stats(e) => e.fmt(f),
+            Self::Setup(what, e) => write!(f, "cannot set up {what}: {e}"),
+            Self::ReactorPanicked(i) => write!(f, "reactor {i} crashed (see the log above)"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Sets up logging to stderr, one line per event, level from `RUST_LOG` (default `info`).
+///
+/// Lines are formatted on the thread that logs them but written by a background thread
+/// (`tracing-appender`), so a reactor never makes a blocking `write(2)` to stderr per message.
+/// The queue is not lossy: if stderr cannot keep up for 128k lines, loggers wait rather than
+/// drop audit lines. Keep the returned guard alive until exit: dropping it flushes the queue.
+#[must_use = "dropping the guard stops and flushes the log writer"]
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ringmx-log")
+        .finish(io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+    guard
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains and returns.
+///
+/// # Errors
+/// [`ServerError`] for anything that stops start-up, or a spool that failed to close.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    probe::probe().map_err(ServerError::IoUring)?;
+    raise_nofile_limit(config.max_connections());
+
+    let n = config.reactors();
+    let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
+    let registry = Arc::new(Registry::new(n, config.sync()));
+    let limits = ConnLimits::new(config.max_connections(), config.max_connections_per_ip());
+    let session_config = config.session_config();
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+    let signals = SignalWatcher::start(stop_tx.clone())
+        .map_err(|e| ServerError::Setup("signal handlers", e))?;
+
+    let cpus = allowed_cpus();
+    let pin = n <= cpus.len();
+    if !pin {
+        tracing::info!(
+            "{n} reactors on {} allowed CPUs: reactor threads are not pinned",
+            cpus.len()
+        );
+    }
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(n);
+    for (index, listeners) in listeners.into_iter().enumerate() {
+        let setup = reactor::ReactorSetup {
+            index,
+            cpu: pin.then(|| cpus[index]),
+            config: config.clone(),
+            session_config: session_config.clone(),
+            listeners,
+            stats: registry
+                .reactor(index)
+                .ok_or(ServerError::ReactorPanicked(index))?,
+            limits: limits.clone(),
+            stop: stop_rx.clone(),
+            ready: ready_tx.clone(),
+        };
+        let done = DoneGuard {
+            index,
+            tx: done_tx.clone(),
+            sent: false,
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("ringmx-r{index}"))
+            .spawn(move || {
+                let mut done = done;
+                let res = reactor::run(setup);
+                done.send(res);
+            })
+            .map_err(|e| ServerError::Setup("reactor threads", e));
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_tx.send_replace(Stop::Now);
+                drop(ready_tx);
+                return Err(e);
+            }
+        }
+    }
+    drop(ready_tx);
+    drop(done_tx);
+
+    // Wait until every reactor has opened its spool and started accepting.
+    let mut first_error = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            // A reactor died before reporting (panic); its DoneGuard tells the rest.
+            Err(_) => break,
+        }
+    }
+    let stats_server = if first_error.is_none() {
+        match StatsServer::start(config.stats_path(), registry.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                first_error = Some(ServerError::Stats(e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if first_error.is_some() {
+        stop_tx.send_replace(Stop::Now);
+    } else {
+        if !config.hostname().contains('.') {
+            tracing::warn!(
+                "hostname {:?} is not fully qualified: the greeting, EHLO reply and Received: header should name this host's FQDN (RFC 5321 §4.1.3, §4.3.1); set --hostname",
+                config.hostname()
+            );
+        }
+        if config.bare_lf() == crate::smtp::BareLf::Normalize {
+            tracing::info!(
+                "--bare-lf normalize: bare LF in commands and bodies is read as CRLF (bare CR is still refused)"
+            );
+        }
+        if config.sync() == SyncPolicy::None {
+            tracing::warn!(
+                "--sync none: messages are acknowledged WITHOUT fsync; a crash or power cut loses accepted mail (testing only)"
+            );
+        }
+        for a in &bound {
+            tracing::info!("listening on {a}");
+        }
+        tracing::info!(
+            "ready: {n} reactor(s), sync={}, spool={}, stats={}",
+            sync_name(config.sync()),
+            config.spool_dir().display(),
+            config.stats_path().display()
+        );
+        notify::ready();
+    }
+
+    // Wait for every reactor to finish; one ending on its own stops the others.
+    for _ in 0..n {
+        let Ok((index, res)) = done_rx.recv() else {
+            break;
+        };
+        if *stop_tx.borrow() == Stop::Running {
+            tracing::error!("reactor {index} stopped unexpectedly; shutting down");
+            notify::stopping();
+            stop_tx.send_replace(Stop::Draining);
+        }
+        if let Err(e) = res {
+            tracing::error!("{e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(stats_server);
+    drop(signals);
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Reports a reactor thread's end to the main thread, also when it unwinds from a panic.
+struct DoneGuard {
+    index: usize,
+    tx: mpsc::Sender<(usize, Result<(), ServerError>)>,
+    sent: bool,
+}
+
+impl DoneGuard {
+    fn send(&mut self, res: Result<(), ServerError>) {
+        self.sent = true;
+        let _ = self.tx.send((self.index, res));
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self
+                .tx
+                .send((self.index, Err(ServerError::ReactorPanicked(self.index))));
+        }
+    }
+}
+
+/// File descriptors needed beyond client connections (listeners, spool files, stats, rings).
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and warns if `--max-connections` would
+/// still not fit.
+fn raise_nofile_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit with cur ≤ max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    if (max_connections as u64).saturating_add(FD_RESERVE) > lim.rlim_cur {
+        tracing::warn!(
+            "max-connections = {max_connections} but only {} file descriptors are allowed (RLIMIT_NOFILE); raise LimitNOFILE=",
+            lim.rlim_cur
+        );
+    }
+}

@@ -58,6 +58,9 @@ pub(crate) enum CommandError {
     Unrecognized,
     /// A verb we know but do not offer (EXPN, STARTTLS, AUTH, BDAT, ETRN, TURN…): 502 5.5.1.
     NotImplemented,
+    /// An HTTP request line (`GET / HTTP/1.1`, `POST`, `CONNECT`…): not an SMTP client at all.
+    /// The session answers 221 2.7.0 and closes instead of replying to every header line.
+    NotSmtp,
     /// A NUL byte in the line: 501 5.5.4.
     NulByte,
     /// An argument that is not UTF-8: 501 5.5.4.
@@ -80,6 +83,7 @@ impl CommandError {
         match self {
             Self::Unrecognized => Reply::new(500, "5.5.2", "Command unrecognized"),
             Self::NotImplemented => Reply::new(502, "5.5.1", "Command not implemented"),
+            Self::NotSmtp => super::reply::NOT_SMTP,
             Self::NulByte => Reply::new(501, "5.5.4", "NUL byte in command line"),
             Self::InvalidUtf8 => Reply::new(501, "5.5.4", "Invalid UTF-8 in command line"),
             Self::Syntax(syntax) => Reply::new(501, "5.5.4", syntax),
@@ -145,6 +149,9 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"VRFY" => Ok(Command::Vrfy),
         b"EXPN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"ETRN" | b"TURN" | b"ATRN" | b"SEND"
         | b"SOML" | b"SAML" => Err(CommandError::NotImplemented),
+        // HTTP/1.x methods (RFC 9110 §9) and the HTTP/2 preface (RFC 9113 §3.4).
+        b"GET" | b"HEAD" | b"POST" | b"PUT" | b"DELETE" | b"CONNECT" | b"OPTIONS" | b"TRACE"
+        | b"PATCH" | b"PRI" => Err(CommandError::NotSmtp),
         _ => Err(CommandError::Unrecognized),
     }
 }
@@ -299,7 +306,13 @@ mod tests {
             (b"MAILFROM:<>", Err(Unrecognized)),
             (b"XYZZY", Err(Unrecognized)),
             (b"NOOP\tx", Err(Unrecognized)),
-            (b"GET / HTTP/1.1", Err(Unrecognized)),
+            (b"GET / HTTP/1.1", Err(NotSmtp)),
+            (b"get /index.html HTTP/1.0", Err(NotSmtp)),
+            (b"POST /form HTTP/1.1", Err(NotSmtp)),
+            (b"CONNECT mx.example:25 HTTP/1.1", Err(NotSmtp)),
+            (b"PRI * HTTP/2.0", Err(NotSmtp)),
+            (b"GETX / HTTP/1.1", Err(Unrecognized)),
+            (b"Host: mx.example", Err(Unrecognized)),
             (b"STARTTLSX", Err(Unrecognized)),
             (b"EHLO", Err(Syntax("Syntax: EHLO hostname"))),
             (b"HELO ", Err(Syntax("Syntax: HELO hostname"))),
@@ -374,6 +387,7 @@ mod tests {
         let table = [
             (CommandError::Unrecognized, 500, "5.5.2"),
             (CommandError::NotImplemented, 502, "5.5.1"),
+            (CommandError::NotSmtp, 221, "2.7.0"),
             (CommandError::NulByte, 501, "5.5.4"),
             (CommandError::InvalidUtf8, 501, "5.5.4"),
             (CommandError::Syntax("x"), 501, "5.5.4"),

@@ -15,6 +15,7 @@
 //! - `command`: one command line → a `Command` or a `CommandError` (which maps to a reply).
 //! - `envelope`: reverse-/forward-path and parameter syntax, the relay check.
 //! - `reply`: reply texts with enhanced status codes (RFC 3463) and their encoding.
+//! - `bare_lf`: the opt-in `normalize` policy for bare LF ([`BareLf`]).
 //!
 //! # Flow
 //!
@@ -27,12 +28,13 @@
 //!   │      │   EHLO/HELO/MAIL/RCPT/RSET/NOOP/VRFY/HELP → reply        │
 //!   │      │   over-long line → discarded as it arrives, 500 5.5.6    │
 //!   │      │   QUIT → 221, Err(Closed::Quit)                          │
+//!   │      │   HTTP request line → 221 2.7.0, Err(Closed::NotSmtp)    │
 //!   │      │   N errors → 421 4.7.0, Err(Closed::TooManyErrors)       │
 //!   │      │ DATA (MAIL + RCPT given) → 354, sink.begin(envelope)     │
 //!   │      ▼                                                          │
 //!   │   Phase::Data: bytes → DataScanner → sink.segment(unstuffed)    │
 //!   │      │ <CRLF>.<CRLF>                                            │
-//!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.11 ───────────┤
+//!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.0 ────────────┤
 //!   │      ├── over the size limit → sink.end(Err), 552 5.3.4 ────────┘
 //!   │      └── fine → sink.end(Ok); handle_input returns here
 //!   │      ▼
@@ -45,6 +47,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bare_lf;
 mod command;
 mod envelope;
 mod reply;
@@ -69,6 +72,10 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
 /// Default number of error replies before 421 4.7.0 and close.
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
+/// Default number of NOOP, RSET, VRFY and HELP commands a client may send between two accepted
+/// messages before each further one also counts as an error (Postfix's
+/// `smtpd_junk_command_limit`), so a client cannot hold a connection forever with keep-alives.
+pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
 /// Default time a client gets for one command line or between two reads of a body: the five
 /// minutes of RFC 5321 §4.5.3.2.7 (server timeout while waiting for the next command).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -88,13 +95,40 @@ pub struct SessionConfig {
     /// Error replies before 421 4.7.0 and close: the Nth error reply is followed by the 421.
     /// 0 turns the cap off.
     pub max_errors: u32,
+    /// NOOP/RSET/VRFY/HELP commands allowed between two accepted messages before each further
+    /// one counts as an error (its reply is unchanged). 0 turns the limit off.
+    pub max_junk_commands: u32,
     /// How long a client may take for one command line, or stay silent in DATA.
     pub idle_timeout: Duration,
+    /// How long a whole message body may take, from the 354 to the terminator, however
+    /// steadily the bytes come: without it a client dripping one byte per `idle_timeout` holds
+    /// its connection forever. `None` (the default here) sets no such limit; `ringmx serve`
+    /// sets one (`--data-timeout`).
+    pub data_timeout: Option<Duration>,
+    /// What to do with a bare LF (an LF without its CR) in a command line or a body.
+    pub bare_lf: BareLf,
+}
+
+/// The policy for bare LF (RFC 5321 §2.3.8: lines end in CRLF only). Bare CR is refused under
+/// both; only `<CRLF>.<CRLF>` ever ends a message under both, so neither lets a smuggled
+/// message through (CVE-2023-51764 and relatives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BareLf {
+    /// Refuse: 500 5.5.2 for a command line, 550 5.6.0 for a body (after its terminator).
+    #[default]
+    Reject,
+    /// Accept LF-terminated command lines, and store a body's bare LFs as CRLF (a `.` right
+    /// after one is dropped as dot-stuffing), as Postfix's `smtpd_forbid_bare_newline =
+    /// normalize` does: for old scripts that send `\n` line endings (`curl -T` without
+    /// `--crlf`, Python's `smtplib.sendmail` given bytes).
+    Normalize,
 }
 
 impl SessionConfig {
     /// A configuration with the default limits ([`DEFAULT_MAX_MESSAGE_SIZE`],
-    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_IDLE_TIMEOUT`]).
+    /// [`DEFAULT_MAX_RECIPIENTS`], [`DEFAULT_MAX_ERRORS`], [`DEFAULT_MAX_JUNK_COMMANDS`],
+    /// [`DEFAULT_IDLE_TIMEOUT`]) and no
+    /// whole-message deadline; bare LF is refused.
     pub fn new(hostname: impl Into<String>, local_domains: Vec<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -102,7 +136,10 @@ impl SessionConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
+            max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            data_timeout: None,
+            bare_lf: BareLf::Reject,
         }
     }
 
@@ -124,6 +161,9 @@ pub enum Closed {
     TooManyErrors,
     /// The client was too slow (421 4.4.2 written).
     Timeout,
+    /// The client spoke another protocol: an HTTP request line such as `GET / HTTP/1.1`
+    /// (221 2.7.0 written, as Postfix does; a browser or proxy must not get to chat with us).
+    NotSmtp,
     /// The server is shutting down (421 4.3.2 written).
     Shutdown,
 }
@@ -166,11 +206,42 @@ pub struct Envelope {
 pub enum Rejection {
     /// Larger than the size limit: 552 5.3.4.
     TooBig,
-    /// Bare CR or LF in the body: 550 5.6.11.
+    /// Bare CR or LF in the body: 550 5.6.0.
     BareLineEnding,
 }
 
-/// Where body bytes go. Implemented by the driver (it streams them to the spool).
+/// Why a recipient was refused by policy (rather than for its syntax), for the driver's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientRefusal {
+    /// Not one of our domains: 550 5.7.1 (we do not relay).
+    Relay,
+    /// A source route (`<@a:u@b>`): 550 5.7.1.
+    SourceRoute,
+    /// A non-ASCII address in a transaction without SMTPUTF8: 553 5.6.7.
+    NeedsSmtputf8,
+}
+
+impl RecipientRefusal {
+    /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relay => "relay-denied",
+            Self::SourceRoute => "source-route",
+            Self::NeedsSmtputf8 => "needs-smtputf8",
+        }
+    }
+
+    /// The reply code and enhanced status code the client got.
+    pub fn reply(self) -> (u16, &'static str) {
+        match self {
+            Self::Relay | Self::SourceRoute => (550, "5.7.1"),
+            Self::NeedsSmtputf8 => (553, "5.6.7"),
+        }
+    }
+}
+
+/// Where body bytes go, plus the few session events a postmaster wants logged. Implemented by
+/// the driver (it streams bodies to the spool).
 pub trait BodySink {
     /// DATA was accepted (354 written): a message starts with this envelope.
     fn begin(&mut self, envelope: &Envelope);
@@ -180,6 +251,11 @@ pub trait BodySink {
     /// The terminator was seen. `Ok(())`: the driver must make the message durable and then call
     /// [`Session::handle_commit`]; `Err(r)`: the reply is already written, discard the message.
     fn end(&mut self, envelope: &Envelope, outcome: Result<(), Rejection>);
+    /// RCPT `address` (as written, without angle brackets) was refused for `why`; the reply is
+    /// already written. For the log only; does nothing by default.
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        let _ = (envelope, address, why);
+    }
 }
 
 /// Why the driver could not make a message durable.

@@ -175,10 +175,12 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
     "5.3.4",
     "Message size exceeds fixed maximum message size",
 );
-/// 550 after the terminator: the body held a bare CR or LF (SMTP smuggling defence).
+/// 550 after the terminator: the body held a bare CR or LF (SMTP smuggling defence). X.6.0
+/// ("other or undefined media error", RFC 3463 §3.7): the content is at fault, and the
+/// registry (RFC 5248) has no more specific code for broken line endings.
 pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
     550,
-    "5.6.11",
+    "5.6.0",
     "Bare CR or LF in message body, message refused",
 );
 
@@ -188,6 +190,13 @@ pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient
 pub(crate) const COMMIT_IO: Reply =
     Reply::new(451, "4.3.0", "Local error in processing, try again later");
 
+/// 221 to an HTTP request line, then close (sent with our hostname). Postfix answers these
+/// `221 2.7.0` too: a closing reply, with the policy class of RFC 3463 §3.8.
+pub(crate) const NOT_SMTP: Reply = Reply::new(
+    221,
+    "2.7.0",
+    "This is an SMTP server, not HTTP; closing connection",
+);
 /// 421 after too many errors (sent with our hostname).
 pub(crate) const TOO_MANY_ERRORS: Reply =
     Reply::new(421, "4.7.0", "Too many errors, closing connection");

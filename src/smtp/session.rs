@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use memchr::memchr;
 
+use super::bare_lf::LfNormalizer;
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Reply};
 use super::{
-    BodySink, Closed, CommitError, Envelope, Phase, Rejection, SessionConfig, MAX_COMMAND_LINE,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection,
+    SessionConfig, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -46,18 +48,22 @@ use crate::data::DataScanner;
 /// - In DATA every byte is consumed (body bytes go to [`BodySink::segment`]) up to and
 ///   including the terminator `<CRLF>.<CRLF>`. If the message is fine, `handle_input` returns
 ///   right after the terminator without a reply ([`Phase::AwaitingCommit`]); a refused
-///   message (bare CR/LF: 550 5.6.11, too big: 552 5.3.4) is answered at once and the
+///   message (bare CR/LF: 550 5.6.0, too big: 552 5.3.4) is answered at once and the
 ///   following commands are handled in the same call.
 /// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
 ///
 /// # Lines
 /// A command line ends at LF. Only CRLF is a valid ending: a line ended by a bare LF, or
 /// holding a CR anywhere else, gets 500 5.5.2 and is not run (SMTP smuggling defence).
+/// Under [`BareLf::Normalize`] a line ended by a bare LF is run as if it ended in CRLF, and a
+/// body's bare LFs are stored as CRLF instead of refusing the message; a bare CR is refused
+/// either way.
 ///
 /// # Errors and closing
 /// Every 4xx/5xx reply to the client's input counts as an error, except 452 4.5.3 (too many
 /// recipients: the client is expected to send the rest in another transaction) and the
-/// driver's commit failures. The [`SessionConfig::max_errors`]th error is followed by
+/// driver's commit failures. So does every NOOP, RSET, VRFY or HELP beyond
+/// [`SessionConfig::max_junk_commands`] since the last accepted message (keep-alive loops). The [`SessionConfig::max_errors`]th error is followed by
 /// 421 4.7.0 and `Err(Closed::TooManyErrors)`. Bytes after the command that closed the session
 /// are ignored.
 ///
@@ -65,7 +71,9 @@ use crate::data::DataScanner;
 /// [`Session::next_deadline`] is [`SessionConfig::idle_timeout`] after the start of the
 /// current command line (when the previous one ended, or the session or the last message
 /// began), so a client that drips a line one byte at a time is still cut off; in DATA it is
-/// `idle_timeout` after the last body bytes arrived. There is none while awaiting a commit.
+/// `idle_timeout` after the last body bytes arrived, but never later than
+/// [`SessionConfig::data_timeout`] after the DATA command (so a body dripping in forever is
+/// cut off too). There is none while awaiting a commit.
 ///
 /// # Choices a postmaster may want to know
 /// - Paths must be in angle brackets; a source route is dropped from a reverse-path and
@@ -73,6 +81,9 @@ use crate::data::DataScanner;
 /// - A non-ASCII address without SMTPUTF8 gets 553 5.6.7 (RFC 6531 §3.7.4.1); bytes that are
 ///   not UTF-8 at all get 501 5.5.4.
 /// - DATA without an accepted RCPT gets 503 5.5.1 (RFC 5321 §3.3 allows 503 or 554).
+/// - An HTTP request line (`GET / HTTP/1.1`, `POST …`, `CONNECT …`) gets 221 2.7.0 and
+///   the session closes ([`Closed::NotSmtp`]), as Postfix does: replying 500 to every header
+///   line would only keep a browser or proxy talking.
 /// - ESMTP parameters are also accepted after HELO.
 #[derive(Debug)]
 pub struct Session {
@@ -90,6 +101,8 @@ pub struct Session {
     in_transaction: bool,
     /// Error replies so far (see the type docs).
     errors: u32,
+    /// NOOP/RSET/VRFY/HELP since the session began or the last accepted message.
+    junk: u32,
     /// We are inside an over-long command line, dropping bytes up to its LF.
     discarding: bool,
     /// Command phase: when the current command line started. Data phase: last body input.
@@ -113,6 +126,10 @@ struct DataState {
     size: u64,
     /// Over the size limit: no more segments go to the sink.
     too_big: bool,
+    /// When the whole body must be in ([`SessionConfig::data_timeout`] after the 354).
+    deadline: Option<Instant>,
+    /// Rewrites bare LF under [`BareLf::Normalize`]; `None` under [`BareLf::Reject`].
+    normalizer: Option<LfNormalizer>,
 }
 
 impl Session {
@@ -126,6 +143,7 @@ impl Session {
             greeted: false,
             in_transaction: false,
             errors: 0,
+            junk: 0,
             discarding: false,
             last_progress: now,
         }
@@ -163,23 +181,33 @@ impl Session {
                         scanner,
                         size,
                         too_big,
+                        normalizer,
+                        ..
                     } = data;
-                    let scan = scanner.scan(&input[pos..], |segment| {
+                    let mut push = |piece: &[u8]| {
                         if *too_big {
                             return;
                         }
-                        *size = size.saturating_add(segment.len() as u64);
+                        *size = size.saturating_add(piece.len() as u64);
                         if *size > max {
                             *too_big = true;
                         } else {
-                            sink.segment(segment);
+                            sink.segment(piece);
                         }
+                    };
+                    let scan = scanner.scan(&input[pos..], |segment| match normalizer {
+                        Some(n) => n.feed(segment, &mut push),
+                        None => push(segment),
                     });
                     pos += scan.consumed;
                     if !scan.complete {
                         return Ok(pos);
                     }
-                    let outcome = if scanner.saw_bare_line_ending() {
+                    let refused = match normalizer {
+                        Some(_) => scanner.saw_bare_cr(),
+                        None => scanner.saw_bare_line_ending(),
+                    };
+                    let outcome = if refused {
                         Err(Rejection::BareLineEnding)
                     } else if *too_big {
                         Err(Rejection::TooBig)
@@ -230,7 +258,10 @@ impl Session {
             return;
         }
         match result {
-            Ok(id) => reply::QUEUED.encode_with_arg(out, id),
+            Ok(id) => {
+                reply::QUEUED.encode_with_arg(out, id);
+                self.junk = 0;
+            }
             Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(out),
             Err(CommitError::Io) => reply::COMMIT_IO.encode(out),
         }
@@ -264,10 +295,13 @@ impl Session {
     /// When the driver must call [`Session::handle_timeout`] if no input arrives first; `None`
     /// while awaiting a commit, once closed, or if the timeout is too large to represent.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match self.state {
-            State::Command | State::Data(_) => {
-                self.last_progress.checked_add(self.config.idle_timeout)
-            }
+        let idle = self.last_progress.checked_add(self.config.idle_timeout);
+        match &self.state {
+            State::Command => idle,
+            State::Data(data) => match (idle, data.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             State::AwaitingCommit | State::Closed(_) => None,
         }
     }
@@ -290,14 +324,19 @@ impl Session {
         out: &mut Vec<u8>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
-        let Some(line) = line.strip_suffix(b"\r") else {
-            return self.fail(out, reply::BARE_LINE_ENDING);
+        let line = match line.strip_suffix(b"\r") {
+            Some(line) => line,
+            None if self.config.bare_lf == BareLf::Normalize => line,
+            None => return self.fail(out, reply::BARE_LINE_ENDING),
         };
         if memchr(b'\r', line).is_some() {
             return self.fail(out, reply::BARE_LINE_ENDING);
         }
         match command::parse(line) {
             Ok(command) => self.handle_command(command, out, sink),
+            Err(command::CommandError::NotSmtp) => {
+                Err(self.close_with(out, reply::NOT_SMTP, Closed::NotSmtp))
+            }
             Err(e) => self.fail(out, e.reply()),
         }
     }
@@ -318,7 +357,7 @@ impl Session {
                 reply::encode_helo(out, &self.config.hostname);
             }
             Command::Mail { path, params } => return self.handle_mail(path, params, out),
-            Command::Rcpt { path } => return self.handle_rcpt(path, out),
+            Command::Rcpt { path } => return self.handle_rcpt(path, out, sink),
             Command::Data => {
                 if !self.in_transaction {
                     return self.fail(out, reply::NEED_MAIL);
@@ -327,20 +366,38 @@ impl Session {
                     return self.fail(out, reply::NEED_RCPT);
                 }
                 reply::DATA_GO_AHEAD.encode(out);
+                // `last_progress` is the time this DATA line was read.
+                let deadline = self
+                    .config
+                    .data_timeout
+                    .and_then(|t| self.last_progress.checked_add(t));
                 self.state = State::Data(DataState {
                     scanner: DataScanner::new(),
                     size: 0,
                     too_big: false,
+                    deadline,
+                    normalizer: (self.config.bare_lf == BareLf::Normalize)
+                        .then(LfNormalizer::default),
                 });
                 sink.begin(&self.envelope);
             }
             Command::Rset => {
                 self.reset_transaction();
                 reply::OK.encode(out);
+                return self.junk_command(out);
             }
-            Command::Noop => reply::OK.encode(out),
-            Command::Vrfy => reply::VRFY_CANNOT.encode(out),
-            Command::Help => reply::HELP.encode(out),
+            Command::Noop => {
+                reply::OK.encode(out);
+                return self.junk_command(out);
+            }
+            Command::Vrfy => {
+                reply::VRFY_CANNOT.encode(out);
+                return self.junk_command(out);
+            }
+            Command::Help => {
+                reply::HELP.encode(out);
+                return self.junk_command(out);
+            }
             Command::Quit => {
                 reply::BYE.encode(out);
                 self.state = State::Closed(Closed::Quit);
@@ -403,7 +460,12 @@ impl Session {
         Ok(())
     }
 
-    fn handle_rcpt(&mut self, path: Path<'_>, out: &mut Vec<u8>) -> Result<(), Closed> {
+    fn handle_rcpt(
+        &mut self,
+        path: Path<'_>,
+        out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
         if !self.in_transaction {
             return self.fail(out, reply::NEED_MAIL);
         }
@@ -415,13 +477,16 @@ impl Session {
         let address = match path {
             Path::Postmaster(p) => p,
             Path::Mailbox(m) if m.source_route => {
-                return self.fail(out, reply::SOURCE_ROUTE_DENIED)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::SourceRoute);
+                return self.fail(out, reply::SOURCE_ROUTE_DENIED);
             }
             Path::Mailbox(m) if m.non_ascii && !self.envelope.smtputf8 => {
-                return self.fail(out, reply::NEED_SMTPUTF8)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::NeedsSmtputf8);
+                return self.fail(out, reply::NEED_SMTPUTF8);
             }
             Path::Mailbox(m) if !self.config.is_local_domain(m.domain) => {
-                return self.fail(out, reply::RELAY_DENIED)
+                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::Relay);
+                return self.fail(out, reply::RELAY_DENIED);
             }
             Path::Mailbox(m) => m.address,
             // The parser never gives `<>` for a forward-path.
@@ -481,6 +546,22 @@ impl Session {
     fn fail(&mut self, out: &mut Vec<u8>, r: Reply) -> Result<(), Closed> {
         debug_assert!(r.is_error(), "{r:?} is not an error reply");
         r.encode(out);
+        self.count_error(out)
+    }
+
+    /// Counts a NOOP/RSET/VRFY/HELP (its reply already written); past
+    /// [`SessionConfig::max_junk_commands`] it also counts as an error.
+    fn junk_command(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
+        self.junk = self.junk.saturating_add(1);
+        let limit = self.config.max_junk_commands;
+        if limit != 0 && self.junk > limit {
+            return self.count_error(out);
+        }
+        Ok(())
+    }
+
+    /// Counts one error; the last one allowed appends 421 4.7.0 and closes the session.
+    fn count_error(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
         self.errors = self.errors.saturating_add(1);
         if self.config.max_errors != 0 && self.errors >= self.config.max_errors {
             return Err(self.close_with(out, reply::TOO_MANY_ERRORS, Closed::TooManyErrors));

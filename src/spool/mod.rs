@@ -161,6 +161,9 @@ pub struct SpoolStats {
     pub failed_commits: u64,
     /// Bytes written to segments.
     pub bytes: u64,
+    /// Write operations submitted to segments (one per buffer: a group of small messages'
+    /// final frames is one write, however many messages it holds).
+    pub writes: u64,
     /// Messages made durable by fdatasync: the sum of all batch sizes.
     pub batch_sum: u64,
     /// The largest batch (messages covered by one fdatasync).
@@ -195,6 +198,7 @@ impl SpoolStats {
         self.aborts += o.aborts;
         self.failed_commits += o.failed_commits;
         self.bytes += o.bytes;
+        self.writes += o.writes;
         self.batch_sum += o.batch_sum;
         self.batch_max = self.batch_max.max(o.batch_max);
         for (a, b) in self.batch_hist.iter_mut().zip(o.batch_hist.iter()) {

@@ -221,13 +221,13 @@ pub fn scan_segment(
     let mut after_seal = false;
     let mut invalid = None;
     loop {
-        let (offset, header, payload, payload_crc) = match w.next_step()? {
+        let (offset, header, payload) = match w.next_step()? {
             Step::Frame {
                 offset,
                 header,
                 payload,
-                payload_crc,
-            } => (offset, header, payload, payload_crc),
+                ..
+            } => (offset, header, payload),
             Step::End => break,
             Step::Invalid { offset, error } => {
                 invalid = Some((offset, error));
@@ -276,7 +276,7 @@ pub fn scan_segment(
                 Some(p) => {
                     p.extents.push((offset + HEADER_LEN as u64, header.len));
                     p.size += u64::from(header.len);
-                    p.crc = crc32c::crc32c_combine(p.crc, payload_crc, header.len as usize);
+                    p.crc = crc32c::crc32c_append(p.crc, payload);
                 }
                 None => rep.anomalies.push(format!(
                     "Data frame at {offset} for unknown message {}",

@@ -6,7 +6,7 @@
 //! (that is `writer.rs`, through io_uring).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -365,16 +365,6 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
         File::open(&parent)?.sync_all()?;
     }
     File::open(dir)?.sync_all()
-}
-
-/// Appends raw bytes to a file and syncs it (test and tool helper).
-///
-/// # Errors
-/// Opening, writing or syncing failed.
-pub fn append_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().append(true).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -1,3 +1,9 @@
-//! The integration test binary (one binary, one module per area).
+//! The integration test binary (one binary, one module per area): real servers over loopback,
+//! real clients, the spool read back with `ringmx spool`.
 
+mod clients;
+mod conformance;
+mod server;
+mod shutdown;
 mod spool;
+mod util;

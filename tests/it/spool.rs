@@ -554,11 +554,25 @@ fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
                 (Some(e), Ok(id)) => panic!("{id} committed after a failed flush: {e}"),
             }
         }
-        // Still full: the next message fails too.
-        let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
-        w.push(&body(1000, 100_000));
-        let still = w.commit().await;
-        assert!(matches!(still, Err(SpoolError::NoSpace)), "{still:?}");
+        // Still full: later messages fail too, without a new file for each attempt.
+        let files = || segment::list_segments(&dir).unwrap().len();
+        let (before, created) = (files(), spool.stats().segments);
+        for i in 0..20 {
+            let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
+            w.push(&body(1000 + i, 100_000));
+            let still = w.commit().await;
+            assert!(matches!(still, Err(SpoolError::NoSpace)), "{still:?}");
+        }
+        assert!(
+            files() <= before + 1,
+            "{before} -> {} segment files",
+            files()
+        );
+        let churn = spool.stats().segments - created;
+        assert!(
+            churn <= 1,
+            "{churn} segments created while the disk was full"
+        );
         fs::remove_file(&filler).unwrap();
         let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
         w.push(&body(2000, 100_000));

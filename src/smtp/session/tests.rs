@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::smtp::{
-    BodySink, Closed, CommitError, Envelope, Phase, Rejection, Session, SessionConfig,
-    DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+    SessionConfig, DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
 };
 
 // ---- harness --------------------------------------------------------------------------------
@@ -27,6 +27,8 @@ struct Message {
 struct RecordingSink {
     messages: Vec<Message>,
     segment_calls: usize,
+    /// Recipients reported as refused by policy.
+    refused: Vec<(String, RecipientRefusal)>,
 }
 
 impl BodySink for RecordingSink {
@@ -55,6 +57,15 @@ impl BodySink for RecordingSink {
         assert!(m.outcome.is_none(), "end twice");
         assert_eq!(&m.envelope, envelope, "envelope changed during DATA");
         m.outcome = Some(outcome);
+    }
+
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        assert!(
+            self.messages.last().is_none_or(|m| m.outcome.is_some()),
+            "a refusal during DATA"
+        );
+        let _ = envelope;
+        self.refused.push((address.to_owned(), why));
     }
 }
 
@@ -616,7 +627,7 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_500() {
         S: 250 2.0.0
         C: XYZZY
         S: 500 5.5.2 Command unrecognized
-        C: GET / HTTP/1.1
+        C: GETX / HTTP/1.1
         S: 500 5.5.2
         C:
         S: 500 5.5.2
@@ -626,6 +637,47 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_500() {
         S: 500 5.5.2
         ",
     );
+}
+
+#[test]
+fn an_http_request_gets_221_and_the_session_closes_at_once() {
+    for (request, after) in [
+        ("GET / HTTP/1.1", "Host: mx.test"),
+        ("POST /submit HTTP/1.1", "Content-Length: 5"),
+        ("CONNECT mx.test:25 HTTP/1.1", "Host: mx.test:25"),
+        ("PRI * HTTP/2.0", ""),
+    ] {
+        // As the first line, and in the middle of a transaction (which it abandons).
+        for before in ["", "C: EHLO c.test\nC: MAIL FROM:<a@s.test>\n"] {
+            let script = format!(
+                "S: 220
+                 {before}
+                 C: {request}
+                 C: {after}
+                 C: NOOP"
+            );
+            let mut d = Driver::new(no_cap());
+            let mut input = Vec::new();
+            for line in script.lines().filter_map(|l| l.trim().strip_prefix("C: ")) {
+                input.extend_from_slice(line.as_bytes());
+                input.extend_from_slice(b"\r\n");
+            }
+            d.feed(&input);
+            let lines = d.take_lines();
+            assert_eq!(
+                lines.last().map(String::as_str),
+                Some("221 2.7.0 mx.test This is an SMTP server, not HTTP; closing connection"),
+                "{request:?} after {before:?}: {lines:?}"
+            );
+            assert!(
+                !lines.iter().any(|l| l.starts_with('5')),
+                "nothing after the request line is answered: {lines:?}"
+            );
+            assert_eq!(d.closed, Some(Closed::NotSmtp));
+            assert_eq!(d.session.phase(), Phase::Closed);
+            assert!(d.sink.messages.is_empty());
+        }
+    }
 }
 
 #[test]
@@ -782,6 +834,46 @@ fn relay_tricks_are_refused_with_550_5_7_1() {
         let d = run(config(), &script);
         assert!(d.session.envelope().rcpts.is_empty(), "{t}");
     }
+}
+
+#[test]
+fn policy_refusals_are_reported_to_the_sink_for_the_log() {
+    let d = run(
+        config(),
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<u@remote.test>
+        C: RCPT TO:<@local.test:b@local.test>
+        C: RCPT TO:<jörg@local.test>
+        C: RCPT TO:<u@local.test>
+        C: RCPT TO:<bad syntax@local.test>
+        S: 250 2.1.0
+        S: 550 5.7.1 Relay access denied
+        S: 550 5.7.1 Source routes
+        S: 553 5.6.7
+        S: 250 2.1.5
+        S: 501 5.1.3
+        ",
+        ),
+    );
+    assert_eq!(
+        d.sink.refused,
+        [
+            ("u@remote.test".to_owned(), RecipientRefusal::Relay),
+            ("b@local.test".to_owned(), RecipientRefusal::SourceRoute),
+            (
+                "jörg@local.test".to_owned(),
+                RecipientRefusal::NeedsSmtputf8
+            ),
+        ],
+        "policy refusals only, not syntax errors or accepted recipients"
+    );
+    for (_, why) in &d.sink.refused {
+        let (code, status) = why.reply();
+        assert!(code >= 550 && status.starts_with('5'), "{why:?}");
+    }
+    assert_eq!(RecipientRefusal::Relay.name(), "relay-denied");
 }
 
 #[test]
@@ -1191,7 +1283,7 @@ fn refused_bodies_count_towards_the_error_cap() {
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
-        S: 550 5.6.11
+        S: 550 5.6.0
         S: 421 4.7.0
         CLOSED: TooManyErrors
         ",
@@ -1215,7 +1307,15 @@ const BATCH_REPLIES: &str = "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPE
 
 /// Feeds `input` in the given pieces; returns replies, messages and how it ended.
 fn outcome(input: &[u8], cuts: &[usize]) -> (String, Vec<Message>, Option<Closed>) {
-    let mut d = Driver::new(config());
+    outcome_with(config(), input, cuts)
+}
+
+fn outcome_with(
+    config: SessionConfig,
+    input: &[u8],
+    cuts: &[usize],
+) -> (String, Vec<Message>, Option<Closed>) {
+    let mut d = Driver::new(config);
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
         d.feed(&input[start..cut]);
@@ -1319,7 +1419,7 @@ fn a_refused_body_is_answered_and_the_next_commands_run_in_the_same_read() {
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
-        S: 550 5.6.11 Bare CR or LF in message body
+        S: 550 5.6.0 Bare CR or LF in message body
         S: 250 2.1.0
         S: 250 2.1.5
         S: 354
@@ -1373,7 +1473,7 @@ fn smuggling_variants_leave_exactly_one_message() {
         ));
         let final_reply = match want {
             Ok(()) => "250 2.0.0 Ok queued as Q1\r\n",
-            Err(_) => "550 5.6.11 Bare CR or LF in message body, message refused\r\n",
+            Err(_) => "550 5.6.0 Bare CR or LF in message body, message refused\r\n",
         };
         let expected = format!(
             "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
@@ -1395,6 +1495,172 @@ fn smuggled_text_is_the_body_byte_for_byte() {
         messages[0].body,
         b"hello\n.\r\nMAIL FROM:<evil@s.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nsmuggled\r\n"
     );
+}
+
+#[test]
+fn keep_alive_loops_count_as_errors_past_the_junk_limit() {
+    let mut c = config();
+    c.max_junk_commands = 3;
+    c.max_errors = 3;
+    // Three free, then each NOOP/RSET/VRFY/HELP is answered as usual but counts as an error.
+    let d = run(
+        c.clone(),
+        "S: 220
+         C: NOOP
+         C: RSET
+         C: VRFY x
+         C: HELP
+         C: NOOP
+         C: NOOP
+         C: NOOP
+         S: 250 2.0.0
+         S: 250 2.0.0
+         S: 252 2.5.0
+         S: 214 2.0.0
+         S: 250 2.0.0
+         S: 250 2.0.0
+         S: 421 4.7.0 mx.test Too many errors
+         CLOSED: TooManyErrors",
+    );
+    assert_eq!(d.committed, 0);
+    // An accepted message starts the count again.
+    let mut script = String::from("S: 220\nC: EHLO c\n");
+    for _ in 0..3 {
+        script.push_str("C: NOOP\n");
+    }
+    script.push_str("C: MAIL FROM:<>\nC: RCPT TO:<a@local.test>\nC: DATA\nC: x\nC: .\n");
+    for _ in 0..3 {
+        script.push_str("C: RSET\n");
+    }
+    script.push_str("C: QUIT\n");
+    let mut d = Driver::new(c);
+    let mut input = Vec::new();
+    for line in script.lines().filter_map(|l| l.strip_prefix("C: ")) {
+        input.extend_from_slice(line.as_bytes());
+        input.extend_from_slice(b"\r\n");
+    }
+    d.feed(&input);
+    let lines = d.take_lines();
+    assert_eq!(d.closed, Some(Closed::Quit), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("421")), "{lines:?}");
+    assert_eq!(d.committed, 1);
+}
+
+// ---- the `normalize` policy for bare LF ----------------------------------------------------
+
+fn normalizing() -> SessionConfig {
+    let mut c = config();
+    c.bare_lf = BareLf::Normalize;
+    c
+}
+
+/// Whether every LF in `body` is the LF of a CRLF.
+fn all_crlf(body: &[u8]) -> bool {
+    body.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && body[i - 1] == b'\r'))
+}
+
+#[test]
+fn normalize_still_ends_messages_only_at_crlf_dot_crlf() {
+    let injected: &[u8] =
+        b"MAIL FROM:<evil@s.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nsmuggled\r\n";
+    /// (fake terminator, outcome, stored body before the injected text)
+    type Variant = (&'static [u8], Result<(), Rejection>, &'static [u8]);
+    let variants: [Variant; 7] = [
+        (b"\n.\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\n.\r\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\r\n.\n", Ok(()), b"hello\r\n\r\n"),
+        (b"\r.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\r\n.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\n.\r", Err(Rejection::BareLineEnding), b""),
+        (b"\r\n. \r\n", Ok(()), b"hello\r\n \r\n"),
+    ];
+    for (fake_end, want, head) in variants {
+        let input = smuggle(fake_end);
+        let whole = outcome_with(normalizing(), &input, &[]);
+        let (out, messages, closed) = &whole;
+        let name = String::from_utf8_lossy(fake_end);
+        assert_eq!(messages.len(), 1, "{name:?}: one message, never two");
+        let m = &messages[0];
+        assert_eq!(m.outcome, Some(want), "{name:?}");
+        assert_eq!(*closed, Some(Closed::Quit), "{name:?}");
+        if want.is_ok() {
+            let mut body = head.to_vec();
+            body.extend_from_slice(injected);
+            assert_eq!(m.body, body, "{name:?}: the injected text is content");
+            assert!(all_crlf(&m.body), "{name:?}");
+            assert!(out.contains("250 2.0.0 Ok queued as Q1\r\n221"), "{out}");
+        } else {
+            assert!(
+                out.contains("550 5.6.0 "),
+                "{name:?}: bare CR is refused: {out}"
+            );
+        }
+        for i in 0..=input.len() {
+            assert_eq!(
+                outcome_with(normalizing(), &input, &[i]),
+                whole,
+                "{name:?} split at {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn normalize_reads_lf_commands_and_stores_lf_bodies_as_crlf() {
+    // What `curl -T file` (LF lines, no --crlf) and smtplib.sendmail(bytes) send.
+    let input: &[u8] = b"EHLO c\nMAIL FROM:<a@s.test>\nRCPT TO:<a@local.test>\nDATA\n\
+        Subject: lf\n\n..stuffed\n.unstuffed\nlast\n\r\n.\r\nNOOP\rX\r\nQUIT\n";
+    let whole = outcome_with(normalizing(), input, &[]);
+    let (out, messages, closed) = &whole;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].outcome, Some(Ok(())));
+    assert_eq!(
+        messages[0].body,
+        b"Subject: lf\r\n\r\n.stuffed\r\nunstuffed\r\nlast\r\n\r\n"
+    );
+    assert!(out.ends_with(
+        "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as Q1\r\n\
+         500 5.5.2 Bare CR or LF in command line\r\n221 2.0.0 Bye\r\n"
+    ));
+    assert_eq!(*closed, Some(Closed::Quit));
+    for i in 0..=input.len() {
+        assert_eq!(
+            outcome_with(normalizing(), input, &[i]),
+            whole,
+            "split at {i}"
+        );
+    }
+    // The default refuses the same input.
+    let (out, messages, _) = outcome(input, &[]);
+    assert!(messages.is_empty(), "no DATA under reject");
+    assert!(
+        out.contains("500 5.5.2 Bare CR or LF in command line"),
+        "{out}"
+    );
+}
+
+#[test]
+fn normalize_counts_the_size_after_rewriting() {
+    // The limit is 1000: 250 bare-LF lines are 500 bytes on the wire and 750 once stored.
+    let head = b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n";
+    let mut lines = b"x\n".repeat(250);
+    lines.extend(std::iter::repeat_n(b'y', 248));
+    lines.extend_from_slice(b"\r\n");
+    let message = |extra: &[u8]| {
+        let mut v = head.to_vec();
+        v.extend_from_slice(extra);
+        v.extend_from_slice(&lines);
+        v.extend_from_slice(b".\r\n");
+        v
+    };
+    let (_, m, _) = outcome_with(normalizing(), &message(b""), &[]);
+    assert_eq!(m[0].outcome, Some(Ok(())));
+    assert_eq!(m[0].body.len(), 1000, "exactly at the limit once rewritten");
+    let (out, m, _) = outcome_with(normalizing(), &message(b"z\n"), &[]);
+    assert_eq!(m[0].outcome, Some(Err(Rejection::TooBig)), "{out}");
+    assert!(out.contains("552 5.3.4"), "{out}");
 }
 
 // ---- timeouts and shutdown ------------------------------------------------------------------
@@ -1442,6 +1708,50 @@ fn in_data_the_deadline_follows_the_last_input() {
         Some(d.now + idle),
         "after the commit"
     );
+}
+
+#[test]
+fn data_timeout_bounds_the_whole_body_however_steadily_it_drips() {
+    let mut c = config();
+    c.data_timeout = Some(Duration::from_secs(600));
+    let mut d = Driver::new(c);
+    let idle = Duration::from_secs(300);
+    d.now += Duration::from_secs(10);
+    d.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n");
+    let data_at = d.now;
+    assert_eq!(d.session.phase(), Phase::Data);
+    assert_eq!(d.session.next_deadline(), Some(data_at + idle));
+    // A byte every 200 s keeps the idle deadline moving, but not past DATA + 600 s.
+    for i in 1..=5u64 {
+        d.now = data_at + Duration::from_secs(200 * i);
+        d.feed(b"x");
+        let want = (d.now + idle).min(data_at + Duration::from_secs(600));
+        assert_eq!(d.session.next_deadline(), Some(want), "after {i} bytes");
+    }
+    let mut out = Vec::new();
+    assert_eq!(d.session.handle_timeout(&mut out), Closed::Timeout);
+    assert!(
+        out_text(&out).starts_with("421 4.4.2 "),
+        "{}",
+        out_text(&out)
+    );
+    assert_eq!(d.sink.messages[0].outcome, None, "the message never ended");
+
+    // The deadline belongs to one body: the next message gets its own.
+    let mut c = config();
+    c.data_timeout = Some(Duration::from_secs(60));
+    let mut d = Driver::new(c);
+    d.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    d.now += Duration::from_secs(100);
+    d.feed(b"MAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n");
+    assert_eq!(
+        d.session.next_deadline(),
+        Some(d.now + Duration::from_secs(60))
+    );
+    // Back in the command phase only the idle timeout applies.
+    d.feed(b"y\r\n.\r\n");
+    assert_eq!(d.session.next_deadline(), Some(d.now + idle));
+    assert_eq!(d.committed, 2);
 }
 
 #[test]

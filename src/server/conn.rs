@@ -1,0 +1,607 @@
+//! The connection driver: moves bytes between one client socket, its sans-IO [`Session`] and
+//! the reactor's spool writer.
+//!
+//! The loop, per read: read (bounded by the session's deadline and the server's stop state) →
+//! [`Session::handle_input`] on the unconsumed bytes → stream body segments into the message
+//! writer (`push`, then one `flush().await`) → at the end of a message `commit().await` (the
+//! group fsync) → [`Session::handle_commit`] → write every reply of the batch with one
+//! `write_all`. The 250 for a message is therefore written only after its commit resolved
+//! (DESIGN.md invariant 1), and replies to pipelined commands go out in one send (invariant 6).
+//!
+//! Consumed-bytes rule: bytes the session did not consume stay in `pending` and are fed again,
+//! in front of the next read's bytes. When `pending` is empty the session reads straight out of
+//! the read buffer, so bulk DATA is never copied here; only a partial line is kept. The session
+//! discards over-long lines itself, so `pending` stays below one command line plus one read;
+//! [`MAX_PENDING`] is a backstop that closes the connection if that promise is ever broken.
+//!
+//! tokio-uring traps handled here: a read raced against a timer or the stop signal is dropped
+//! while still in flight, so every such path ends with `shutdown(Both)`, which completes the
+//! read and lets the fd close; writes carry the same deadline.
+//!
+//! This module does not parse SMTP, decide replies or know the spool format.
+
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio_uring::net::TcpStream;
+
+use super::limit::{ConnPermit, Refusal};
+use super::reactor::Reactor;
+use super::shutdown::{Stop, TrackGuard};
+use crate::buffers::Buf;
+use crate::smtp::{
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+};
+use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
+use crate::stats::ReactorStats;
+
+/// Read size while waiting for commands: a small heap buffer per connection, so thousands of
+/// idle sessions stay cheap and never hold a registered buffer while the client thinks.
+pub const COMMAND_READ_SIZE: usize = 4 * 1024;
+/// Read size during DATA when the pool's registered read buffers are all in use (a registered
+/// read buffer is [`crate::buffers::DEFAULT_READ_BUF_SIZE`]).
+pub const DATA_READ_SIZE: usize = 64 * 1024;
+/// A read that brought at least this much means a body is streaming in: the following DATA
+/// reads of that message take large buffers. Until then (the first read after the 354, a
+/// client dripping its body) the small command buffer is used, so slow clients hold neither a
+/// registered buffer nor [`DATA_READ_SIZE`] of heap while the server waits for them.
+pub const BULK_READ: usize = COMMAND_READ_SIZE;
+/// Most unconsumed input kept between reads. The session consumes or discards every complete
+/// line and caps a partial one at the RFC 5321 §4.5.3.1.4 limit (512) or the text-line limit
+/// (1000), so anything near this is a broken promise, answered by closing the connection.
+pub const MAX_PENDING: usize = DATA_READ_SIZE + 4 * 1024;
+/// Reply to a connection refused by a limit (RFC 3463 4.7.0: other security or policy status).
+const TOO_MANY_CONNECTIONS: &[u8] = b" Too many connections, try again later\r\n";
+
+/// Serves one admitted connection until it ends; logs and counts the outcome.
+pub async fn serve(
+    r: Rc<Reactor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
+    track: TrackGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    tracing::info!("connect from={peer} reactor={}", r.index);
+    let mut conn = Conn::new(&r, stream, peer);
+    let end = conn.run().await;
+    conn.finish(end).await;
+    drop(permit);
+    drop(track);
+}
+
+/// Answers a connection over a limit with `421 4.7.0` and closes it.
+pub async fn refuse(
+    r: Rc<Reactor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    why: Refusal,
+    track: TrackGuard,
+) {
+    let reason = match why {
+        Refusal::Total => "max-connections",
+        Refusal::PerIp => "max-connections-per-ip",
+    };
+    tracing::info!("reject from={peer} reason={reason} reply=421");
+    let mut reply = Vec::with_capacity(64);
+    reply.extend_from_slice(b"421 4.7.0 ");
+    reply.extend_from_slice(r.hostname.as_bytes());
+    reply.extend_from_slice(TOO_MANY_CONNECTIONS);
+    r.stats.count_replies(&reply);
+    let _ = tokio::time::timeout(r.idle_timeout, stream.write_all(reply)).await;
+    let _ = stream.shutdown(Shutdown::Both);
+    drop(track);
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The session closed it (QUIT, errors, timeout, shutdown); its reply was written.
+    Closed(Closed),
+    /// The client closed the connection.
+    Eof,
+    /// A socket error.
+    Io(io::Error),
+    /// The client did not take our replies within the idle timeout.
+    WriteTimeout,
+    /// The session left more unconsumed input than it promised.
+    Overflow,
+}
+
+/// What a read turned into.
+enum ReadEvent {
+    /// The read completed (bytes, EOF or error) and gave the buffer back.
+    Done(io::Result<usize>, Buf),
+    /// The session's deadline passed first.
+    Timeout,
+    /// The server is stopping and this session must go.
+    Stop,
+}
+
+struct Conn<'r> {
+    r: &'r Reactor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: Session,
+    /// Replies of the current batch.
+    out: Vec<u8>,
+    /// Input the session has not consumed yet.
+    pending: Vec<u8>,
+    sink: SpoolSink<'r>,
+    stop: watch::Receiver<Stop>,
+    /// False once the stop sender is gone (nothing left to watch).
+    watch_stop: bool,
+    started: Instant,
+    messages: u64,
+    rejected: u64,
+    bytes_in: u64,
+}
+
+impl<'r> Conn<'r> {
+    fn new(r: &'r Reactor, stream: TcpStream, peer: SocketAddr) -> Self {
+        let now = Instant::now();
+        Self {
+            r,
+            stream,
+            peer,
+            session: Session::new(r.session_config.clone(), peer.ip(), now),
+            out: Vec::with_capacity(512),
+            pending: Vec::new(),
+            sink: SpoolSink::new(&r.spool, peer.ip()),
+            stop: r.stop.clone(),
+            watch_stop: true,
+            started: now,
+            messages: 0,
+            rejected: 0,
+            bytes_in: 0,
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        self.session.greeting(&mut self.out);
+        if let Err(end) = self.write_out().await {
+            return end;
+        }
+        // Reused for every command-phase read, and for DATA reads until the body streams in;
+        // then DATA reads take pooled (registered) buffers, or large heap ones.
+        let mut command_buf = Some(Buf::heap(COMMAND_READ_SIZE));
+        let mut streaming = false;
+        loop {
+            let stop = *self.stop.borrow();
+            let phase = self.session.phase();
+            if stop == Stop::Now || (stop == Stop::Draining && phase == Phase::Command) {
+                return self.close_for_shutdown().await;
+            }
+            if phase != Phase::Data {
+                streaming = false;
+            }
+            let buf = if streaming {
+                self.r
+                    .pool
+                    .read_buf()
+                    .unwrap_or_else(|| Buf::heap(DATA_READ_SIZE))
+            } else {
+                command_buf
+                    .take()
+                    .unwrap_or_else(|| Buf::heap(COMMAND_READ_SIZE))
+            };
+            match self.read(buf).await {
+                ReadEvent::Done(Ok(0), _) => return End::Eof,
+                ReadEvent::Done(Ok(n), b) => {
+                    // Once a body streams in, it keeps the large buffers until its end.
+                    streaming |= n >= BULK_READ;
+                    self.bytes_in += n as u64;
+                    ReactorStats::add(&self.r.stats.counters.bytes_received, n as u64);
+                    // Valid bytes are b[..n] (a reused registered buffer may be longer).
+                    if let Err(end) = self.feed(&b[..n]).await {
+                        return end;
+                    }
+                    if !b.is_fixed() && b.capacity() == COMMAND_READ_SIZE {
+                        command_buf = Some(b);
+                    }
+                }
+                ReadEvent::Done(Err(e), _) => return End::Io(e),
+                ReadEvent::Timeout => {
+                    let closed = self.session.handle_timeout(&mut self.out);
+                    let _ = self.write_out().await;
+                    return End::Closed(closed);
+                }
+                ReadEvent::Stop => return self.close_for_shutdown().await,
+            }
+        }
+    }
+
+    /// Reads into `buf`, racing the session deadline and the stop state. On `Timeout`/`Stop`
+    /// the read stays in flight: the caller must close the connection (`finish` does).
+    async fn read(&mut self, buf: Buf) -> ReadEvent {
+        let phase = self.session.phase();
+        let deadline = self.session.next_deadline();
+        let read = buf.read_from(&self.stream);
+        tokio::pin!(read);
+        let sleep = tokio::time::sleep_until(deadline.map_or_else(far_future, Into::into));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                (res, buf) = &mut read => return ReadEvent::Done(res, buf),
+                () = &mut sleep, if deadline.is_some() => return ReadEvent::Timeout,
+                changed = self.stop.changed(), if self.watch_stop => {
+                    if changed.is_err() {
+                        self.watch_stop = false;
+                        continue;
+                    }
+                    let s = *self.stop.borrow_and_update();
+                    if s == Stop::Now || (s == Stop::Draining && phase == Phase::Command) {
+                        return ReadEvent::Stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds newly read bytes (after any pending tail) to the session.
+    async fn feed(&mut self, data: &[u8]) -> Result<(), End> {
+        if self.pending.is_empty() {
+            let used = self.drive(data).await?;
+            self.pending.extend_from_slice(&data[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(data);
+            let used = self.drive(&pending).await?;
+            pending.drain(..used);
+            self.pending = pending;
+        }
+        if self.pending.len() > MAX_PENDING {
+            tracing::warn!(
+                "closing from={}: {} bytes of input left unconsumed",
+                self.peer,
+                self.pending.len()
+            );
+            return Err(End::Overflow);
+        }
+        Ok(())
+    }
+
+    /// Runs the session over `input` until it needs more bytes, committing messages on the way.
+    /// Returns how many bytes it consumed.
+    async fn drive(&mut self, input: &[u8]) -> Result<usize, End> {
+        let mut used = 0;
+        loop {
+            let res = self.session.handle_input(
+                Instant::now(),
+                &input[used..],
+                &mut self.out,
+                &mut self.sink,
+            );
+            let n = match res {
+                Ok(n) => n,
+                Err(closed) => {
+                    // A message refused in this same batch (e.g. 552 then QUIT) is settled
+                    // first, so it is counted as refused, not as aborted.
+                    self.end_message().await;
+                    self.write_out().await?;
+                    return Err(End::Closed(closed));
+                }
+            };
+            used += n;
+            self.flush_body().await;
+            let acked_at = self.end_message().await;
+            self.write_out().await?;
+            if let Some(eod) = acked_at {
+                self.r.stats.record_ack(eod.elapsed());
+            }
+            // Stopping: a session that has just finished a transaction must not start another
+            // from commands already pipelined behind it; it gets 421 4.3.2 now.
+            if *self.stop.borrow() != Stop::Running && self.session.phase() == Phase::Command {
+                return Err(self.close_for_shutdown().await);
+            }
+            if used >= input.len() || (acked_at.is_none() && n == 0) {
+                return Ok(used);
+            }
+        }
+    }
+
+    /// Hands the body bytes pushed during the last `handle_input` to the spool.
+    async fn flush_body(&mut self) {
+        let sink = &mut self.sink;
+        if sink.failed.is_some() || sink.ended.is_some() {
+            return;
+        }
+        if let Some(w) = sink.writer.as_mut() {
+            if let Err(e) = w.flush().await {
+                tracing::warn!("spool write failed from={}: {}", self.peer, spool_error(&e));
+                sink.failed = Some(commit_error(&e));
+            }
+        }
+    }
+
+    /// If the session saw the end of a message: commits (or aborts) it and tells the session.
+    /// Returns when the end of DATA was seen if a commit was answered (for the ack latency).
+    async fn end_message(&mut self) -> Option<Instant> {
+        let stats = &self.r.stats;
+        let c = &stats.counters;
+        let ended = self.sink.ended.take();
+        if ended.is_none() && self.session.phase() != Phase::AwaitingCommit {
+            return None;
+        }
+        let eod = self.sink.eod.unwrap_or_else(Instant::now);
+        let writer = self.sink.writer.take();
+        match ended {
+            Some(Err(rejection)) => {
+                if let Some(w) = writer {
+                    w.abort().await;
+                }
+                self.rejected += 1;
+                let reason = match rejection {
+                    Rejection::TooBig => {
+                        ReactorStats::inc(&c.messages_rejected_too_big);
+                        "too-big"
+                    }
+                    Rejection::BareLineEnding => {
+                        ReactorStats::inc(&c.messages_rejected_bare_line_ending);
+                        "bare-line-ending"
+                    }
+                };
+                // Past the limit the session stops handing on body bytes, so `sink.size`
+                // only counts up to it: log the limit instead of a misleading small size.
+                let size = match rejection {
+                    Rejection::TooBig => {
+                        format!(">{}", self.r.session_config.max_message_size)
+                    }
+                    Rejection::BareLineEnding => self.sink.size.to_string(),
+                };
+                tracing::info!(
+                    "rejected from=<{}> client={} reason={reason} size={size}",
+                    self.sink.from,
+                    self.peer.ip(),
+                );
+                None
+            }
+            // Ok, or the session waits for a commit we never heard of (a missing `end`):
+            // answer it either way so the session cannot hang.
+            _ => {
+                let result = match (writer, self.sink.failed.take()) {
+                    (Some(w), None) => w.commit().await.map_err(|e| {
+                        tracing::warn!(
+                            "spool commit failed from={}: {}",
+                            self.peer,
+                            spool_error(&e)
+                        );
+                        commit_error(&e)
+                    }),
+                    (Some(w), Some(e)) => {
+                        w.abort().await;
+                        Err(e)
+                    }
+                    (None, e) => Err(e.unwrap_or(CommitError::Io)),
+                };
+                stats.set_spool(self.r.spool.stats());
+                match &result {
+                    Ok(id) => {
+                        self.messages += 1;
+                        ReactorStats::inc(&c.messages_accepted);
+                        ReactorStats::add(&c.bytes_accepted, self.sink.size);
+                        tracing::info!(
+                            "accepted id={id} from=<{}> rcpts={} size={} ms={} client={}",
+                            self.sink.from,
+                            self.sink.rcpts,
+                            self.sink.size,
+                            eod.elapsed().as_millis(),
+                            self.peer.ip()
+                        );
+                    }
+                    Err(e) => {
+                        self.rejected += 1;
+                        ReactorStats::inc(match e {
+                            CommitError::NoSpace => &c.messages_failed_no_space,
+                            CommitError::Io => &c.messages_failed_io,
+                        });
+                    }
+                }
+                self.session.handle_commit(
+                    Instant::now(),
+                    result.as_deref().map_err(|e| *e),
+                    &mut self.out,
+                );
+                Some(eod)
+            }
+        }
+    }
+
+    /// Writes the batch of replies in `out` with one `write_all`, bounded by the idle timeout.
+    async fn write_out(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.r.stats.count_replies(&self.out);
+        let out = std::mem::take(&mut self.out);
+        match tokio::time::timeout(self.r.idle_timeout, self.stream.write_all(out)).await {
+            Ok((Ok(()), mut out)) => {
+                out.clear();
+                self.out = out;
+                Ok(())
+            }
+            Ok((Err(e), _)) => Err(End::Io(e)),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    async fn close_for_shutdown(&mut self) -> End {
+        let closed = self.session.handle_shutdown(&mut self.out);
+        let _ = self.write_out().await;
+        End::Closed(closed)
+    }
+
+    /// Aborts an unfinished message, shuts the socket down (completing any read still in
+    /// flight, so the fd really closes), counts and logs.
+    async fn finish(mut self, end: End) {
+        let c = &self.r.stats.counters;
+        if let Some(w) = self.sink.writer.take() {
+            w.abort().await;
+            ReactorStats::inc(&c.messages_aborted);
+            tracing::info!(
+                "aborted from=<{}> client={} size={} (connection ended mid-message)",
+                self.sink.from_current,
+                self.peer.ip(),
+                self.sink.size
+            );
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let reason = match &end {
+            End::Closed(Closed::Quit) => {
+                ReactorStats::inc(&c.sessions_quit);
+                "quit"
+            }
+            End::Closed(Closed::Timeout) => {
+                ReactorStats::inc(&c.sessions_timeout);
+                "timeout"
+            }
+            End::Closed(Closed::TooManyErrors) => {
+                ReactorStats::inc(&c.sessions_too_many_errors);
+                "too-many-errors"
+            }
+            End::Closed(Closed::Shutdown) => {
+                ReactorStats::inc(&c.sessions_shutdown);
+                "shutdown"
+            }
+            End::Closed(Closed::NotSmtp) => {
+                ReactorStats::inc(&c.sessions_not_smtp);
+                "not-smtp"
+            }
+            End::Eof => {
+                ReactorStats::inc(&c.sessions_disconnected);
+                "client-closed"
+            }
+            End::WriteTimeout => {
+                ReactorStats::inc(&c.sessions_timeout);
+                "write-timeout"
+            }
+            End::Io(_) | End::Overflow => {
+                ReactorStats::inc(&c.sessions_io_error);
+                "error"
+            }
+        };
+        let duration = self.started.elapsed();
+        self.r.stats.record_session(duration);
+        match &end {
+            End::Io(e) => tracing::info!(
+                "disconnect from={} reason={reason} error=\"{e}\" messages={} rejected={} bytes={} ms={}",
+                self.peer,
+                self.messages,
+                self.rejected,
+                self.bytes_in,
+                duration.as_millis()
+            ),
+            _ => tracing::info!(
+                "disconnect from={} reason={reason} messages={} rejected={} bytes={} ms={}",
+                self.peer,
+                self.messages,
+                self.rejected,
+                self.bytes_in,
+                duration.as_millis()
+            ),
+        }
+    }
+}
+
+/// The [`BodySink`] of one connection: streams body segments into the spool writer.
+struct SpoolSink<'r> {
+    spool: &'r Spool,
+    client_ip: IpAddr,
+    /// The message being received, from `begin` until commit/abort.
+    writer: Option<MessageWriter>,
+    /// A spool write failed; the rest of the body is dropped and the end answered 451/452.
+    failed: Option<CommitError>,
+    /// Set by `end`, taken by the driver after `handle_input`.
+    ended: Option<Result<(), Rejection>>,
+    /// When `end` was called (start of the ack latency).
+    eod: Option<Instant>,
+    /// Body bytes of the current message.
+    size: u64,
+    /// MAIL FROM of the message at `end`, for the log line.
+    from: String,
+    /// MAIL FROM of the message in progress (for an abort log line).
+    from_current: String,
+    /// Recipients of the message at `end`.
+    rcpts: usize,
+}
+
+impl<'r> SpoolSink<'r> {
+    fn new(spool: &'r Spool, client_ip: IpAddr) -> Self {
+        Self {
+            spool,
+            client_ip,
+            writer: None,
+            failed: None,
+            ended: None,
+            eod: None,
+            size: 0,
+            from: String::new(),
+            from_current: String::new(),
+            rcpts: 0,
+        }
+    }
+}
+
+impl BodySink for SpoolSink<'_> {
+    fn begin(&mut self, envelope: &Envelope) {
+        let arrival = Arrival {
+            client_ip: self.client_ip,
+            received_at: SystemTime::now(),
+        };
+        self.writer = Some(self.spool.begin(envelope, &arrival));
+        self.failed = None;
+        self.ended = None;
+        self.eod = None;
+        self.size = 0;
+        self.from_current.clone_from(&envelope.mail_from);
+    }
+
+    fn segment(&mut self, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        if self.failed.is_none() {
+            if let Some(w) = self.writer.as_mut() {
+                w.push(bytes);
+            }
+        }
+    }
+
+    fn end(&mut self, envelope: &Envelope, outcome: Result<(), Rejection>) {
+        self.ended = Some(outcome);
+        self.eod = Some(Instant::now());
+        self.from.clone_from(&envelope.mail_from);
+        self.rcpts = envelope.rcpts.len();
+    }
+
+    fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        let (code, status) = why.reply();
+        tracing::info!(
+            "reject rcpt=<{address}> from=<{}> client={} reason={} reply={code} {status}",
+            envelope.mail_from,
+            self.client_ip,
+            why.name()
+        );
+    }
+}
+
+fn commit_error(e: &SpoolError) -> CommitError {
+    match e {
+        SpoolError::NoSpace => CommitError::NoSpace,
+        SpoolError::Io(_) => CommitError::Io,
+    }
+}
+
+fn spool_error(e: &SpoolError) -> String {
+    match e {
+        SpoolError::NoSpace => "no space left".to_string(),
+        SpoolError::Io(e) => e.to_string(),
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    // Only used for a disabled select! branch; any far instant works.
+    tokio::time::Instant::now() + Duration::from_secs(365 * 86_400)
+}

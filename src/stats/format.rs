@@ -1,0 +1,352 @@
+//! Renders a [`Snapshot`] as text for people, JSON for scripts, or the Prometheus text
+//! exposition format (version 0.0.4) for scrapers.
+//!
+//! Pure functions of a snapshot; no sockets or clocks here.
+
+use std::fmt::Write as _;
+
+use super::{ReactorSnapshot, Snapshot, SpoolFigures, Summary};
+
+/// Picks one histogram summary out of a reactor snapshot.
+type Pick = fn(&ReactorSnapshot) -> &Summary;
+/// Picks one figure out of a spool snapshot.
+type SpoolPick = fn(&SpoolFigures) -> u64;
+
+/// An output format, chosen by the one request line a stats client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned text (the default).
+    Text,
+    /// One JSON object.
+    Json,
+    /// Prometheus text exposition format.
+    Prometheus,
+}
+
+impl Format {
+    /// The format named by a request line (`text`, `json`, `prometheus`; case and surrounding
+    /// blanks ignored; empty means text). `None` for anything else.
+    pub fn from_request(line: &str) -> Option<Self> {
+        match line.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            "prometheus" => Some(Self::Prometheus),
+            _ => None,
+        }
+    }
+
+    /// The request line that asks for this format.
+    pub fn request(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+            Self::Prometheus => "prometheus",
+        }
+    }
+
+    /// Renders `snap`.
+    pub fn render(self, snap: &Snapshot) -> String {
+        match self {
+            Self::Text => text(snap),
+            Self::Json => json(snap),
+            Self::Prometheus => prometheus(snap),
+        }
+    }
+}
+
+/// Aligned text: counters of the total, then each histogram per reactor and in total.
+pub fn text(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "ringmx {}  uptime {:.1}s  reactors {}  sync {}{}",
+        snap.version,
+        snap.uptime_secs,
+        snap.reactors.len(),
+        snap.sync,
+        if snap.sync == "none" {
+            " (NO FSYNC: acknowledged mail can be lost)"
+        } else {
+            ""
+        }
+    );
+    let c = &snap.total.counters;
+    let _ = writeln!(
+        s,
+        "connections  accepted {}  active {}  refused {} (limit {}, per-ip {})",
+        c.connections_accepted,
+        c.connections_active,
+        c.connections_refused_limit + c.connections_refused_per_ip,
+        c.connections_refused_limit,
+        c.connections_refused_per_ip
+    );
+    let _ = writeln!(
+        s,
+        "sessions     quit {}  timeout {}  too-many-errors {}  not-smtp {}  shutdown {}  disconnected {}  io-error {}",
+        c.sessions_quit,
+        c.sessions_timeout,
+        c.sessions_too_many_errors,
+        c.sessions_not_smtp,
+        c.sessions_shutdown,
+        c.sessions_disconnected,
+        c.sessions_io_error
+    );
+    let _ = writeln!(
+        s,
+        "messages     accepted {}  rejected: too-big {}  bare-line-ending {}  no-space {}  io {}  aborted {}",
+        c.messages_accepted,
+        c.messages_rejected_too_big,
+        c.messages_rejected_bare_line_ending,
+        c.messages_failed_no_space,
+        c.messages_failed_io,
+        c.messages_aborted
+    );
+    let _ = writeln!(
+        s,
+        "bytes        received {}  accepted {}",
+        c.bytes_received, c.bytes_accepted
+    );
+    let _ = writeln!(
+        s,
+        "replies      2xx {}  3xx {}  4xx {}  5xx {}",
+        c.replies_2xx, c.replies_3xx, c.replies_4xx, c.replies_5xx
+    );
+    let sp = &snap.total.spool;
+    let _ = writeln!(
+        s,
+        "spool        commits {}  aborts {}  failed {}  bytes {}  fsyncs {}  dir-fsyncs {}  segments {}",
+        sp.commits, sp.aborts, sp.failed_commits, sp.bytes, sp.fsyncs, sp.dir_fsyncs, sp.segments
+    );
+    let _ = writeln!(
+        s,
+        "             batch mean {:.2}  max {}  heap-buffers {}  write-errors {}  sync-errors {}",
+        sp.mean_batch, sp.max_batch, sp.heap_buffers, sp.write_errors, sp.sync_errors
+    );
+    let hist: Vec<String> = sp
+        .batches
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(label, n)| format!("{label}:{n}"))
+        .collect();
+    let _ = writeln!(s, "             fsyncs by batch size  {}", hist.join("  "));
+    let tables: [(&str, Pick); 2] = [
+        ("ack latency (us)", |r| &r.ack_latency_us),
+        ("session duration (ms)", |r| &r.session_duration_ms),
+    ];
+    for (title, pick) in tables {
+        let _ = writeln!(
+            s,
+            "\n{title:<24}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "count", "mean", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (i, r) in snap.reactors.iter().enumerate() {
+            summary_row(&mut s, &format!("  reactor {i}"), pick(r));
+        }
+        summary_row(&mut s, "  total", pick(&snap.total));
+    }
+    s
+}
+
+fn summary_row(s: &mut String, label: &str, m: &Summary) {
+    let _ = writeln!(
+        s,
+        "{label:<24}{:>10}{:>10.0}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        m.count, m.mean, m.p50, m.p90, m.p99, m.p999, m.max
+    );
+}
+
+/// The snapshot as one pretty-printed JSON object.
+pub fn json(snap: &Snapshot) -> String {
+    // Serializing plain structs of numbers and static strings cannot fail.
+    let mut s = serde_json::to_string_pretty(snap).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Prometheus text exposition: counters as `ringmx_<name>` with a `reactor` label, histograms
+/// as summaries with `quantile` labels (in seconds, or in messages for fsync batches).
+pub fn prometheus(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP ringmx_info Server facts; sync=\"none\" means no fsync."
+    );
+    let _ = writeln!(s, "# TYPE ringmx_info gauge");
+    let _ = writeln!(
+        s,
+        "ringmx_info{{version=\"{}\",sync=\"{}\",reactors=\"{}\"}} 1",
+        snap.version,
+        snap.sync,
+        snap.reactors.len()
+    );
+    let _ = writeln!(s, "# TYPE ringmx_uptime_seconds gauge");
+    let _ = writeln!(s, "ringmx_uptime_seconds {:.3}", snap.uptime_secs);
+    let names: Vec<&'static str> = snap.total.counters.fields().iter().map(|f| f.0).collect();
+    for (k, name) in names.iter().enumerate() {
+        let gauge = matches!(*name, "connections_active");
+        let metric = if gauge {
+            format!("ringmx_{name}")
+        } else {
+            format!("ringmx_{name}_total")
+        };
+        let _ = writeln!(
+            s,
+            "# TYPE {metric} {}",
+            if gauge { "gauge" } else { "counter" }
+        );
+        for (i, r) in snap.reactors.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{metric}{{reactor=\"{i}\"}} {}",
+                r.counters.fields()[k].1
+            );
+        }
+    }
+    let spool: [(&str, &str, SpoolPick); 8] = [
+        ("ringmx_spool_commits_total", "counter", |f| f.commits),
+        ("ringmx_spool_aborts_total", "counter", |f| f.aborts),
+        ("ringmx_spool_failed_commits_total", "counter", |f| {
+            f.failed_commits
+        }),
+        ("ringmx_spool_bytes_total", "counter", |f| f.bytes),
+        ("ringmx_spool_fsyncs_total", "counter", |f| f.fsyncs),
+        ("ringmx_spool_dir_fsyncs_total", "counter", |f| f.dir_fsyncs),
+        ("ringmx_spool_segments_total", "counter", |f| f.segments),
+        ("ringmx_spool_max_batch", "gauge", |f| f.max_batch),
+    ];
+    for (metric, kind, pick) in spool {
+        let _ = writeln!(s, "# TYPE {metric} {kind}");
+        for (i, r) in snap.reactors.iter().enumerate() {
+            let _ = writeln!(s, "{metric}{{reactor=\"{i}\"}} {}", pick(&r.spool));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP ringmx_spool_fsync_batches_total fdatasync calls by how many messages each made durable."
+    );
+    let _ = writeln!(s, "# TYPE ringmx_spool_fsync_batches_total counter");
+    for (i, r) in snap.reactors.iter().enumerate() {
+        for (label, n) in &r.spool.batches {
+            let _ = writeln!(
+                s,
+                "ringmx_spool_fsync_batches_total{{reactor=\"{i}\",messages=\"{label}\"}} {n}"
+            );
+        }
+    }
+    let summaries: [(&str, f64, Pick); 2] = [
+        ("ringmx_ack_latency_seconds", 1e-6, |r| &r.ack_latency_us),
+        ("ringmx_session_duration_seconds", 1e-3, |r| {
+            &r.session_duration_ms
+        }),
+    ];
+    for (metric, scale, pick) in summaries {
+        let _ = writeln!(s, "# TYPE {metric} summary");
+        for (i, r) in snap.reactors.iter().enumerate() {
+            let m = pick(r);
+            for (q, v) in [
+                ("0.5", m.p50),
+                ("0.9", m.p90),
+                ("0.99", m.p99),
+                ("0.999", m.p999),
+                ("1", m.max),
+            ] {
+                #[allow(clippy::cast_precision_loss)] // latencies far below 2^52
+                let v = v as f64 * scale;
+                let _ = writeln!(s, "{metric}{{reactor=\"{i}\",quantile=\"{q}\"}} {v}");
+            }
+            let _ = writeln!(s, "{metric}_sum{{reactor=\"{i}\"}} {}", m.sum * scale);
+            let _ = writeln!(s, "{metric}_count{{reactor=\"{i}\"}} {}", m.count);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::spool::SyncPolicy;
+    use crate::stats::{ReactorStats, Registry};
+
+    fn sample() -> Snapshot {
+        let reg = Registry::new(2, SyncPolicy::Group);
+        let r0 = reg.reactor(0).unwrap();
+        ReactorStats::add(&r0.counters.messages_accepted, 7);
+        ReactorStats::inc(&r0.counters.connections_active);
+        r0.record_ack(Duration::from_micros(1500));
+        reg.reactor(1)
+            .unwrap()
+            .record_ack(Duration::from_micros(2500));
+        reg.snapshot()
+    }
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(Format::from_request(""), Some(Format::Text));
+        assert_eq!(Format::from_request(" JSON\r\n"), Some(Format::Json));
+        assert_eq!(
+            Format::from_request("prometheus\n"),
+            Some(Format::Prometheus)
+        );
+        assert_eq!(Format::from_request("xml"), None);
+        for f in [Format::Text, Format::Json, Format::Prometheus] {
+            assert_eq!(Format::from_request(f.request()), Some(f));
+        }
+    }
+
+    #[test]
+    fn text_shows_percentiles_per_reactor_and_total() {
+        let t = text(&sample());
+        assert!(t.contains("sync group"), "{t}");
+        assert!(t.contains("messages     accepted 7"), "{t}");
+        assert!(t.contains("ack latency (us)"), "{t}");
+        assert!(t.contains("p99.9"), "{t}");
+        let row = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("reactor 1"))
+            .unwrap();
+        assert!(
+            row.contains("2501") || row.contains("2500") || row.contains("2499"),
+            "{row}"
+        );
+        let total = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("total"))
+            .unwrap();
+        assert!(total.split_whitespace().nth(1) == Some("2"), "{total}");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let v: serde_json::Value = serde_json::from_str(&json(&sample())).unwrap();
+        assert_eq!(v["sync"], "group");
+        assert_eq!(v["total"]["counters"]["messages_accepted"], 7);
+        assert_eq!(v["reactors"].as_array().unwrap().len(), 2);
+        assert_eq!(v["total"]["ack_latency_us"]["count"], 2);
+    }
+
+    #[test]
+    fn prometheus_is_well_formed() {
+        let p = prometheus(&sample());
+        assert!(
+            p.contains("ringmx_messages_accepted_total{reactor=\"0\"} 7\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("ringmx_connections_active{reactor=\"0\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("ringmx_ack_latency_seconds_count{reactor=\"1\"} 1\n"),
+            "{p}"
+        );
+        assert!(p.contains("ringmx_info{version="), "{p}");
+        // Every non-comment line is `name{labels} value` with a number as value.
+        for line in p.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("ringmx_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
