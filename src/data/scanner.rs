@@ -27,20 +27,19 @@
 //!   only the pairs around each. One call per line (about 15 ns here) plus a per-byte cost well
 //!   below the blocks'.
 //!
-//! Neither wins everywhere (GiB/s, 64 KiB inputs of CRLF text lines, one in 16 dot-stuffed,
-//! median of 3 runs of `cargo bench --bench scanner -- --warm-up-time 1 --measurement-time 3` on
-//! a shared 2-core AMD EPYC VM; built with `RUSTFLAGS="-C llvm-args=-align-loops=64"` so that the
-//! block loop sits at the same code alignment in every build, see below; "only" pins one search
-//! by editing [`PROBE_EVERY`]/[`FIRST_PROBE`] or [`LINES_FROM`]):
+//! Neither wins everywhere (GiB/s, 64 KiB of CRLF text lines, one in 16 dot-stuffed, fed whole;
+//! median of 3 runs of `cargo bench --bench scanner -- --warm-up-time 1 --measurement-time 3`
+//! on a shared 2-core AMD EPYC VM; "only" pins one search by setting [`FIRST_PROBE`] to
+//! `usize::MAX`, or [`FIRST_PROBE`] and [`LINES_FROM`] to 0):
 //!
-//! | line length (bench id)         | blocks only | lines only | this scanner |
-//! |--------------------------------|-------------|------------|--------------|
-//! | 76 (`typical_76`)              | BO76        | LO76       | AD76         |
-//! | 256 (`lines_256`)              | BO256       | LO256      | AD256        |
-//! | 384 (`lines_384`)              | BO384       | LO384      | AD384        |
-//! | 512 (`lines_512`)              | BO512       | LO512      | AD512        |
-//! | 998 (`long_lines`)             | BO998       | LO998      | AD998        |
-//! | 4000 (`lines_4000`)            | BO4000      | LO4000     | AD4000       |
+//! | line length (bench id) | blocks only | lines only | this scanner |
+//! |------------------------|-------------|------------|--------------|
+//! | 76 (`typical_76`)      | 14.5        | 3.5        | 14.6         |
+//! | 256 (`lines_256`)      | 15.9        | 11.4       | 15.7         |
+//! | 384 (`lines_384`)      | 16.5        | 14.9       | 16.1         |
+//! | 512 (`lines_512`)      | 16.7        | 20.1       | 19.1         |
+//! | 998 (`long_lines`)     | 16.6        | 29.4       | 27.0         |
+//! | 4000 (`lines_4000`)    | 17.7        | 41.7       | 32.8         |
 //!
 //! The crossover is near 400 bytes. [`Search`] therefore keeps a mode: in lines mode it sees every
 //! line end and keeps a moving average of the last few line lengths, going back to blocks when it
@@ -48,16 +47,18 @@
 //! most common, must not pay for lines). In blocks mode it cannot see line ends, so it *probes*:
 //! after [`FIRST_PROBE`] bytes of a body (past most header sections) and then every
 //! [`PROBE_EVERY`] bytes it switches to lines, which on short lines falls back after two
-//! `memchr2` calls. That is all the adaptivity costs: a few words of state, and about 2-3% on
-//! 76-character lines (one or two probes per 64 KiB; `typical_76` AD76 against BO76 above). The
-//! 64 KiB `long_lines` input switches at 8 KiB, so it shows a little less than the lines-only
-//! figure; `mixed` (16 KiB runs, shorter than the probe interval) shows the cost of probing where
-//! it does not pay.
+//! `memchr2` calls. A probe costs about 70 ns here (the calls and a trip through cold code), so
+//! the interval is long: on 76-character lines the cost is within run-to-run noise (about 2% by
+//! the fastest tenth of the samples, on `typical_76` and on the 1 MiB `base64_76`). The 64 KiB
+//! inputs above switch at 8 KiB, so they show less than the lines-only figure; `mixed` (16 KiB
+//! runs, shorter than the probe interval) shows probing where it does not pay (about 2%).
 //!
-//! Code alignment: the same block loop measures about 8% slower on `typical_76` when the linker
-//! happens to put its head on a 64-byte boundary than 16 bytes off it, and where it lands moves
-//! with unrelated code anywhere in the binary. Compare builds at equal alignment (the `RUSTFLAGS`
-//! above) before reading a few percent into a change.
+//! Code alignment: the same block loop measured about 8% slower on `typical_76` when the linker
+//! put its head on a 64-byte boundary than 16 bytes off it, and where it lands moves with
+//! unrelated code anywhere in the binary (the figures above and the before/after comparison of
+//! this design were taken with the loop at the same alignment in every binary; `nm` shows where
+//! `first_interesting` lands). Check that, or build with
+//! `RUSTFLAGS="-C llvm-args=-align-loops=64"`, before reading a few percent into a change.
 //!
 //! `scan` works on a copy of the [`Search`]: reached through `self`, it made the compiler reload
 //! the state machine's state from memory after every search call (about 10% on `typical_76`).
