@@ -113,7 +113,7 @@ impl BufferConfig {
 
     /// [`BufferConfig::for_memlock`] with this process's soft `RLIMIT_MEMLOCK`.
     pub fn from_rlimit(reactors: usize) -> Self {
-        Self::for_memlock(memlock_limit(), reactors)
+        Self::for_memlock(crate::sys::memlock_limit(), reactors)
     }
 
     /// Bytes this pool may pin, counting one extra page per buffer.
@@ -127,25 +127,6 @@ impl Default for BufferConfig {
     /// A small pool (one reactor, 8 MiB memlock): what tests and tools need.
     fn default() -> Self {
         Self::for_memlock(8 * 1024 * 1024, 1)
-    }
-}
-
-/// The soft `RLIMIT_MEMLOCK` of this process in bytes (`u64::MAX` when unlimited; 64 KiB, the
-/// historical default, when it cannot be read).
-pub fn memlock_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the struct we pass, which lives for the call.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    if rc != 0 {
-        return 64 * 1024;
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        u64::MAX
-    } else {
-        lim.rlim_cur
     }
 }
 
@@ -189,7 +170,7 @@ impl BufferPool {
                 tracing::warn!(
                     error = %e,
                     pinned_bytes = config.pinned_bytes(),
-                    memlock = memlock_limit(),
+                    memlock = crate::sys::memlock_limit(),
                     "cannot register io_uring fixed buffers (raise RLIMIT_MEMLOCK, e.g. \
                      LimitMEMLOCK= in the systemd unit); using plain heap buffers"
                 );

@@ -568,19 +568,12 @@ fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// The number of CPUs this process may run on (`sched_getaffinity`), at least 1.
 pub fn default_reactors() -> usize {
-    crate::server::allowed_cpus().len().max(1)
+    crate::sys::allowed_cpus().len().max(1)
 }
 
-/// The system's host name (`gethostname`, which needs no /proc), or `localhost`.
+/// The system's host name ([`crate::sys::hostname`]) in lower case, or `localhost`.
 fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` is writable for its full length, which is what we pass.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(name) if rc == 0 && !name.is_empty() => name.to_ascii_lowercase(),
-        _ => "localhost".to_string(),
-    }
+    crate::sys::hostname().map_or_else(|| "localhost".to_string(), |h| h.to_ascii_lowercase())
 }
 
 /// A DNS name in the RFC 1123 sense: dot-separated labels of letters, digits and inner hyphens.

@@ -18,3 +18,4 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod stats;
+pub mod sys;

@@ -11,7 +11,6 @@
 //! [`crate::spool`].
 
 pub mod conn;
-pub mod cpu;
 pub mod limit;
 pub mod listener;
 pub mod notify;
@@ -25,8 +24,6 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 use tokio::sync::watch;
-
-pub use cpu::allowed_cpus;
 
 use crate::config::{sync_name, Config};
 use crate::spool::{SpoolError, SyncPolicy};
@@ -128,7 +125,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let signals = SignalWatcher::start(stop_tx.clone())
         .map_err(|e| ServerError::Setup("signal handlers", e))?;
 
-    let cpus = allowed_cpus();
+    let cpus = crate::sys::allowed_cpus();
     let pin = n <= cpus.len();
     if !pin {
         tracing::info!(
@@ -291,28 +288,12 @@ const FD_RESERVE: u64 = 256;
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, and warns if `--max-connections` would
 /// still not fit.
 fn raise_nofile_limit(max_connections: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let Some(allowed) = crate::sys::raise_nofile_limit() else {
         return;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit with cur ≤ max.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim = raised;
-        }
-    }
-    if (max_connections as u64).saturating_add(FD_RESERVE) > lim.rlim_cur {
+    };
+    if (max_connections as u64).saturating_add(FD_RESERVE) > allowed {
         tracing::warn!(
-            "max-connections = {max_connections} but only {} file descriptors are allowed (RLIMIT_NOFILE); raise LimitNOFILE=",
-            lim.rlim_cur
+            "max-connections = {max_connections} but only {allowed} file descriptors are allowed (RLIMIT_NOFILE); raise LimitNOFILE="
         );
     }
 }

@@ -96,7 +96,7 @@ pub struct ReactorSetup {
 pub fn run(setup: ReactorSetup) -> Result<(), ServerError> {
     let index = setup.index;
     if let Some(cpu) = setup.cpu {
-        match super::cpu::pin_current_thread(cpu) {
+        match crate::sys::pin_current_thread(cpu) {
             Ok(()) => tracing::debug!("reactor {index} pinned to cpu {cpu}"),
             Err(e) => {
                 tracing::warn!("reactor {index}: cannot pin to cpu {cpu}: {e}; running unpinned")
@@ -157,7 +157,7 @@ fn memlock_applies() -> bool {
 /// [`RING_ENTRIES`] is logged as a warning. Not `Builder::start`, which panics when the ring
 /// cannot be created.
 fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Runtime> {
-    let memlock = crate::buffers::memlock_limit();
+    let memlock = crate::sys::memlock_limit();
     let mut entries = initial_ring_entries(memlock, reactors, memlock_applies());
     loop {
         let mut builder = tokio_uring::builder();

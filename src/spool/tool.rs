@@ -483,8 +483,8 @@ fn save_state(path: &Path, state: &ExportState) -> Result<(), ToolError> {
 /// This host's name for Maildir file names, with `/` and `:` escaped as the Maildir
 /// convention asks.
 fn hostname() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let h = raw.trim();
-    let h = if h.is_empty() { "localhost" } else { h };
-    h.replace('/', "\\057").replace(':', "\\072")
+    crate::sys::hostname()
+        .unwrap_or_else(|| "localhost".to_string())
+        .replace('/', "\\057")
+        .replace(':', "\\072")
 }
