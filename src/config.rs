@@ -15,6 +15,11 @@
 //! max-message-size = 36700160
 //! ```
 //!
+//! The defaults of the SMTP limits (message size, recipients, idle timeout, error cap) are the
+//! session's own ([`crate::smtp::DEFAULT_MAX_MESSAGE_SIZE`] and its neighbours); this module
+//! only holds the defaults of what it alone decides (listen address, spool, connections, data
+//! timeout).
+//!
 //! This module does not open sockets, create the spool directory or touch io_uring; it only
 //! checks what can be checked without side effects.
 
@@ -28,9 +33,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{BareLfArg, ServeArgs, SyncArg};
-use crate::smtp::{BareLf, SessionConfig};
+use crate::smtp::{
+    BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
+};
 use crate::spool::{SpoolConfig, SyncPolicy};
+
+mod flags;
+
+pub use flags::ServeArgs;
 
 /// Default listen address: unprivileged port on loopback, so a first run needs no root.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
@@ -38,29 +49,21 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_SPOOL_DIR: &str = "spool";
 /// Name of the stats socket inside the spool directory when `--stats` is not given.
 pub const DEFAULT_STATS_NAME: &str = "stats.sock";
-/// Default `--max-message-size`: 35 MiB, a common MX limit.
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
 /// Largest accepted `--max-message-size` (1 GiB); beyond that, SMTP is the wrong transport.
 pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 1024 * 1024 * 1024;
-/// Default `--max-recipients`: RFC 5321 §4.5.3.1.8 requires accepting at least 100.
-pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Default `--max-connections` over all reactors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default `--idle-timeout`: RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for `--idle-timeout` (one hour).
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
 /// Default `--data-timeout`: a whole message body must arrive within 10 minutes of the 354,
 /// however steadily it drips (the spirit of RFC 5321 §4.5.3.2.6, the 10 minutes a client waits
-/// for the reply after the body). At the default 35 MiB `--max-message-size` that asks for about
-/// 60 KiB/s; raise it for very large messages from slow links.
+/// for the reply after the body). At the default `--max-message-size` (35 MiB) that asks for
+/// about 60 KiB/s; raise it for very large messages from slow links.
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound for `--data-timeout` (one day).
 pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
 /// Upper bound for `--reactors`.
 pub const MAX_REACTORS: usize = 1024;
-/// Protocol errors a client may make before `421 4.7.0` and close.
-pub const MAX_ERRORS: u32 = 10;
 /// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
 pub const MAX_UNIX_SOCKET_PATH: usize = 107;
 /// RFC 1035 §2.3.4: a domain name is at most 255 octets (253 as text).
@@ -349,13 +352,8 @@ impl Config {
         }
 
         let sync = match (args.sync, file.sync) {
-            (Some(SyncArg::Group), _) => SyncPolicy::Group,
-            (Some(SyncArg::None), _) => SyncPolicy::None,
-            (None, Some(s)) => match s.as_str() {
-                "group" => SyncPolicy::Group,
-                "none" => SyncPolicy::None,
-                _ => return Err(ConfigError::BadSync(s)),
-            },
+            (Some(p), _) => p,
+            (None, Some(s)) => SyncPolicy::from_name(&s).ok_or(ConfigError::BadSync(s))?,
             (None, None) => SyncPolicy::Group,
         };
 
@@ -407,14 +405,9 @@ impl Config {
             None => DEFAULT_DATA_TIMEOUT,
         };
         let bare_lf = match (args.bare_lf, file.bare_lf) {
-            (Some(BareLfArg::Reject), _) => BareLf::Reject,
-            (Some(BareLfArg::Normalize), _) => BareLf::Normalize,
-            (None, Some(s)) => match s.as_str() {
-                "reject" => BareLf::Reject,
-                "normalize" => BareLf::Normalize,
-                _ => return Err(ConfigError::BadBareLf(s)),
-            },
-            (None, None) => BareLf::Reject,
+            (Some(p), _) => p,
+            (None, Some(s)) => BareLf::from_name(&s).ok_or(ConfigError::BadBareLf(s))?,
+            (None, None) => BareLf::default(),
         };
 
         Ok(Self {
@@ -499,8 +492,8 @@ impl Config {
             local_domains: self.domains.clone(),
             max_message_size: self.max_message_size,
             max_recipients: self.max_recipients,
-            max_errors: MAX_ERRORS,
-            max_junk_commands: crate::smtp::DEFAULT_MAX_JUNK_COMMANDS,
+            max_errors: DEFAULT_MAX_ERRORS,
+            max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
             bare_lf: self.bare_lf,
@@ -527,7 +520,7 @@ impl Config {
             self.spool_dir.display(),
             self.stats_path.display(),
             self.reactors,
-            sync_name(self.sync),
+            self.sync.name(),
             self.max_message_size,
             self.max_recipients,
             self.max_connections,
@@ -535,19 +528,8 @@ impl Config {
                 .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
             self.idle_timeout.as_secs(),
             self.data_timeout.as_secs(),
-            match self.bare_lf {
-                BareLf::Reject => "reject",
-                BareLf::Normalize => "normalize",
-            },
+            self.bare_lf.name(),
         )
-    }
-}
-
-/// `group` / `none`, as on the command line.
-pub fn sync_name(sync: SyncPolicy) -> &'static str {
-    match sync {
-        SyncPolicy::Group => "group",
-        SyncPolicy::None => "none",
     }
 }
 
@@ -659,7 +641,7 @@ mod tests {
         assert_eq!(c.session_config().bare_lf, BareLf::Normalize);
         assert!(c.summary().contains("bare-lf=normalize"));
         let flags = ServeArgs {
-            bare_lf: Some(BareLfArg::Reject),
+            bare_lf: Some(BareLf::Reject),
             ..args()
         };
         assert_eq!(
@@ -721,7 +703,7 @@ mod tests {
             listen: vec!["127.0.0.1:2626".parse().unwrap()],
             domain: vec!["c.test".into()],
             stats: Some("/run/ringmx/stats.sock".into()),
-            sync: Some(SyncArg::Group),
+            sync: Some(SyncPolicy::Group),
             max_message_size: Some(2000),
             idle_timeout: Some(2),
             ..ServeArgs::default()
@@ -795,7 +777,7 @@ mod tests {
         let s = c.session_config();
         assert_eq!(s.local_domains, ["example.test"]);
         assert_eq!(s.max_recipients, 7);
-        assert_eq!(s.max_errors, MAX_ERRORS);
+        assert_eq!(s.max_errors, DEFAULT_MAX_ERRORS);
         let sp = c.spool_config(3);
         assert_eq!(sp.reactor, 3);
         assert_eq!(sp.sync, SyncPolicy::None);

@@ -11,7 +11,7 @@
 //! - [`cli`]: the command line.
 
 pub mod buffers;
-pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod data;
 pub mod server;

@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc};
 
 use tokio::sync::watch;
 
-use crate::config::{sync_name, Config};
+use crate::config::Config;
 use crate::spool::{SpoolError, SyncPolicy};
 use crate::stats::socket::{StatsError, StatsServer};
 use crate::stats::Registry;
@@ -222,7 +222,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
         tracing::info!(
             "ready: {n} reactor(s), sync={}, spool={}, stats={}",
-            sync_name(config.sync()),
+            config.sync().name(),
             config.spool_dir().display(),
             config.stats_path().display()
         );

@@ -68,8 +68,9 @@ pub const MAX_DOMAIN: usize = 255;
 pub const MAX_PATH: usize = 256;
 /// Default recipients per transaction: the minimum RFC 5321 §4.5.3.1.8 requires servers to take.
 pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
-/// Default largest message body, in bytes after dot-unstuffing (50 MiB).
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+/// Default largest message body, in bytes after dot-unstuffing: 35 MiB, a common MX limit.
+/// `ringmx serve --max-message-size` defaults to this.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
 /// Default number of error replies before 421 4.7.0 and close.
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
 /// Default number of NOOP, RSET, VRFY and HELP commands a client may send between two accepted
@@ -112,7 +113,10 @@ pub struct SessionConfig {
 /// The policy for bare LF (RFC 5321 §2.3.8: lines end in CRLF only). Bare CR is refused under
 /// both; only `<CRLF>.<CRLF>` ever ends a message under both, so neither lets a smuggled
 /// message through (CVE-2023-51764 and relatives).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The variants' docs are also the `--bare-lf` help; [`BareLf::name`] is the one spelling used
+/// on the command line, in the config file and in logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BareLf {
     /// Refuse: 500 5.5.2 for a command line, 550 5.6.0 for a body (after its terminator).
     #[default]
@@ -122,6 +126,24 @@ pub enum BareLf {
     /// normalize` does: for old scripts that send `\n` line endings (`curl -T` without
     /// `--crlf`, Python's `smtplib.sendmail` given bytes).
     Normalize,
+}
+
+impl BareLf {
+    /// Every policy.
+    pub const ALL: [Self; 2] = [Self::Reject, Self::Normalize];
+
+    /// `reject` / `normalize`: the flag value, the config-file value and the log spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Normalize => "normalize",
+        }
+    }
+
+    /// The policy called `name` (exactly as [`BareLf::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 impl SessionConfig {

@@ -50,13 +50,33 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
 /// Default preallocation step (`fallocate` ahead of the write position).
 pub const DEFAULT_PREALLOCATE: u64 = 8 * 1024 * 1024;
 
-/// How commits reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How commits reach the disk. The variants' docs are also the `--sync` help; [`SyncPolicy::name`]
+/// is the one spelling used on the command line, in the config file, logs and stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncPolicy {
-    /// fdatasync before every ack, shared by all commits that arrive meanwhile.
+    /// fdatasync before every 250, one sync shared by all messages that end meanwhile.
     Group,
-    /// No fsync at all (testing only): a commit resolves once its frames are written.
+    /// Never fsync (testing only): a commit resolves once its frames are written, and
+    /// acknowledged mail can be lost.
     None,
+}
+
+impl SyncPolicy {
+    /// Every policy.
+    pub const ALL: [Self; 2] = [Self::Group, Self::None];
+
+    /// `group` / `none`: the flag value, the config-file value and the stats spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::None => "none",
+        }
+    }
+
+    /// The policy called `name` (exactly as [`SyncPolicy::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Settings of one reactor's writer.

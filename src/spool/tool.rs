@@ -1,17 +1,17 @@
-//! `ringmx spool ls|cat|export|check`: read the spool without a server.
+//! The work of `ringmx spool ls|cat|export|check`: read the spool without a server.
 //!
 //! Output is plain text a postmaster can grep (one line per message or segment, fields
-//! separated by tabs), or JSON with `--json` (`ls`: one object per line; `check`: one object).
-//! Errors are one line on stderr: `ringmx spool: …`. Exit codes: 0 success, 1 failure (I/O
-//! error, unknown id, or corruption found by `check`), 2 usage error.
+//! separated by tabs), or JSON (`ls`: one object per line; `check`: one object), written to
+//! the `Write` the caller passes. Failures are [`ToolError`]s.
 //!
-//! This module reads segments and writes export files; it never modifies the spool.
+//! This module reads segments and writes export files; it never modifies the spool. It takes
+//! plain parameters: parsing the command line, printing errors and choosing exit codes belong
+//! to the command-line front end.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,75 +26,6 @@ pub const EXPORT_STATE: &str = ".ringmx-export.json";
 /// Save export progress at least this often (messages).
 const EXPORT_SAVE_EVERY: u64 = 256;
 
-/// `ringmx spool` arguments.
-#[derive(Debug, clap::Args)]
-pub struct SpoolArgs {
-    /// The spool directory.
-    #[arg(long, global = true, value_name = "DIR", default_value = "./spool")]
-    pub spool: PathBuf,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: SpoolCommand,
-}
-
-/// `ringmx spool` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum SpoolCommand {
-    /// List committed messages, oldest first: id, time (UTC), client IP, size, from,
-    /// recipients, decoded Subject (tab-separated).
-    Ls {
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print one message (the stored RFC 5322 bytes, our Received: header first) to stdout.
-    Cat {
-        /// The message id (as in `ls` or the 250 reply).
-        id: String,
-    },
-    /// Export committed messages as files. Incremental: progress is kept in the target
-    /// directory, and a rerun exports only what is new.
-    Export(ExportArgs),
-    /// Verify every frame's CRC and every message, count messages, report torn tails.
-    /// Exits 1 if corruption is found (torn tails and crash gaps are normal after a crash).
-    Check {
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// Where `export` writes.
-#[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
-pub struct ExportArgs {
-    /// Write `<id>.eml` files into DIR.
-    #[arg(long, value_name = "DIR")]
-    pub eml: Option<PathBuf>,
-    /// Deliver into the Maildir DIR (tmp/ then rename to new/).
-    #[arg(long, value_name = "DIR")]
-    pub maildir: Option<PathBuf>,
-}
-
-/// Runs a spool subcommand; prints errors and returns the exit code.
-pub fn run(args: SpoolArgs) -> ExitCode {
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    let res = dispatch(&args, &mut out).and_then(|code| {
-        out.flush().map_err(|e| ToolError::io("stdout", e))?;
-        Ok(code)
-    });
-    match res {
-        Ok(code) => code,
-        Err(ToolError::BrokenPipe) => ExitCode::SUCCESS,
-        Err(e) => {
-            drop(out);
-            eprintln!("ringmx spool: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// A tool failure, printed as one line.
 #[derive(Debug)]
 pub enum ToolError {
@@ -107,7 +38,8 @@ pub enum ToolError {
 }
 
 impl ToolError {
-    fn io(what: impl std::fmt::Display, e: io::Error) -> Self {
+    /// An I/O error while doing `what`; a closed pipe becomes [`ToolError::BrokenPipe`].
+    pub fn io(what: impl std::fmt::Display, e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {
             Self::BrokenPipe
         } else {
@@ -128,149 +60,135 @@ impl std::fmt::Display for ToolError {
 
 impl std::error::Error for ToolError {}
 
-/// Runs a subcommand, writing its output to `out`.
+/// Fails unless `dir` is a directory (the one check every tool makes first).
 ///
 /// # Errors
-/// See [`ToolError`].
-pub fn dispatch(args: &SpoolArgs, out: &mut dyn Write) -> Result<ExitCode, ToolError> {
-    let dir = &args.spool;
-    if !dir.is_dir() {
-        return Err(ToolError::Msg(format!(
+/// [`ToolError::Msg`] naming the directory.
+pub fn require_spool_dir(dir: &Path) -> Result<(), ToolError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(ToolError::Msg(format!(
             "{}: no such spool directory (use --spool DIR)",
             dir.display()
-        )));
+        )))
     }
+}
+
+/// `ls`: one line per committed message, oldest first (tab-separated), or one JSON object per
+/// line.
+///
+/// # Errors
+/// Reading the spool or writing `out` failed.
+pub fn ls(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), ToolError> {
     let w = |e| ToolError::io("stdout", e);
-    match &args.command {
-        SpoolCommand::Ls { json } => {
-            let msgs = reader::read_spool(dir).map_err(|e| ToolError::io(dir.display(), e))?;
-            for m in &msgs {
-                let subject = m
-                    .subject()
-                    .map_err(|e| ToolError::io(m.segment.display(), e))?
-                    .unwrap_or_default();
-                if *json {
-                    let line = serde_json::to_string(&LsEntry::new(m, &subject))
-                        .map_err(|e| ToolError::Msg(e.to_string()))?;
-                    writeln!(out, "{line}").map_err(w)?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}\t{}\t{}\t{}\t<{}>\t{}\t{}",
-                        m.id,
-                        time_text(m.envelope.received_us),
-                        m.envelope.client_ip,
-                        m.size,
-                        m.envelope.mail_from,
-                        m.envelope
-                            .rcpts
-                            .iter()
-                            .map(|r| format!("<{r}>"))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        one_line(&subject)
-                    )
-                    .map_err(w)?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SpoolCommand::Cat { id } => {
-            let parsed: MessageId = id
-                .parse()
-                .map_err(|e| ToolError::Msg(format!("{id}: {e}")))?;
-            let m = reader::find_message(dir, parsed)
-                .map_err(|e| ToolError::io(dir.display(), e))?
-                .ok_or_else(|| {
-                    ToolError::Msg(format!("{id}: no committed message with this id"))
-                })?;
-            m.write_data(out).map_err(|e| ToolError::io(id, e))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        SpoolCommand::Export(ExportArgs { eml, maildir }) => {
-            let target = match (eml, maildir) {
-                (Some(d), None) => Target::Eml(d.clone()),
-                (None, Some(d)) => Target::Maildir(d.clone()),
-                _ => {
-                    return Err(ToolError::Msg(
-                        "give exactly one of --eml DIR or --maildir DIR".into(),
-                    ))
-                }
-            };
-            let s = export(dir, &target)?;
+    let msgs = reader::read_spool(dir).map_err(|e| ToolError::io(dir.display(), e))?;
+    for m in &msgs {
+        let subject = m
+            .subject()
+            .map_err(|e| ToolError::io(m.segment.display(), e))?
+            .unwrap_or_default();
+        if json {
+            let line = serde_json::to_string(&LsEntry::new(m, &subject))
+                .map_err(|e| ToolError::Msg(e.to_string()))?;
+            writeln!(out, "{line}").map_err(w)?;
+        } else {
             writeln!(
                 out,
-                "exported {} new message(s), {} already there, to {}",
-                s.exported,
-                s.skipped,
-                target.dir().display()
+                "{}\t{}\t{}\t{}\t<{}>\t{}\t{}",
+                m.id,
+                time_text(m.envelope.received_us),
+                m.envelope.client_ip,
+                m.size,
+                m.envelope.mail_from,
+                m.envelope
+                    .rcpts
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                one_line(&subject)
             )
             .map_err(w)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        SpoolCommand::Check { json } => {
-            let r = reader::check_spool(dir).map_err(|e| ToolError::io(dir.display(), e))?;
-            if *json {
-                let text =
-                    serde_json::to_string_pretty(&r).map_err(|e| ToolError::Msg(e.to_string()))?;
-                writeln!(out, "{text}").map_err(w)?;
-            } else {
-                for s in &r.segments {
-                    let name = s
-                        .path
-                        .file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default();
-                    let mut line = format!(
-                        "{name}\tframes {}\tcommitted {}\taborted {}\tincomplete {}\t{}",
-                        s.frames,
-                        s.committed,
-                        s.aborted,
-                        s.incomplete,
-                        if s.sealed { "sealed" } else { "open" }
-                    );
-                    if let Some(d) = &s.damage {
-                        let what = match d.kind {
-                            DamageKind::TornTail => "torn tail",
-                            DamageKind::CrashGap => {
-                                "crash gap (unsynced writes; cut at next start)"
-                            }
-                            DamageKind::Corrupt => "CORRUPT",
-                        };
-                        line.push_str(&format!(
-                            "\t{what} at {} ({}, {} bytes)",
-                            d.offset,
-                            d.error,
-                            s.file_len - d.offset
-                        ));
-                    }
-                    for a in &s.anomalies {
-                        line.push_str(&format!("\tCORRUPT: {a}"));
-                    }
-                    writeln!(out, "{line}").map_err(w)?;
-                }
-                writeln!(
-                    out,
-                    "total: {} segment(s), {} frames, {} committed, {} aborted, {} incomplete, \
-                     {} torn tail(s), {} crash gap(s), {} corrupt",
-                    r.segments.len(),
-                    r.frames,
-                    r.committed,
-                    r.aborted,
-                    r.incomplete,
-                    r.torn_tails,
-                    r.crash_gaps,
-                    r.corrupt
-                )
-                .map_err(w)?;
-            }
-            Ok(if r.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
     }
+    Ok(())
+}
+
+/// `cat`: writes the stored bytes of message `id` to `out`.
+///
+/// # Errors
+/// A malformed or unknown id, or an I/O error.
+pub fn cat(dir: &Path, id: &str, out: &mut dyn Write) -> Result<(), ToolError> {
+    let parsed: MessageId = id
+        .parse()
+        .map_err(|e| ToolError::Msg(format!("{id}: {e}")))?;
+    let m = reader::find_message(dir, parsed)
+        .map_err(|e| ToolError::io(dir.display(), e))?
+        .ok_or_else(|| ToolError::Msg(format!("{id}: no committed message with this id")))?;
+    m.write_data(out).map_err(|e| ToolError::io(id, e))
+}
+
+/// `check`: verifies every segment and writes the report (one line per segment and a total,
+/// or one JSON object). Returns whether the spool is sound (see [`reader::CheckReport::is_ok`]).
+///
+/// # Errors
+/// Reading the spool or writing `out` failed.
+pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolError> {
+    let w = |e| ToolError::io("stdout", e);
+    let r = reader::check_spool(dir).map_err(|e| ToolError::io(dir.display(), e))?;
+    if json {
+        let text = serde_json::to_string_pretty(&r).map_err(|e| ToolError::Msg(e.to_string()))?;
+        writeln!(out, "{text}").map_err(w)?;
+    } else {
+        for s in &r.segments {
+            let name = s
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let mut line = format!(
+                "{name}\tframes {}\tcommitted {}\taborted {}\tincomplete {}\t{}",
+                s.frames,
+                s.committed,
+                s.aborted,
+                s.incomplete,
+                if s.sealed { "sealed" } else { "open" }
+            );
+            if let Some(d) = &s.damage {
+                let what = match d.kind {
+                    DamageKind::TornTail => "torn tail",
+                    DamageKind::CrashGap => "crash gap (unsynced writes; cut at next start)",
+                    DamageKind::Corrupt => "CORRUPT",
+                };
+                line.push_str(&format!(
+                    "\t{what} at {} ({}, {} bytes)",
+                    d.offset,
+                    d.error,
+                    s.file_len - d.offset
+                ));
+            }
+            for a in &s.anomalies {
+                line.push_str(&format!("\tCORRUPT: {a}"));
+            }
+            writeln!(out, "{line}").map_err(w)?;
+        }
+        writeln!(
+            out,
+            "total: {} segment(s), {} frames, {} committed, {} aborted, {} incomplete, \
+             {} torn tail(s), {} crash gap(s), {} corrupt",
+            r.segments.len(),
+            r.frames,
+            r.committed,
+            r.aborted,
+            r.incomplete,
+            r.torn_tails,
+            r.crash_gaps,
+            r.corrupt
+        )
+        .map_err(w)?;
+    }
+    Ok(r.is_ok())
 }
 
 #[derive(Serialize)]

@@ -23,7 +23,6 @@ use serde::Serialize;
 
 pub use histogram::{Histograms, Summary};
 
-use crate::config::sync_name;
 use crate::spool::{SpoolStats, SyncPolicy, BATCH_BUCKETS};
 
 /// Declares the counter set once: an atomic struct for the reactor and a plain snapshot struct.
@@ -323,7 +322,7 @@ impl Registry {
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            sync: sync_name(self.sync),
+            sync: self.sync.name(),
             reactors,
             total: ReactorSnapshot::new(total_counters, &total),
         }

@@ -1,5 +1,5 @@
 //! The stats unix socket: a small side thread that answers one snapshot per connection, and the
-//! client used by `ringmx stats`.
+//! one-shot [`query`] that `ringmx stats` sends.
 //!
 //! Protocol: connect, optionally send one line (`text`, `json` or `prometheus`; nothing or an
 //! empty line means text), read the answer until the server closes. The socket file is created
@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use super::format::Format;
 use super::Registry;
-use crate::cli::StatsArgs;
 
 /// Permissions of the socket file: owner and group may read stats.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -31,8 +30,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest request line read (the longest valid one is `prometheus`).
 const MAX_REQUEST: u64 = 64;
-/// `ringmx stats --watch` refresh period.
-const WATCH_PERIOD: Duration = Duration::from_secs(1);
 
 /// A running stats socket. Dropping it stops the thread and removes the socket file.
 #[derive(Debug)]
@@ -229,34 +226,6 @@ pub fn query(path: &Path, format: Format) -> io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(ctx)?;
     Ok(out)
-}
-
-/// `ringmx stats`: prints one snapshot, or one per second with `--watch`.
-///
-/// # Errors
-/// The first failed query (or a write error on stdout).
-pub fn run_client(args: &StatsArgs) -> io::Result<()> {
-    let format = if args.json {
-        Format::Json
-    } else if args.prometheus {
-        Format::Prometheus
-    } else {
-        Format::Text
-    };
-    let mut stdout = io::stdout().lock();
-    loop {
-        let text = query(&args.stats, format)?;
-        if args.watch && format == Format::Text {
-            // Clear the screen and home the cursor, like watch(1).
-            stdout.write_all(b"\x1b[2J\x1b[H")?;
-        }
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
-        if !args.watch {
-            return Ok(());
-        }
-        std::thread::sleep(WATCH_PERIOD);
-    }
 }
 
 #[cfg(test)]
