@@ -3,7 +3,7 @@
 //! This module is sans-IO: it looks at bytes handed to it and says how many it consumed,
 //! whether the terminator `<CRLF>.<CRLF>` was found, and which body segments (dot-stuffing
 //! undone) the bytes held. It does not read sockets, allocate per chunk or know about SMTP
-//! replies; [`crate::smtp`] drives it.
+//! replies; the SMTP session drives it.
 #![forbid(unsafe_code)]
 
 #[cfg(test)]
