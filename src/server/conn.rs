@@ -36,7 +36,7 @@ use crate::smtp::{
     BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
 };
 use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
-use crate::stats::ReactorStats;
+use crate::stats::{MessageOutcome, ReactorStats, SessionEnd};
 
 /// Read size while waiting for commands: a small heap buffer per connection, so thousands of
 /// idle sessions stay cheap and never hold a registered buffer while the client thinks.
@@ -53,8 +53,6 @@ pub const BULK_READ: usize = COMMAND_READ_SIZE;
 /// line and caps a partial one at the RFC 5321 §4.5.3.1.4 limit (512) or the text-line limit
 /// (1000), so anything near this is a broken promise, answered by closing the connection.
 pub const MAX_PENDING: usize = DATA_READ_SIZE + 4 * 1024;
-/// Reply to a connection refused by a limit (RFC 3463 4.7.0: other security or policy status).
-const TOO_MANY_CONNECTIONS: &[u8] = b" Too many connections, try again later\r\n";
 
 /// Serves one admitted connection until it ends; logs and counts the outcome.
 pub async fn serve(
@@ -81,16 +79,10 @@ pub async fn refuse(
     why: Refusal,
     track: TrackGuard,
 ) {
-    let reason = match why {
-        Refusal::Total => "max-connections",
-        Refusal::PerIp => "max-connections-per-ip",
-    };
-    tracing::info!("reject from={peer} reason={reason} reply=421");
+    tracing::info!("reject from={peer} reason={} reply=421", why.name());
     let mut reply = Vec::with_capacity(64);
-    reply.extend_from_slice(b"421 4.7.0 ");
-    reply.extend_from_slice(r.hostname.as_bytes());
-    reply.extend_from_slice(TOO_MANY_CONNECTIONS);
-    r.stats.count_replies(&reply);
+    r.stats
+        .replies(crate::smtp::refuse_connection(&mut reply, &r.hostname));
     let _ = tokio::time::timeout(r.idle_timeout, stream.write_all(reply)).await;
     let _ = stream.shutdown(Shutdown::Both);
     drop(track);
@@ -109,6 +101,35 @@ enum End {
     WriteTimeout,
     /// The session left more unconsumed input than it promised.
     Overflow,
+}
+
+impl End {
+    /// The `reason=` of the disconnect log line.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Closed(Closed::Quit) => "quit",
+            Self::Closed(Closed::Timeout) => "timeout",
+            Self::Closed(Closed::TooManyErrors) => "too-many-errors",
+            Self::Closed(Closed::Shutdown) => "shutdown",
+            Self::Closed(Closed::NotSmtp) => "not-smtp",
+            Self::Eof => "client-closed",
+            Self::WriteTimeout => "write-timeout",
+            Self::Io(_) | Self::Overflow => "error",
+        }
+    }
+
+    /// How the statistics count it.
+    fn counted_as(&self) -> SessionEnd {
+        match self {
+            Self::Closed(Closed::Quit) => SessionEnd::Quit,
+            Self::Closed(Closed::Timeout) | Self::WriteTimeout => SessionEnd::Timeout,
+            Self::Closed(Closed::TooManyErrors) => SessionEnd::TooManyErrors,
+            Self::Closed(Closed::Shutdown) => SessionEnd::Shutdown,
+            Self::Closed(Closed::NotSmtp) => SessionEnd::NotSmtp,
+            Self::Eof => SessionEnd::Disconnected,
+            Self::Io(_) | Self::Overflow => SessionEnd::IoError,
+        }
+    }
 }
 
 /// What a read turned into.
@@ -312,7 +333,7 @@ impl<'r> Conn<'r> {
         }
         if let Some(w) = sink.writer.as_mut() {
             if let Err(e) = w.flush().await {
-                tracing::warn!("spool write failed from={}: {}", self.peer, spool_error(&e));
+                tracing::warn!("spool write failed from={}: {e}", self.peer);
                 sink.failed = Some(commit_error(&e));
             }
         }
@@ -322,7 +343,6 @@ impl<'r> Conn<'r> {
     /// Returns when the end of DATA was seen if a commit was answered (for the ack latency).
     async fn end_message(&mut self) -> Option<Instant> {
         let stats = &self.r.stats;
-        let c = &stats.counters;
         let ended = self.sink.ended.take();
         if ended.is_none() && self.session.phase() != Phase::AwaitingCommit {
             return None;
@@ -335,16 +355,11 @@ impl<'r> Conn<'r> {
                     w.abort().await;
                 }
                 self.rejected += 1;
-                let reason = match rejection {
-                    Rejection::TooBig => {
-                        ReactorStats::inc(&c.messages_rejected_too_big);
-                        "too-big"
-                    }
-                    Rejection::BareLineEnding => {
-                        ReactorStats::inc(&c.messages_rejected_bare_line_ending);
-                        "bare-line-ending"
-                    }
-                };
+                stats.message(match rejection {
+                    Rejection::TooBig => MessageOutcome::TooBig,
+                    Rejection::BareLineEnding => MessageOutcome::BareLineEnding,
+                });
+                let reason = rejection.name();
                 // Past the limit the session stops handing on body bytes, so `sink.size`
                 // only counts up to it: log the limit instead of a misleading small size.
                 let size = match rejection {
@@ -365,11 +380,7 @@ impl<'r> Conn<'r> {
             _ => {
                 let result = match (writer, self.sink.failed.take()) {
                     (Some(w), None) => w.commit().await.map_err(|e| {
-                        tracing::warn!(
-                            "spool commit failed from={}: {}",
-                            self.peer,
-                            spool_error(&e)
-                        );
+                        tracing::warn!("spool commit failed from={}: {e}", self.peer);
                         commit_error(&e)
                     }),
                     (Some(w), Some(e)) => {
@@ -382,8 +393,9 @@ impl<'r> Conn<'r> {
                 match &result {
                     Ok(id) => {
                         self.messages += 1;
-                        ReactorStats::inc(&c.messages_accepted);
-                        ReactorStats::add(&c.bytes_accepted, self.sink.size);
+                        stats.message(MessageOutcome::Accepted {
+                            bytes: self.sink.size,
+                        });
                         tracing::info!(
                             "accepted id={id} from=<{}> rcpts={} size={} ms={} client={}",
                             self.sink.from,
@@ -395,9 +407,9 @@ impl<'r> Conn<'r> {
                     }
                     Err(e) => {
                         self.rejected += 1;
-                        ReactorStats::inc(match e {
-                            CommitError::NoSpace => &c.messages_failed_no_space,
-                            CommitError::Io => &c.messages_failed_io,
+                        stats.message(match e {
+                            CommitError::NoSpace => MessageOutcome::NoSpace,
+                            CommitError::Io => MessageOutcome::Io,
                         });
                     }
                 }
@@ -416,7 +428,7 @@ impl<'r> Conn<'r> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.r.stats.count_replies(&self.out);
+        self.r.stats.replies(self.session.take_replies());
         let out = std::mem::take(&mut self.out);
         match tokio::time::timeout(self.r.idle_timeout, self.stream.write_all(out)).await {
             Ok((Ok(()), mut out)) => {
@@ -438,10 +450,10 @@ impl<'r> Conn<'r> {
     /// Aborts an unfinished message, shuts the socket down (completing any read still in
     /// flight, so the fd really closes), counts and logs.
     async fn finish(mut self, end: End) {
-        let c = &self.r.stats.counters;
+        let stats = &self.r.stats;
         if let Some(w) = self.sink.writer.take() {
             w.abort().await;
-            ReactorStats::inc(&c.messages_aborted);
+            stats.message(MessageOutcome::Aborted);
             tracing::info!(
                 "aborted from=<{}> client={} size={} (connection ended mid-message)",
                 self.sink.from_current,
@@ -450,42 +462,9 @@ impl<'r> Conn<'r> {
             );
         }
         let _ = self.stream.shutdown(Shutdown::Both);
-        let reason = match &end {
-            End::Closed(Closed::Quit) => {
-                ReactorStats::inc(&c.sessions_quit);
-                "quit"
-            }
-            End::Closed(Closed::Timeout) => {
-                ReactorStats::inc(&c.sessions_timeout);
-                "timeout"
-            }
-            End::Closed(Closed::TooManyErrors) => {
-                ReactorStats::inc(&c.sessions_too_many_errors);
-                "too-many-errors"
-            }
-            End::Closed(Closed::Shutdown) => {
-                ReactorStats::inc(&c.sessions_shutdown);
-                "shutdown"
-            }
-            End::Closed(Closed::NotSmtp) => {
-                ReactorStats::inc(&c.sessions_not_smtp);
-                "not-smtp"
-            }
-            End::Eof => {
-                ReactorStats::inc(&c.sessions_disconnected);
-                "client-closed"
-            }
-            End::WriteTimeout => {
-                ReactorStats::inc(&c.sessions_timeout);
-                "write-timeout"
-            }
-            End::Io(_) | End::Overflow => {
-                ReactorStats::inc(&c.sessions_io_error);
-                "error"
-            }
-        };
+        let reason = end.name();
         let duration = self.started.elapsed();
-        self.r.stats.record_session(duration);
+        stats.session_ended(end.counted_as(), duration);
         match &end {
             End::Io(e) => tracing::info!(
                 "disconnect from={} reason={reason} error=\"{e}\" messages={} rejected={} bytes={} ms={}",
@@ -587,17 +566,11 @@ impl BodySink for SpoolSink<'_> {
     }
 }
 
+/// 452 for a full disk, 451 for anything else.
 fn commit_error(e: &SpoolError) -> CommitError {
     match e {
         SpoolError::NoSpace => CommitError::NoSpace,
-        SpoolError::Io(_) => CommitError::Io,
-    }
-}
-
-fn spool_error(e: &SpoolError) -> String {
-    match e {
-        SpoolError::NoSpace => "no space left".to_string(),
-        SpoolError::Io(e) => e.to_string(),
+        _ => CommitError::Io,
     }
 }
 

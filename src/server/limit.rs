@@ -33,6 +33,16 @@ pub enum Refusal {
     PerIp,
 }
 
+impl Refusal {
+    /// The limit's flag name, for the log line (`max-connections`, `max-connections-per-ip`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Total => "max-connections",
+            Self::PerIp => "max-connections-per-ip",
+        }
+    }
+}
+
 /// One admitted connection's slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct ConnPermit {

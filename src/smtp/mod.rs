@@ -232,6 +232,16 @@ pub enum Rejection {
     BareLineEnding,
 }
 
+impl Rejection {
+    /// A short name for log lines (`too-big`, `bare-line-ending`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TooBig => "too-big",
+            Self::BareLineEnding => "bare-line-ending",
+        }
+    }
+}
+
 /// Why a recipient was refused by policy (rather than for its syntax), for the driver's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipientRefusal {
@@ -278,6 +288,50 @@ pub trait BodySink {
     fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
         let _ = (envelope, address, why);
     }
+}
+
+/// Replies written, by class (the first digit of the code, RFC 5321 §4.2.1), for statistics.
+/// The session keeps one ([`Session::take_replies`]); a multi-line reply counts once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyTally {
+    /// 2xx: positive completion.
+    pub c2xx: u64,
+    /// 3xx: positive intermediate (354).
+    pub c3xx: u64,
+    /// 4xx: transient negative.
+    pub c4xx: u64,
+    /// 5xx: permanent negative.
+    pub c5xx: u64,
+}
+
+impl ReplyTally {
+    /// Counts one reply with `code`.
+    pub fn record(&mut self, code: u16) {
+        match code / 100 {
+            2 => self.c2xx += 1,
+            3 => self.c3xx += 1,
+            4 => self.c4xx += 1,
+            5 => self.c5xx += 1,
+            _ => {}
+        }
+    }
+
+    /// Adds `other` class by class.
+    pub fn add(&mut self, other: Self) {
+        self.c2xx += other.c2xx;
+        self.c3xx += other.c3xx;
+        self.c4xx += other.c4xx;
+        self.c5xx += other.c5xx;
+    }
+}
+
+/// Appends the reply to a connection refused by a connection limit before any session exists,
+/// `421 4.7.0 <hostname> Too many connections, try again later` (RFC 3463 4.7.0: other
+/// security or policy status), and returns it tallied.
+pub fn refuse_connection(out: &mut Vec<u8>, hostname: &str) -> ReplyTally {
+    let mut out = reply::Out::new(out);
+    reply::TOO_MANY_CONNECTIONS.encode_with_host(&mut out, hostname);
+    out.tally
 }
 
 /// Why the driver could not make a message durable.

@@ -9,6 +9,39 @@
 //! replies are appended to the caller's buffer. Text that comes from outside (the configured
 //! hostname, the driver's queue id) is sanitised so it can never break a reply line.
 
+use super::ReplyTally;
+
+/// Where the session's replies go during one call: the caller's buffer, plus a tally of the
+/// complete replies appended (counted when their last line is written), so the driver can count
+/// replies by class without parsing the bytes again.
+pub(crate) struct Out<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Replies appended through this `Out`.
+    pub(crate) tally: ReplyTally,
+}
+
+impl<'a> Out<'a> {
+    /// Appends to `buf`; the tally starts at zero.
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
+        Self {
+            buf,
+            tally: ReplyTally::default(),
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf.push(b);
+    }
+
+    fn extend(&mut self, bytes: impl IntoIterator<Item = u8>) {
+        self.buf.extend(bytes);
+    }
+}
+
 /// One single-line reply with a fixed text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reply {
@@ -32,14 +65,14 @@ impl Reply {
     }
 
     /// Appends `code status text CRLF`.
-    pub(crate) fn encode(self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(self, out: &mut Out<'_>) {
         self.encode_prefix(out);
         out.extend_from_slice(self.text.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 
     /// Appends `code status host text CRLF`: the form RFC 5321 §3.8 wants for 421.
-    pub(crate) fn encode_with_host(self, out: &mut Vec<u8>, host: &str) {
+    pub(crate) fn encode_with_host(self, out: &mut Out<'_>, host: &str) {
         self.encode_prefix(out);
         push_sanitized(out, host);
         out.push(b' ');
@@ -48,14 +81,14 @@ impl Reply {
     }
 
     /// Appends `code status text<arg> CRLF` (e.g. "Ok queued as " + id).
-    pub(crate) fn encode_with_arg(self, out: &mut Vec<u8>, arg: &str) {
+    pub(crate) fn encode_with_arg(self, out: &mut Out<'_>, arg: &str) {
         self.encode_prefix(out);
         out.extend_from_slice(self.text.as_bytes());
         push_sanitized(out, arg);
         out.extend_from_slice(b"\r\n");
     }
 
-    fn encode_prefix(self, out: &mut Vec<u8>) {
+    fn encode_prefix(self, out: &mut Out<'_>) {
         push_code(out, self.code, b' ');
         if !self.status.is_empty() {
             out.extend_from_slice(self.status.as_bytes());
@@ -65,13 +98,17 @@ impl Reply {
 }
 
 /// Appends a three-digit code and a separator (`' '` for a last line, `'-'` otherwise).
-fn push_code(out: &mut Vec<u8>, code: u16, sep: u8) {
+/// A last line completes a reply, which is tallied.
+fn push_code(out: &mut Out<'_>, code: u16, sep: u8) {
+    if sep == b' ' {
+        out.tally.record(code);
+    }
     let digit = |n: u16| b'0' + (n % 10) as u8;
     out.extend_from_slice(&[digit(code / 100), digit(code / 10), digit(code), sep]);
 }
 
 /// Appends `n` in decimal without allocating.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+fn push_decimal(out: &mut Out<'_>, mut n: u64) {
     let mut digits = [0u8; 20]; // u64::MAX has 20 digits
     let mut i = digits.len();
     loop {
@@ -87,7 +124,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Appends `text`, with every control byte (including CR and LF) replaced by `?`, so that text
 /// we did not write ourselves can never end a reply line early or inject one.
-fn push_sanitized(out: &mut Vec<u8>, text: &str) {
+fn push_sanitized(out: &mut Out<'_>, text: &str) {
     out.extend(
         text.bytes()
             .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
@@ -95,26 +132,28 @@ fn push_sanitized(out: &mut Vec<u8>, text: &str) {
 }
 
 /// The 220 greeting (RFC 5321 §4.2; no enhanced code, RFC 2034 §3).
-pub(crate) fn encode_greeting(out: &mut Vec<u8>, host: &str) {
-    out.extend_from_slice(b"220 ");
+pub(crate) fn encode_greeting(out: &mut Out<'_>, host: &str) {
+    push_code(out, 220, b' ');
     push_sanitized(out, host);
     out.extend_from_slice(b" ESMTP ringmx\r\n");
 }
 
 /// The positive reply to HELO.
-pub(crate) fn encode_helo(out: &mut Vec<u8>, host: &str) {
-    out.extend_from_slice(b"250 ");
+pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
+    push_code(out, 250, b' ');
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n");
 }
 
 /// The multi-line positive reply to EHLO, listing the extensions we offer.
-pub(crate) fn encode_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64) {
-    out.extend_from_slice(b"250-");
+pub(crate) fn encode_ehlo(out: &mut Out<'_>, host: &str, max_size: u64) {
+    push_code(out, 250, b'-');
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
     push_decimal(out, max_size);
-    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
+    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n");
+    push_code(out, 250, b' ');
+    out.extend_from_slice(b"SMTPUTF8\r\n");
 }
 
 // ---- the fixed replies, grouped by command --------------------------------------------------
@@ -202,6 +241,9 @@ pub(crate) const TOO_MANY_ERRORS: Reply =
     Reply::new(421, "4.7.0", "Too many errors, closing connection");
 /// 421 after a timeout (sent with our hostname).
 pub(crate) const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
+/// 421 to a connection over a connection limit (sent with our hostname).
+pub(crate) const TOO_MANY_CONNECTIONS: Reply =
+    Reply::new(421, "4.7.0", "Too many connections, try again later");
 /// 421 on shutdown (sent with our hostname).
 pub(crate) const SHUTDOWN: Reply =
     Reply::new(421, "4.3.2", "Service shutting down, closing connection");
@@ -210,10 +252,25 @@ pub(crate) const SHUTDOWN: Reply =
 mod tests {
     use super::*;
 
-    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+    fn text(f: impl FnOnce(&mut Out<'_>)) -> String {
         let mut out = Vec::new();
-        f(&mut out);
+        f(&mut Out::new(&mut out));
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_complete_reply_is_tallied_once() {
+        let mut buf = Vec::new();
+        let mut out = Out::new(&mut buf);
+        encode_greeting(&mut out, "mx.test");
+        encode_ehlo(&mut out, "mx.test", 1000);
+        encode_helo(&mut out, "mx.test");
+        DATA_GO_AHEAD.encode(&mut out);
+        TIMEOUT.encode_with_host(&mut out, "mx.test");
+        TOO_BIG.encode(&mut out);
+        QUEUED.encode_with_arg(&mut out, "ABC");
+        let t = out.tally;
+        assert_eq!((t.c2xx, t.c3xx, t.c4xx, t.c5xx), (4, 1, 1, 1));
     }
 
     #[test]

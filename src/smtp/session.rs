@@ -12,10 +12,10 @@ use memchr::memchr;
 use super::bare_lf::LfNormalizer;
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
-use super::reply::{self, Reply};
+use super::reply::{self, Out, Reply};
 use super::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection,
-    SessionConfig, MAX_COMMAND_LINE,
+    ReplyTally, SessionConfig, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -107,6 +107,8 @@ pub struct Session {
     discarding: bool,
     /// Command phase: when the current command line started. Data phase: last body input.
     last_progress: Instant,
+    /// Replies appended since the driver last took them.
+    replies: ReplyTally,
 }
 
 #[derive(Debug)]
@@ -146,12 +148,21 @@ impl Session {
             junk: 0,
             discarding: false,
             last_progress: now,
+            replies: ReplyTally::default(),
         }
     }
 
     /// Appends the 220 greeting: `220 <hostname> ESMTP ringmx`.
     pub fn greeting(&mut self, out: &mut Vec<u8>) {
-        reply::encode_greeting(out, &self.config.hostname);
+        let mut out = Out::new(out);
+        reply::encode_greeting(&mut out, &self.config.hostname);
+        self.replies.add(out.tally);
+    }
+
+    /// The replies appended since the last call, by class; resets the tally. The driver calls
+    /// it when it writes the replies out, for its statistics.
+    pub fn take_replies(&mut self) -> ReplyTally {
+        std::mem::take(&mut self.replies)
     }
 
     /// Handles bytes from the client; see the type docs for the consumed-bytes rule.
@@ -164,6 +175,20 @@ impl Session {
         now: Instant,
         input: &[u8],
         out: &mut Vec<u8>,
+        sink: &mut impl BodySink,
+    ) -> Result<usize, Closed> {
+        let mut out = Out::new(out);
+        let res = self.input(now, input, &mut out, sink);
+        self.replies.add(out.tally);
+        res
+    }
+
+    /// [`Session::handle_input`] with its replies tallied.
+    fn input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        out: &mut Out<'_>,
         sink: &mut impl BodySink,
     ) -> Result<usize, Closed> {
         let mut pos = 0;
@@ -257,14 +282,16 @@ impl Session {
         if !matches!(self.state, State::AwaitingCommit) {
             return;
         }
+        let mut out = Out::new(out);
         match result {
             Ok(id) => {
-                reply::QUEUED.encode_with_arg(out, id);
+                reply::QUEUED.encode_with_arg(&mut out, id);
                 self.junk = 0;
             }
-            Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(out),
-            Err(CommitError::Io) => reply::COMMIT_IO.encode(out),
+            Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(&mut out),
+            Err(CommitError::Io) => reply::COMMIT_IO.encode(&mut out),
         }
+        self.replies.add(out.tally);
         self.reset_transaction();
         self.state = State::Command;
         self.last_progress = now;
@@ -273,13 +300,21 @@ impl Session {
     /// The deadline passed: appends `421 4.4.2 <hostname> …` and closes. If the session was
     /// already closed, appends nothing and returns the earlier reason.
     pub fn handle_timeout(&mut self, out: &mut Vec<u8>) -> Closed {
-        self.close_with(out, reply::TIMEOUT, Closed::Timeout)
+        self.close_tallied(out, reply::TIMEOUT, Closed::Timeout)
     }
 
     /// The server is going down: appends `421 4.3.2 <hostname> …` and closes. If the session
     /// was already closed, appends nothing and returns the earlier reason.
     pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) -> Closed {
-        self.close_with(out, reply::SHUTDOWN, Closed::Shutdown)
+        self.close_tallied(out, reply::SHUTDOWN, Closed::Shutdown)
+    }
+
+    /// [`Session::close_with`] on the caller's buffer, tallying the reply.
+    fn close_tallied(&mut self, out: &mut Vec<u8>, r: Reply, reason: Closed) -> Closed {
+        let mut out = Out::new(out);
+        let closed = self.close_with(&mut out, r, reason);
+        self.replies.add(out.tally);
+        closed
     }
 
     /// What the session waits for.
@@ -321,7 +356,7 @@ impl Session {
     fn handle_line(
         &mut self,
         line: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut Out<'_>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
         let line = match line.strip_suffix(b"\r") {
@@ -344,7 +379,7 @@ impl Session {
     fn handle_command(
         &mut self,
         command: Command<'_>,
-        out: &mut Vec<u8>,
+        out: &mut Out<'_>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
         match command {
@@ -420,7 +455,7 @@ impl Session {
         &mut self,
         path: Path<'_>,
         params: MailParams,
-        out: &mut Vec<u8>,
+        out: &mut Out<'_>,
     ) -> Result<(), Closed> {
         if !self.greeted {
             return self.fail(out, reply::NEED_HELO);
@@ -463,7 +498,7 @@ impl Session {
     fn handle_rcpt(
         &mut self,
         path: Path<'_>,
-        out: &mut Vec<u8>,
+        out: &mut Out<'_>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
         if !self.in_transaction {
@@ -507,7 +542,7 @@ impl Session {
         &mut self,
         now: Instant,
         outcome: Result<(), Rejection>,
-        out: &mut Vec<u8>,
+        out: &mut Out<'_>,
         sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
         sink.end(&self.envelope, outcome);
@@ -543,7 +578,7 @@ impl Session {
     }
 
     /// Appends an error reply and counts it; the last one allowed closes the session.
-    fn fail(&mut self, out: &mut Vec<u8>, r: Reply) -> Result<(), Closed> {
+    fn fail(&mut self, out: &mut Out<'_>, r: Reply) -> Result<(), Closed> {
         debug_assert!(r.is_error(), "{r:?} is not an error reply");
         r.encode(out);
         self.count_error(out)
@@ -551,7 +586,7 @@ impl Session {
 
     /// Counts a NOOP/RSET/VRFY/HELP (its reply already written); past
     /// [`SessionConfig::max_junk_commands`] it also counts as an error.
-    fn junk_command(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
+    fn junk_command(&mut self, out: &mut Out<'_>) -> Result<(), Closed> {
         self.junk = self.junk.saturating_add(1);
         let limit = self.config.max_junk_commands;
         if limit != 0 && self.junk > limit {
@@ -561,7 +596,7 @@ impl Session {
     }
 
     /// Counts one error; the last one allowed appends 421 4.7.0 and closes the session.
-    fn count_error(&mut self, out: &mut Vec<u8>) -> Result<(), Closed> {
+    fn count_error(&mut self, out: &mut Out<'_>) -> Result<(), Closed> {
         self.errors = self.errors.saturating_add(1);
         if self.config.max_errors != 0 && self.errors >= self.config.max_errors {
             return Err(self.close_with(out, reply::TOO_MANY_ERRORS, Closed::TooManyErrors));
@@ -569,7 +604,7 @@ impl Session {
         Ok(())
     }
 
-    fn close_with(&mut self, out: &mut Vec<u8>, r: Reply, reason: Closed) -> Closed {
+    fn close_with(&mut self, out: &mut Out<'_>, r: Reply, reason: Closed) -> Closed {
         if let State::Closed(earlier) = self.state {
             return earlier;
         }

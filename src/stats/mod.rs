@@ -23,6 +23,7 @@ use serde::Serialize;
 
 pub use histogram::{Histograms, Summary};
 
+use crate::smtp::ReplyTally;
 use crate::spool::{SpoolStats, SyncPolicy, BATCH_BUCKETS};
 
 /// Declares the counter set once: an atomic struct for the reactor and a plain snapshot struct.
@@ -110,6 +111,45 @@ counters! {
     replies_5xx,
 }
 
+/// How a session ended, as the `sessions_*` counters count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// QUIT.
+    Quit,
+    /// The idle timeout (reading or writing).
+    Timeout,
+    /// Too many errors.
+    TooManyErrors,
+    /// A server shutdown.
+    Shutdown,
+    /// The client spoke HTTP.
+    NotSmtp,
+    /// The client closed without QUIT.
+    Disconnected,
+    /// A socket error (or broken input handling).
+    IoError,
+}
+
+/// What became of one message, as the `messages_*` counters count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Durable and acknowledged, with this many body bytes.
+    Accepted {
+        /// Body bytes.
+        bytes: u64,
+    },
+    /// Refused for its size.
+    TooBig,
+    /// Refused for a bare CR or LF.
+    BareLineEnding,
+    /// Not stored: the disk is full.
+    NoSpace,
+    /// Not stored: an I/O error.
+    Io,
+    /// Dropped because the connection ended mid-message.
+    Aborted,
+}
+
 /// One reactor's statistics.
 #[derive(Debug)]
 pub struct ReactorStats {
@@ -153,20 +193,43 @@ impl ReactorStats {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Counts the replies in `out` (complete reply lines, RFC 5321 §4.2: the last line of a
-    /// reply has a space or nothing after the code) by their first digit.
-    pub fn count_replies(&self, out: &[u8]) {
+    /// Counts replies written to a client, by class.
+    pub fn replies(&self, t: ReplyTally) {
         let c = &self.counters;
-        for line in out.split(|&b| b == b'\n') {
-            if line.len() >= 3 && (line.len() == 3 || line[3] != b'-') {
-                match line[0] {
-                    b'2' => Self::inc(&c.replies_2xx),
-                    b'3' => Self::inc(&c.replies_3xx),
-                    b'4' => Self::inc(&c.replies_4xx),
-                    b'5' => Self::inc(&c.replies_5xx),
-                    _ => {}
-                }
+        Self::add(&c.replies_2xx, t.c2xx);
+        Self::add(&c.replies_3xx, t.c3xx);
+        Self::add(&c.replies_4xx, t.c4xx);
+        Self::add(&c.replies_5xx, t.c5xx);
+    }
+
+    /// Counts how a session ended and records its duration.
+    pub fn session_ended(&self, end: SessionEnd, duration: Duration) {
+        let c = &self.counters;
+        Self::inc(match end {
+            SessionEnd::Quit => &c.sessions_quit,
+            SessionEnd::Timeout => &c.sessions_timeout,
+            SessionEnd::TooManyErrors => &c.sessions_too_many_errors,
+            SessionEnd::Shutdown => &c.sessions_shutdown,
+            SessionEnd::NotSmtp => &c.sessions_not_smtp,
+            SessionEnd::Disconnected => &c.sessions_disconnected,
+            SessionEnd::IoError => &c.sessions_io_error,
+        });
+        self.record_session(duration);
+    }
+
+    /// Counts what became of a message.
+    pub fn message(&self, outcome: MessageOutcome) {
+        let c = &self.counters;
+        match outcome {
+            MessageOutcome::Accepted { bytes } => {
+                Self::inc(&c.messages_accepted);
+                Self::add(&c.bytes_accepted, bytes);
             }
+            MessageOutcome::TooBig => Self::inc(&c.messages_rejected_too_big),
+            MessageOutcome::BareLineEnding => Self::inc(&c.messages_rejected_bare_line_ending),
+            MessageOutcome::NoSpace => Self::inc(&c.messages_failed_no_space),
+            MessageOutcome::Io => Self::inc(&c.messages_failed_io),
+            MessageOutcome::Aborted => Self::inc(&c.messages_aborted),
         }
     }
 
@@ -347,9 +410,11 @@ mod tests {
     #[test]
     fn replies_are_counted_by_class_once_per_reply() {
         let s = ReactorStats::new();
-        s.count_replies(
-            b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n354 go\r\n421 4.3.2 bye\r\n550 5.7.1 no\r\n",
-        );
+        let mut t = ReplyTally::default();
+        for code in [250, 354, 421, 550] {
+            t.record(code);
+        }
+        s.replies(t);
         let c = s.counters.snapshot();
         assert_eq!(
             (c.replies_2xx, c.replies_3xx, c.replies_4xx, c.replies_5xx),
