@@ -5,12 +5,10 @@
 
 use std::fmt::Write as _;
 
-use super::{ReactorSnapshot, Snapshot, SpoolFigures, Summary};
+use super::{MetricKind, ReactorSnapshot, Snapshot, Summary};
 
 /// Picks one histogram summary out of a reactor snapshot.
 type Pick = fn(&ReactorSnapshot) -> &Summary;
-/// Picks one figure out of a spool snapshot.
-type SpoolPick = fn(&SpoolFigures) -> u64;
 
 /// An output format, chosen by the one request line a stats client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,15 +110,20 @@ pub fn text(snap: &Snapshot) -> String {
         c.replies_2xx, c.replies_3xx, c.replies_4xx, c.replies_5xx
     );
     let sp = &snap.total.spool;
+    let line = |n: u8| {
+        sp.fields()
+            .iter()
+            .filter(|f| f.line == n)
+            .map(|f| format!("{} {}", f.label, f.value))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let _ = writeln!(s, "spool        {}", line(1));
     let _ = writeln!(
         s,
-        "spool        commits {}  aborts {}  failed {}  bytes {}  fsyncs {}  dir-fsyncs {}  segments {}",
-        sp.commits, sp.aborts, sp.failed_commits, sp.bytes, sp.fsyncs, sp.dir_fsyncs, sp.segments
-    );
-    let _ = writeln!(
-        s,
-        "             batch mean {:.2}  max {}  heap-buffers {}  write-errors {}  sync-errors {}",
-        sp.mean_batch, sp.max_batch, sp.heap_buffers, sp.write_errors, sp.sync_errors
+        "             batch mean {:.2}  {}",
+        sp.mean_batch,
+        line(2)
     );
     let hist: Vec<String> = sp
         .batches
@@ -202,22 +205,20 @@ pub fn prometheus(snap: &Snapshot) -> String {
             );
         }
     }
-    let spool: [(&str, &str, SpoolPick); 8] = [
-        ("ringmx_spool_commits_total", "counter", |f| f.commits),
-        ("ringmx_spool_aborts_total", "counter", |f| f.aborts),
-        ("ringmx_spool_failed_commits_total", "counter", |f| {
-            f.failed_commits
-        }),
-        ("ringmx_spool_bytes_total", "counter", |f| f.bytes),
-        ("ringmx_spool_fsyncs_total", "counter", |f| f.fsyncs),
-        ("ringmx_spool_dir_fsyncs_total", "counter", |f| f.dir_fsyncs),
-        ("ringmx_spool_segments_total", "counter", |f| f.segments),
-        ("ringmx_spool_max_batch", "gauge", |f| f.max_batch),
-    ];
-    for (metric, kind, pick) in spool {
+    let spool_names = snap.total.spool.fields();
+    for (k, field) in spool_names.iter().enumerate() {
+        let (metric, kind) = match field.prometheus {
+            Some(MetricKind::Counter) => (format!("ringmx_spool_{}_total", field.name), "counter"),
+            Some(MetricKind::Gauge) => (format!("ringmx_spool_{}", field.name), "gauge"),
+            None => continue,
+        };
         let _ = writeln!(s, "# TYPE {metric} {kind}");
         for (i, r) in snap.reactors.iter().enumerate() {
-            let _ = writeln!(s, "{metric}{{reactor=\"{i}\"}} {}", pick(&r.spool));
+            let _ = writeln!(
+                s,
+                "{metric}{{reactor=\"{i}\"}} {}",
+                r.spool.fields()[k].value
+            );
         }
     }
     let _ = writeln!(
@@ -315,6 +316,55 @@ mod tests {
             .find(|l| l.trim_start().starts_with("total"))
             .unwrap();
         assert!(total.split_whitespace().nth(1) == Some("2"), "{total}");
+    }
+
+    #[test]
+    fn spool_figures_keep_their_text_lines_and_metrics() {
+        let t = text(&sample());
+        assert!(
+            t.contains("\nspool        commits 0  aborts 0  failed 0  bytes 0  fsyncs 0  dir-fsyncs 0  segments 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\n             batch mean 0.00  max 0  heap-buffers 0  write-errors 0  sync-errors 0\n"),
+            "{t}"
+        );
+        let p = prometheus(&sample());
+        let types: Vec<&str> = p
+            .lines()
+            .filter(|l| l.starts_with("# TYPE ringmx_spool_") && !l.contains("fsync_batches"))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE ringmx_spool_commits_total counter",
+                "# TYPE ringmx_spool_aborts_total counter",
+                "# TYPE ringmx_spool_failed_commits_total counter",
+                "# TYPE ringmx_spool_bytes_total counter",
+                "# TYPE ringmx_spool_fsyncs_total counter",
+                "# TYPE ringmx_spool_dir_fsyncs_total counter",
+                "# TYPE ringmx_spool_segments_total counter",
+                "# TYPE ringmx_spool_max_batch gauge",
+            ]
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&sample())).unwrap();
+        for key in [
+            "fsyncs",
+            "dir_fsyncs",
+            "commits",
+            "aborts",
+            "failed_commits",
+            "bytes",
+            "mean_batch",
+            "max_batch",
+            "batches",
+            "segments",
+            "heap_buffers",
+            "write_errors",
+            "sync_errors",
+        ] {
+            assert!(v["total"]["spool"].get(key).is_some(), "{key}");
+        }
     }
 
     #[test]

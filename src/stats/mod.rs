@@ -299,57 +299,92 @@ pub struct ReactorSnapshot {
     pub spool: SpoolFigures,
 }
 
-/// A spool writer's figures, as shown by the stats socket.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SpoolFigures {
-    /// fdatasync calls on segments.
-    pub fsyncs: u64,
-    /// fsync calls on the spool directory.
-    pub dir_fsyncs: u64,
-    /// Messages committed.
-    pub commits: u64,
-    /// Messages aborted.
-    pub aborts: u64,
-    /// Commits that failed.
-    pub failed_commits: u64,
-    /// Bytes written to segments.
-    pub bytes: u64,
-    /// Mean messages per fdatasync (the group-commit batch size).
-    pub mean_batch: f64,
-    /// Largest batch.
-    pub max_batch: u64,
-    /// Batch-size histogram: `(sizes, fsyncs)` pairs such as `("5-8", 12)`.
-    pub batches: Vec<(String, u64)>,
-    /// Segments created.
-    pub segments: u64,
-    /// Write buffers taken from the heap because the registered pool was empty.
-    pub heap_buffers: u64,
-    /// Failed segment writes.
-    pub write_errors: u64,
-    /// Failed fsyncs.
-    pub sync_errors: u64,
+/// How Prometheus should type a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only grows: exported as `ringmx_spool_<name>_total`.
+    Counter,
+    /// Goes up and down (or is a maximum): exported as `ringmx_spool_<name>`.
+    Gauge,
 }
 
-impl SpoolFigures {
-    fn new(s: &SpoolStats) -> Self {
-        Self {
-            fsyncs: s.fsyncs,
-            dir_fsyncs: s.dir_fsyncs,
-            commits: s.commits,
-            aborts: s.aborts,
-            failed_commits: s.failed_commits,
-            bytes: s.bytes,
-            mean_batch: s.mean_batch(),
-            max_batch: s.batch_max,
-            batches: (0..BATCH_BUCKETS)
-                .map(|i| (SpoolStats::bucket_label(i), s.batch_hist[i]))
-                .collect(),
-            segments: s.segments,
-            heap_buffers: s.heap_buffers,
-            write_errors: s.write_errors,
-            sync_errors: s.sync_errors,
+/// One plain spool figure with how each format shows it (from [`SpoolFigures::fields`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolField {
+    /// The JSON field name (and the Prometheus metric's stem).
+    pub name: &'static str,
+    /// The label in the text format.
+    pub label: &'static str,
+    /// The text format's spool line that shows it: 1 (volumes) or 2 (batches and errors).
+    pub line: u8,
+    /// Exported to Prometheus as this kind, or not at all.
+    pub prometheus: Option<MetricKind>,
+    /// The value.
+    pub value: u64,
+}
+
+/// Declares the spool figures once: the struct the JSON format serializes, how it is filled
+/// from a [`SpoolStats`], and the table the text and Prometheus formats walk.
+macro_rules! spool_figures {
+    ($( $(#[$doc:meta])* $name:ident = $src:ident, $label:literal, $line:literal, $prom:expr; )*) => {
+        /// A spool writer's figures, as shown by the stats socket.
+        #[derive(Debug, Clone, Default, Serialize)]
+        pub struct SpoolFigures {
+            $( $(#[$doc])* pub $name: u64, )*
+            /// Mean messages per fdatasync (the group-commit batch size).
+            pub mean_batch: f64,
+            /// Batch-size histogram: `(sizes, fsyncs)` pairs such as `("5-8", 12)`.
+            pub batches: Vec<(String, u64)>,
         }
-    }
+
+        impl SpoolFigures {
+            fn new(s: &SpoolStats) -> Self {
+                Self {
+                    $( $name: s.$src, )*
+                    mean_batch: s.mean_batch(),
+                    batches: (0..BATCH_BUCKETS)
+                        .map(|i| (SpoolStats::bucket_label(i), s.batch_hist[i]))
+                        .collect(),
+                }
+            }
+
+            /// The plain figures in declaration order (not `mean_batch` and `batches`).
+            pub fn fields(&self) -> Vec<SpoolField> {
+                vec![ $( SpoolField {
+                    name: stringify!($name),
+                    label: $label,
+                    line: $line,
+                    prometheus: $prom,
+                    value: self.$name,
+                }, )* ]
+            }
+        }
+    };
+}
+
+spool_figures! {
+    /// Messages committed.
+    commits = commits, "commits", 1, Some(MetricKind::Counter);
+    /// Messages aborted.
+    aborts = aborts, "aborts", 1, Some(MetricKind::Counter);
+    /// Commits that failed.
+    failed_commits = failed_commits, "failed", 1, Some(MetricKind::Counter);
+    /// Bytes written to segments.
+    bytes = bytes, "bytes", 1, Some(MetricKind::Counter);
+    /// fdatasync calls on segments.
+    fsyncs = fsyncs, "fsyncs", 1, Some(MetricKind::Counter);
+    /// fsync calls on the spool directory.
+    dir_fsyncs = dir_fsyncs, "dir-fsyncs", 1, Some(MetricKind::Counter);
+    /// Segments created.
+    segments = segments, "segments", 1, Some(MetricKind::Counter);
+    /// Largest batch.
+    max_batch = batch_max, "max", 2, Some(MetricKind::Gauge);
+    /// Write buffers taken from the heap because the registered pool was empty.
+    heap_buffers = heap_buffers, "heap-buffers", 2, None;
+    /// Failed segment writes.
+    write_errors = write_errors, "write-errors", 2, None;
+    /// Failed fsyncs.
+    sync_errors = sync_errors, "sync-errors", 2, None;
 }
 
 impl Registry {
