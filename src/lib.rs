@@ -9,6 +9,7 @@
 //! - [`stats`]: counters, HDR histograms and the unix stats socket.
 //! - [`config`]: configuration from flags and TOML, checked once.
 //! - [`cli`]: the command line.
+//! - [`sys`]: thin libc wrappers (leaf module).
 
 pub mod buffers;
 pub mod cli;
@@ -18,3 +19,4 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod stats;
+pub mod sys;

@@ -35,7 +35,7 @@ use crate::buffers::Buf;
 use crate::smtp::{
     BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
 };
-use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
+use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError};
 use crate::stats::ReactorStats;
 
 /// Read size while waiting for commands: a small heap buffer per connection, so thousands of
@@ -548,11 +548,8 @@ impl<'r> SpoolSink<'r> {
 
 impl BodySink for SpoolSink<'_> {
     fn begin(&mut self, envelope: &Envelope) {
-        let arrival = Arrival {
-            client_ip: self.client_ip,
-            received_at: SystemTime::now(),
-        };
-        self.writer = Some(self.spool.begin(envelope, &arrival));
+        let record = envelope_record(envelope, self.client_ip, SystemTime::now());
+        self.writer = Some(self.spool.begin(&record));
         self.failed = None;
         self.ended = None;
         self.eod = None;
@@ -587,17 +584,33 @@ impl BodySink for SpoolSink<'_> {
     }
 }
 
+/// The spool's record of a message's envelope: the session's envelope, where it came from and
+/// when DATA started. The one place the session's envelope becomes the spool's.
+fn envelope_record(envelope: &Envelope, client_ip: IpAddr, at: SystemTime) -> EnvelopeRecord {
+    EnvelopeRecord {
+        client_ip,
+        received_us: crate::spool::frame::unix_us(at),
+        helo: envelope.helo.clone(),
+        esmtp: envelope.esmtp,
+        mail_from: envelope.mail_from.clone(),
+        declared_size: envelope.declared_size,
+        body_8bitmime: envelope.body_8bitmime,
+        smtputf8: envelope.smtputf8,
+        rcpts: envelope.rcpts.clone(),
+    }
+}
+
 fn commit_error(e: &SpoolError) -> CommitError {
     match e {
         SpoolError::NoSpace => CommitError::NoSpace,
-        SpoolError::Io(_) => CommitError::Io,
+        _ => CommitError::Io,
     }
 }
 
 fn spool_error(e: &SpoolError) -> String {
     match e {
         SpoolError::NoSpace => "no space left".to_string(),
-        SpoolError::Io(e) => e.to_string(),
+        e => e.reason().to_string(),
     }
 }
 
