@@ -225,13 +225,31 @@ mod tests {
     use super::*;
     use crate::buffers::BufferConfig;
 
-    fn pool(write_buf_size: usize) -> BufferPool {
-        BufferPool::heap_only(BufferConfig {
-            read_buf_size: 1024,
-            read_bufs: 1,
-            write_buf_size,
-            write_bufs: 2,
-        })
+    /// A heap-only pool of two 4 KiB write buffers, and counters.
+    struct Fixture {
+        pool: BufferPool,
+        stats: RefCell<SpoolStats>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                pool: BufferPool::heap_only(BufferConfig {
+                    read_buf_size: 1024,
+                    read_bufs: 1,
+                    write_buf_size: 4096,
+                    write_bufs: 2,
+                }),
+                stats: RefCell::new(SpoolStats::default()),
+            }
+        }
+
+        fn bufs(&self) -> Buffers<'_> {
+            Buffers {
+                pool: &self.pool,
+                stats: &self.stats,
+            }
+        }
     }
 
     /// The queued buffers and the tail, back to back: what would reach the file.
@@ -257,12 +275,8 @@ mod tests {
 
     #[test]
     fn a_message_packs_into_checked_frames_across_buffers() {
-        let pool = pool(4096);
-        let stats = RefCell::new(SpoolStats::default());
-        let b = Buffers {
-            pool: &pool,
-            stats: &stats,
-        };
+        let fx = Fixture::new();
+        let b = fx.bufs();
         let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let mut p = Packer::new(42);
         p.append_frame(Kind::Envelope, b"envelope", b);
@@ -283,24 +297,20 @@ mod tests {
             .collect();
         assert_eq!(data, body);
         let n_data = all.iter().filter(|f| f.0 == Kind::Data).count();
-        assert_eq!(pool.config().write_buf_size, 4096);
+        assert_eq!(fx.pool.config().write_buf_size, 4096);
         assert!(n_data >= 5, "one Data frame per buffer at most: {n_data}");
         let commit = CommitRecord::decode(&all[all.len() - 1].2).unwrap();
         assert_eq!(commit.size, body.len() as u64);
         assert_eq!(commit.frames as usize, n_data);
         assert_eq!(commit.crc, crc32c::crc32c(&body));
         // The pool's two write buffers ran out; the rest came from the heap.
-        assert!(stats.borrow().heap_buffers > 0);
+        assert!(fx.stats.borrow().heap_buffers > 0);
     }
 
     #[test]
     fn an_empty_body_has_no_data_frame_and_a_large_frame_gets_its_own_buffer() {
-        let pool = pool(4096);
-        let stats = RefCell::new(SpoolStats::default());
-        let b = Buffers {
-            pool: &pool,
-            stats: &stats,
-        };
+        let fx = Fixture::new();
+        let b = fx.bufs();
         let mut p = Packer::new(7);
         let big = vec![b'x'; 10_000];
         p.append_frame(Kind::Envelope, &big, b);
@@ -316,12 +326,8 @@ mod tests {
 
     #[test]
     fn clear_drops_everything() {
-        let pool = pool(4096);
-        let stats = RefCell::new(SpoolStats::default());
-        let b = Buffers {
-            pool: &pool,
-            stats: &stats,
-        };
+        let fx = Fixture::new();
+        let b = fx.bufs();
         let mut p = Packer::new(1);
         p.push(&[b'a'; 10_000], b);
         assert!(p.buffered() > 10_000);
