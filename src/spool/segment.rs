@@ -3,7 +3,7 @@
 //!
 //! Everything here is synchronous `std::fs`: it runs in the tools, in tests, and once at writer
 //! start-up before any message is accepted. It does not write frames during normal operation
-//! (that is `writer.rs`, through io_uring).
+//! (that is `writer`, through io_uring).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};

@@ -23,11 +23,14 @@ type Submitted = Result<(u64, Vec<WriteTask>), (Failure, Vec<WriteTask>)>;
 /// One message being written. Dropping it without [`MessageWriter::commit`] leaves an
 /// incomplete message on disk, which readers skip.
 pub struct MessageWriter {
+    /// The spool it writes to.
     sh: Rc<Shared>,
     /// The segment this message is pinned to (all its frames go there); `None` if `begin`
     /// could not get one.
     seg: Option<Rc<Segment>>,
+    /// The message id.
     id: MessageId,
+    /// The id as printed (returned by `commit`).
     id_text: [u8; ID_LEN],
     /// The message's frames, in write buffers.
     packer: Packer,
