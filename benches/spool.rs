@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use ringmx::buffers::{BufferConfig, BufferPool};
-use ringmx::smtp::Envelope;
-use ringmx::spool::{Arrival, Spool, SpoolConfig, SpoolStats};
+use ringmx::spool::frame::unix_us;
+use ringmx::spool::{EnvelopeRecord, Spool, SpoolConfig, SpoolStats};
 
 /// Concurrent writers (connections) on the reactor.
 const WRITERS: usize = 64;
@@ -48,8 +48,10 @@ fn message(size: usize) -> Vec<u8> {
     v
 }
 
-fn envelope() -> Envelope {
-    Envelope {
+fn envelope() -> EnvelopeRecord {
+    EnvelopeRecord {
+        client_ip: "192.0.2.1".parse().expect("literal"),
+        received_us: 0,
         helo: "client.example".into(),
         esmtp: true,
         mail_from: "bench@example.org".into(),
@@ -78,11 +80,12 @@ fn group_commit(base: &Path, size: usize, iters: u64, stats: &RefCell<SpoolStats
                 tasks.push(tokio_uring::spawn(async move {
                     let env = envelope();
                     for _ in 0..PER_WRITER {
-                        let arrival = Arrival {
-                            client_ip: "192.0.2.1".parse().expect("literal"),
-                            received_at: SystemTime::now(),
+                        // Built per message (the strings cloned), as the connection driver does.
+                        let rec = EnvelopeRecord {
+                            received_us: unix_us(SystemTime::now()),
+                            ..env.clone()
                         };
-                        let mut w = spool.begin(&env, &arrival);
+                        let mut w = spool.begin(&rec);
                         for piece in body.chunks(PIECE) {
                             w.push(piece);
                             w.flush().await.expect("flush");

@@ -17,9 +17,8 @@ declare -A allowed=(
   [server]="sys data smtp buffers spool stats config"
   [cmd]="sys data smtp buffers spool stats config server"
 )
-# TEMPORARY: the spool still stores the session's envelope type; remove this line when the
-# spool owns its envelope record.
-temporary="spool->smtp"
+# Edges allowed for a while during a change (space-separated "from->to"); empty when none.
+temporary=""
 
 status=0
 declare -A edges=()

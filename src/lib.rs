@@ -1,7 +1,8 @@
 //! ringmx: a Linux io_uring SMTP ingress appliance (a front-line MX).
 //!
 //! # Layout
-//! - [`sys`]: the libc wrappers (CPU affinity, `RLIMIT_MEMLOCK`/`RLIMIT_NOFILE`, host name).
+//! - [`sys`]: the libc wrappers (CPU affinity, `RLIMIT_MEMLOCK`/`RLIMIT_NOFILE`, host name,
+//!   the spool's reactor lock, free disk space).
 //! - [`data`]: the sans-IO DATA scanner (`<CRLF>.<CRLF>` with SIMD memchr, dot-unstuffing).
 //! - [`smtp`]: the sans-IO SMTP session (commands, replies, envelope, state machine).
 //! - [`buffers`]: per-reactor registered buffers, sized against `RLIMIT_MEMLOCK`.

@@ -6,7 +6,7 @@
 //! writer (`push`, then one `flush().await`) → at the end of a message `commit().await` (the
 //! group fsync) → [`Session::handle_commit`] → write every reply of the batch with one
 //! `write_all`. The 250 for a message is therefore written only after its commit resolved
-//! (DESIGN.md invariant 1), and replies to pipelined commands go out in one send (invariant 6).
+//! (docs/design.md, invariant 1), and replies to pipelined commands go out in one send (invariant 6).
 //!
 //! Consumed-bytes rule: bytes the session did not consume stay in `pending` and are fed again,
 //! in front of the next read's bytes. When `pending` is empty the session reads straight out of
@@ -35,7 +35,7 @@ use crate::buffers::Buf;
 use crate::smtp::{
     BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
 };
-use crate::spool::{Arrival, MessageWriter, Spool, SpoolError};
+use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError};
 use crate::stats::{MessageOutcome, ReactorStats, SessionEnd};
 
 /// Read size while waiting for commands: a small heap buffer per connection, so thousands of
@@ -527,11 +527,8 @@ impl<'r> SpoolSink<'r> {
 
 impl BodySink for SpoolSink<'_> {
     fn begin(&mut self, envelope: &Envelope) {
-        let arrival = Arrival {
-            client_ip: self.client_ip,
-            received_at: SystemTime::now(),
-        };
-        self.writer = Some(self.spool.begin(envelope, &arrival));
+        let record = envelope_record(envelope, self.client_ip, SystemTime::now());
+        self.writer = Some(self.spool.begin(&record));
         self.failed = None;
         self.ended = None;
         self.eod = None;
@@ -563,6 +560,22 @@ impl BodySink for SpoolSink<'_> {
             self.client_ip,
             why.name()
         );
+    }
+}
+
+/// The spool's record of a message's envelope: the session's envelope, where it came from and
+/// when DATA started. The one place the session's envelope becomes the spool's.
+fn envelope_record(envelope: &Envelope, client_ip: IpAddr, at: SystemTime) -> EnvelopeRecord {
+    EnvelopeRecord {
+        client_ip,
+        received_us: crate::spool::frame::unix_us(at),
+        helo: envelope.helo.clone(),
+        esmtp: envelope.esmtp,
+        mail_from: envelope.mail_from.clone(),
+        declared_size: envelope.declared_size,
+        body_8bitmime: envelope.body_8bitmime,
+        smtputf8: envelope.smtputf8,
+        rcpts: envelope.rcpts.clone(),
     }
 }
 

@@ -64,15 +64,20 @@ impl fmt::Display for ServerError {
                     dir.display()
                 )
             }
-            Self::Spool(i, dir, SpoolError::Io(e)) => {
-                let hint = match e.kind() {
-                    io::ErrorKind::PermissionDenied => {
+            Self::Spool(i, dir, e) => {
+                let hint = match e.io_kind() {
+                    Some(io::ErrorKind::PermissionDenied) => {
                         " (the user running ringmx must be able to create and write files there; check the owner and mode of the directory, or choose another with --spool)"
                     }
-                    io::ErrorKind::ReadOnlyFilesystem => " (choose a writable --spool)",
+                    Some(io::ErrorKind::ReadOnlyFilesystem) => " (choose a writable --spool)",
                     _ => "",
                 };
-                write!(f, "spool {} (reactor {i}): {e}{hint}", dir.display())
+                write!(
+                    f,
+                    "spool {} (reactor {i}): {}{hint}",
+                    dir.display(),
+                    e.reason()
+                )
             }
             Self::Stats(e) => e.fmt(f),
             Self::Setup(what, e) => write!(f, "cannot set up {what}: {e}"),

@@ -6,7 +6,7 @@
 //! period), cuts the rest, and syncs and closes the spool.
 //!
 //! Accept is never raced against a timer or `select!` (a dropped accept loses the connection it
-//! was about to return, DESIGN.md): to stop, the reactor shuts the listening socket down, which
+//! was about to return, docs/design.md): to stop, the reactor shuts the listening socket down, which
 //! completes the pending accept with an error, and the loop checks the stop state after every
 //! accept. This module does not speak SMTP; [`super::conn`] does.
 

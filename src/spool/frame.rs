@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RMXF";
@@ -310,6 +311,9 @@ impl SealRecord {
 }
 
 /// Payload of an [`Kind::Envelope`] frame: the SMTP envelope and where the message came from.
+///
+/// This is the spool's own record of a message's envelope: the writer takes it as it is
+/// (`Spool::begin`), builds the `Received:` header from it and stores it; readers get it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvelopeRecord {
     /// The client's address.
@@ -338,6 +342,11 @@ const F_SMTPUTF8: u8 = 4;
 const F_SIZE: u8 = 8;
 
 impl EnvelopeRecord {
+    /// When DATA started, from [`EnvelopeRecord::received_us`].
+    pub fn received_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.received_us)
+    }
+
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(ENVELOPE_VERSION);
@@ -433,6 +442,14 @@ impl EnvelopeRecord {
             rcpts,
         })
     }
+}
+
+/// Microseconds since the Unix epoch (0 before it, saturating far after it), the time unit of
+/// the records.
+pub fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

@@ -7,31 +7,30 @@
 //! - [`trace`]: the `Received:` header (pure).
 //! - [`segment`]: segment names, the CRC-verifying walker, start-up recovery (sync `std::fs`).
 //! - `writer` (re-exported here): [`Spool`] and [`MessageWriter`], the io_uring writer.
+//!   See its module docs for the files it is made of.
 //! - [`reader`]: reading stored messages and checking segments without a server.
 //! - [`tool`]: `ringmx spool ls|cat|export|check`.
 //!
 //! # Writer call order
 //! ```no_run
-//! # use ringmx::spool::*; use ringmx::buffers::*; use std::time::SystemTime;
-//! # async fn f(envelope: ringmx::smtp::Envelope) -> Result<(), SpoolError> {
+//! # use ringmx::spool::*; use ringmx::buffers::*;
+//! # async fn f(envelope: EnvelopeRecord) -> Result<(), SpoolError> {
 //! let pool = BufferPool::register(BufferConfig::from_rlimit(1));
 //! let spool = Spool::open(SpoolConfig::new("./spool", 0, "mx.example.net"), pool).await?;
-//! let arrival = Arrival { client_ip: "192.0.2.1".parse().unwrap(), received_at: SystemTime::now() };
-//! let mut msg = spool.begin(&envelope, &arrival);   // sync: id, Envelope frame, Received:
+//! let mut msg = spool.begin(&envelope);             // sync: id, Envelope frame, Received:
 //! msg.push(b"Subject: hi\r\n\r\nbody\r\n");          // sync copy, never waits
 //! msg.flush().await?;                               // after each read: writes full buffers
 //! let id = msg.commit().await?;                     // durable now: answer 250 ... queued as <id>
 //! # let _ = id; Ok(()) }
 //! ```
 //!
-//! The spool does not parse SMTP, undo dot-stuffing or enforce size limits: it stores the bytes
-//! it is given. It does not deliver or delete mail: readers downstream consume the segments.
+//! The spool stores an [`EnvelopeRecord`] of its own (the SMTP envelope plus the client address
+//! and arrival time); the connection driver builds it from the session's envelope. The spool
+//! does not parse SMTP, undo dot-stuffing or enforce size limits: it stores the bytes it is given. It does not deliver or delete mail: readers downstream consume the segments.
 
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 pub mod frame;
 pub mod id;
@@ -41,6 +40,7 @@ pub mod tool;
 pub mod trace;
 mod writer;
 
+pub use frame::EnvelopeRecord;
 pub use writer::{MessageWriter, Spool};
 
 /// Default segment size limit: 256 MiB (a soft limit: messages already started finish in the
@@ -111,13 +111,31 @@ impl SpoolConfig {
     }
 }
 
-/// What the spool failed at. Neither ever acknowledges a message.
+/// What the spool failed at. None of these ever acknowledges a message.
 #[derive(Debug)]
 pub enum SpoolError {
     /// ENOSPC / EDQUOT: answer 452 4.3.1.
     NoSpace,
-    /// Any other I/O error (EIO, a failed fsync, a closed spool): answer 451 4.3.0.
+    /// Any other I/O error (EIO, a failed fsync): answer 451 4.3.0.
     Io(io::Error),
+    /// Another process holds this reactor's lock (it writes the same segments).
+    ReactorInUse {
+        /// The lock file, `<dir>/.lock-<reactor>`.
+        lock: PathBuf,
+        /// The reactor index.
+        reactor: u16,
+        /// The `flock` error.
+        source: io::Error,
+    },
+    /// The reactor index exceeds [`id::MAX_REACTOR`] (it would not fit in message ids).
+    ReactorIndex(u16),
+    /// The spool was closed: no new messages.
+    Closed,
+    /// The message has no segment to write to.
+    NoSegment,
+    /// A segment write task ended without a result (it panicked or was cancelled); the text
+    /// says how.
+    WriteTask(String),
 }
 
 impl SpoolError {
@@ -128,6 +146,20 @@ impl SpoolError {
             _ => Self::Io(e),
         }
     }
+
+    /// What went wrong, without the `spool: ` prefix of `Display` (for messages that already
+    /// name the spool).
+    pub fn reason(&self) -> Reason<'_> {
+        Reason(self)
+    }
+
+    /// The kind of the underlying I/O error, if there is one.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io(e) | Self::ReactorInUse { source: e, .. } => Some(e.kind()),
+            _ => None,
+        }
+    }
 }
 
 impl From<io::Error> for SpoolError {
@@ -136,31 +168,47 @@ impl From<io::Error> for SpoolError {
     }
 }
 
+/// [`SpoolError::reason`]: the error's text without the `spool: ` prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Reason<'a>(&'a SpoolError);
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            SpoolError::NoSpace => f.write_str("no space left on device"),
+            SpoolError::Io(e) => e.fmt(f),
+            SpoolError::ReactorInUse {
+                lock,
+                reactor,
+                source,
+            } => write!(
+                f,
+                "{}: reactor {reactor} of this spool is in use by another process ({source})",
+                lock.display()
+            ),
+            SpoolError::ReactorIndex(r) => {
+                write!(f, "reactor index {r} exceeds {}", id::MAX_REACTOR)
+            }
+            SpoolError::Closed => f.write_str("spool is closed"),
+            SpoolError::NoSegment => f.write_str("no segment"),
+            SpoolError::WriteTask(e) => write!(f, "spool write task: {e}"),
+        }
+    }
+}
+
 impl fmt::Display for SpoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoSpace => f.write_str("spool: no space left on device"),
-            Self::Io(e) => write!(f, "spool: {e}"),
-        }
+        write!(f, "spool: {}", self.reason())
     }
 }
 
 impl std::error::Error for SpoolError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::NoSpace => None,
-            Self::Io(e) => Some(e),
+            Self::Io(e) | Self::ReactorInUse { source: e, .. } => Some(e),
+            _ => None,
         }
     }
-}
-
-/// Per-connection facts recorded with the envelope.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    /// The client's address.
-    pub client_ip: IpAddr,
-    /// When DATA started.
-    pub received_at: SystemTime,
 }
 
 /// Buckets of [`SpoolStats::batch_hist`]: batch sizes 1, 2, 3–4, 5–8, …, 129–256, over 256.
@@ -284,5 +332,29 @@ mod tests {
             SpoolError::from_io(io::Error::from_raw_os_error(libc::EIO)),
             SpoolError::Io(_)
         ));
+    }
+
+    #[test]
+    fn display_keeps_the_operator_texts() {
+        assert_eq!(
+            SpoolError::NoSpace.to_string(),
+            "spool: no space left on device"
+        );
+        assert_eq!(SpoolError::Closed.to_string(), "spool: spool is closed");
+        assert_eq!(SpoolError::Closed.reason().to_string(), "spool is closed");
+        assert_eq!(SpoolError::NoSegment.to_string(), "spool: no segment");
+        let busy = SpoolError::ReactorInUse {
+            lock: PathBuf::from("/s/.lock-3"),
+            reactor: 3,
+            source: io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+        };
+        assert!(busy.to_string().starts_with(
+            "spool: /s/.lock-3: reactor 3 of this spool is in use by another process ("
+        ));
+        assert_eq!(busy.io_kind(), Some(io::ErrorKind::WouldBlock));
+        assert_eq!(
+            SpoolError::ReactorIndex(9999).reason().to_string(),
+            format!("reactor index 9999 exceeds {}", id::MAX_REACTOR)
+        );
     }
 }

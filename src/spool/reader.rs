@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -50,7 +50,7 @@ impl StoredMessage {
 
     /// When DATA started.
     pub fn received_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(self.envelope.received_us)
+        self.envelope.received_at()
     }
 
     /// The whole stored message (RFC 5322 bytes, our Received: header first), verified against

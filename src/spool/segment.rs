@@ -3,7 +3,7 @@
 //!
 //! Everything here is synchronous `std::fs`: it runs in the tools, in tests, and once at writer
 //! start-up before any message is accepted. It does not write frames during normal operation
-//! (that is `writer.rs`, through io_uring).
+//! (that is `writer`, through io_uring).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -339,7 +339,7 @@ pub fn recover(dir: &Path, reactor: u16, now_ms: u64) -> io::Result<Recovered> {
 }
 
 /// Creates `dir` if needed; when it did, fsyncs each parent whose entry it added, so the
-/// directory survives a power cut (DESIGN.md invariant 2).
+/// directory survives a power cut (docs/design.md, invariant 2).
 ///
 /// # Errors
 /// Creating or syncing failed.

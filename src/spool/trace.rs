@@ -9,26 +9,22 @@
 //! We do no reverse DNS lookup, so TCP-info is the address literal alone. Fields the client
 //! chose (HELO name, recipient) are sanitised so they cannot break the header: control
 //! characters and the delimiters `()<>;\"` and whitespace become `_`.
+//!
+//! Everything comes from the spool's [`EnvelopeRecord`] (HELO, protocol flags, recipients,
+//! client address, arrival time), the host name and the message id.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 
-use crate::smtp::Envelope;
+use super::frame::EnvelopeRecord;
 
 /// Continuation lines start with a tab (folding whitespace, RFC 5322 §2.2.3).
 const FOLD: &str = "\r\n\t";
 
 /// Appends the trace header for a message, ending in CRLF.
-pub fn received_header(
-    out: &mut Vec<u8>,
-    envelope: &Envelope,
-    client_ip: IpAddr,
-    hostname: &str,
-    id: &str,
-    at: SystemTime,
-) {
+pub fn received_header(out: &mut Vec<u8>, envelope: &EnvelopeRecord, hostname: &str, id: &str) {
     let helo = if envelope.helo.is_empty() {
         "unknown".to_string()
     } else {
@@ -38,7 +34,7 @@ pub fn received_header(
     s.push_str("Received: from ");
     s.push_str(&helo);
     s.push_str(" (");
-    s.push_str(&address_literal(client_ip));
+    s.push_str(&address_literal(envelope.client_ip));
     s.push(')');
     s.push_str(FOLD);
     s.push_str("by ");
@@ -55,14 +51,14 @@ pub fn received_header(
     } else {
         s.push_str("; ");
     }
-    s.push_str(&rfc5322_date(at));
+    s.push_str(&rfc5322_date(envelope.received_at()));
     s.push_str("\r\n");
     out.extend_from_slice(s.as_bytes());
 }
 
 /// The WITH protocol: `SMTP` after HELO, `ESMTP` after EHLO, `UTF8SMTP` when the transaction
 /// used SMTPUTF8 (RFC 6531 §3.7.3). TLS variants (`ESMTPS`, `UTF8SMTPS`) come with STARTTLS.
-pub fn protocol(envelope: &Envelope) -> &'static str {
+pub fn protocol(envelope: &EnvelopeRecord) -> &'static str {
     match (envelope.esmtp, envelope.smtputf8) {
         (_, true) => "UTF8SMTP",
         (true, false) => "ESMTP",
@@ -109,8 +105,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn env(esmtp: bool, utf8: bool, rcpts: &[&str]) -> Envelope {
-        Envelope {
+    fn env(esmtp: bool, utf8: bool, rcpts: &[&str]) -> EnvelopeRecord {
+        EnvelopeRecord {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            received_us: 0,
             helo: "client.example".into(),
             esmtp,
             mail_from: "a@b.example".into(),
@@ -121,17 +119,15 @@ mod tests {
         }
     }
 
-    fn render(e: &Envelope, ip: &str) -> String {
+    fn render(e: &EnvelopeRecord, ip: &str) -> String {
         let mut out = Vec::new();
         let at = UNIX_EPOCH + Duration::from_secs(1_732_605_420);
-        received_header(
-            &mut out,
-            e,
-            ip.parse().unwrap(),
-            "mx.example.net",
-            "01JDQ4R2S8K00",
-            at,
-        );
+        let e = EnvelopeRecord {
+            client_ip: ip.parse().unwrap(),
+            received_us: crate::spool::frame::unix_us(at),
+            ..e.clone()
+        };
+        received_header(&mut out, &e, "mx.example.net", "01JDQ4R2S8K00");
         String::from_utf8(out).unwrap()
     }
 

@@ -9,16 +9,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use ringmx::buffers::{BufferConfig, BufferPool};
-use ringmx::smtp::Envelope;
 use ringmx::spool::frame::{self, Kind, HEADER_LEN};
 use ringmx::spool::reader::{self, DamageKind};
 use ringmx::spool::segment::{self, Step, Walker};
-use ringmx::spool::{Arrival, Spool, SpoolConfig, SpoolError, SyncPolicy};
+use ringmx::spool::{EnvelopeRecord, Spool, SpoolConfig, SpoolError, SyncPolicy};
 
 const HOST: &str = "mx.test";
 
-fn envelope(rcpts: &[&str]) -> Envelope {
-    Envelope {
+fn envelope(rcpts: &[&str]) -> EnvelopeRecord {
+    EnvelopeRecord {
+        client_ip: "198.51.100.4".parse().unwrap(),
+        received_us: frame::unix_us(SystemTime::now()),
         helo: "client.example".into(),
         esmtp: true,
         mail_from: "sender@example.org".into(),
@@ -26,13 +27,6 @@ fn envelope(rcpts: &[&str]) -> Envelope {
         body_8bitmime: false,
         smtputf8: false,
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-fn arrival() -> Arrival {
-    Arrival {
-        client_ip: "198.51.100.4".parse().unwrap(),
-        received_at: SystemTime::now(),
     }
 }
 
@@ -73,7 +67,7 @@ fn write_messages(dir: &Path, sync: SyncPolicy, msgs: &[(Vec<&str>, Vec<u8>)]) -
             .unwrap();
         let mut ids = Vec::new();
         for (rcpts, b) in msgs {
-            let mut w = spool.begin(&envelope(rcpts), &arrival());
+            let mut w = spool.begin(&envelope(rcpts));
             for c in b.chunks(16 * 1024) {
                 w.push(c);
                 w.flush().await.unwrap();
@@ -394,7 +388,7 @@ fn crash_child() {
                     let len =
                         [200, 3000, 70_000, 150_000][(seed % 4) as usize] + (seed % 1000) as usize;
                     let b = body(seed, len);
-                    let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
+                    let mut w = spool.begin(&envelope(&["r@x"]));
                     for c in b.chunks(16 * 1024) {
                         w.push(c);
                         w.flush().await.unwrap();
@@ -537,7 +531,7 @@ fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
         let mut err = None;
         for seed in 0..100u64 {
             let b = body(seed, 100_000);
-            let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
+            let mut w = spool.begin(&envelope(&["r@x"]));
             let mut failed = None;
             for c in b.chunks(16 * 1024) {
                 w.push(c);
@@ -558,7 +552,7 @@ fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
         let files = || segment::list_segments(&dir).unwrap().len();
         let (before, created) = (files(), spool.stats().segments);
         for i in 0..20 {
-            let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
+            let mut w = spool.begin(&envelope(&["r@x"]));
             w.push(&body(1000 + i, 100_000));
             let still = w.commit().await;
             assert!(matches!(still, Err(SpoolError::NoSpace)), "{still:?}");
@@ -574,7 +568,7 @@ fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
             "{churn} segments created while the disk was full"
         );
         fs::remove_file(&filler).unwrap();
-        let mut w = spool.begin(&envelope(&["r@x"]), &arrival());
+        let mut w = spool.begin(&envelope(&["r@x"]));
         w.push(&body(2000, 100_000));
         let resumed = w
             .commit()
