@@ -347,7 +347,7 @@ pub(crate) struct Reachable {
     /// The directory (mode 0755), under the first of `$TMPDIR`, `/tmp`, `/var/tmp` and
     /// `/dev/shm` that every user can search all the way down.
     pub(crate) dir: tempfile::TempDir,
-    /// The binary under test, linked or copied into `dir`.
+    /// A copy of the binary under test in `dir`, mode 0755.
     pub(crate) bin: PathBuf,
 }
 
@@ -369,10 +369,8 @@ impl Reachable {
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.path().join("ringmx");
-        // A hard link when the build is on the same file system (nothing to write), else a copy.
-        if std::fs::hard_link(RINGMX, &bin).is_err() {
-            std::fs::copy(RINGMX, &bin).unwrap();
-        }
+        // A copy, not a hard link: the build's own file may be private (umask 077).
+        std::fs::copy(RINGMX, &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir, bin }
     }
