@@ -11,14 +11,15 @@
 #
 # Usage: loadtest/crash-test.sh [--quick] [--keep]     (--keep: leave the work directory)
 # Environment: RINGMX (default target/release/ringmx), SMTP_SOURCE (default
-# target/release/smtp-source), PORT (default 2660), REACTORS (default 2).
+# target/release/smtp-source), PORT (default 0: the port the kernel gives the first server,
+# reused by every later start), REACTORS (default 2).
 # Loopback only. Exit status 0 when every round passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RINGMX=${RINGMX:-target/release/ringmx}
 SOURCE=${SMTP_SOURCE:-target/release/smtp-source}
-PORT=${PORT:-2660}
+PORT=${PORT:-0}
 REACTORS=${REACTORS:-2}
 DOMAIN=example.test
 SHAPE=(-M src.test -f sender@src.test -t rcpt@$DOMAIN)
@@ -69,10 +70,25 @@ wait_port() { # wait until something accepts on 127.0.0.1:$PORT (10 s at most)
     return 1
 }
 
-start_server() { # on $dir/spool
-    "$RINGMX" serve --listen "127.0.0.1:$PORT" --domain "$DOMAIN" --spool "$dir/spool" \
+learn_port() { # PORT=0: take the port the kernel gave the server from its log (10 s at most)
+    local port
+    for _ in $(seq 100); do
+        port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$dir/server.log" | head -n 1)
+        if [[ -n $port ]]; then PORT=$port; return 0; fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "crash-test: ringmx exited during start-up; log:" >&2; cat "$dir/server.log" >&2; return 1
+        fi
+        sleep 0.1
+    done
+    echo "crash-test: ringmx did not say where it listens after 10 s" >&2
+    return 1
+}
+
+start_server() { # on $dir/spool; the log (info) names the port for learn_port
+    RUST_LOG=info "$RINGMX" serve --listen "127.0.0.1:$PORT" --domain "$DOMAIN" --spool "$dir/spool" \
         --stats "$dir/stats.sock" --reactors "$REACTORS" --sync group >>"$dir/server.log" 2>&1 &
     server_pid=$!
+    if [[ $PORT == 0 ]]; then learn_port; fi
     wait_port
 }
 

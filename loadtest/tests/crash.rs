@@ -6,7 +6,6 @@
 //! `cargo test -p loadtest` alone it may be missing, and the test says so and passes. It also
 //! passes with a message where the kernel refuses io_uring, like the server's own tests.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,11 +27,6 @@ fn io_uring_available() -> bool {
     true
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 #[test]
 fn kill_9_loses_no_acknowledged_mail() {
     let source = Path::new(env!("CARGO_BIN_EXE_smtp-source"));
@@ -49,8 +43,9 @@ fn kill_9_loses_no_acknowledged_mail() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("crash-test.sh");
-    // Output goes to files: a pipe nobody reads could fill up and stall the script.
-    let tmp = std::env::temp_dir();
+    // Output goes to files: a pipe nobody reads could fill up and stall the script. They go in
+    // Cargo's scratch directory for this package's tests (under `target/`).
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let out_path = tmp.join(format!("smtp-source-crash-{}.out", std::process::id()));
     let err_path = tmp.join(format!("smtp-source-crash-{}.err", std::process::id()));
     let mut child = Command::new("bash")
@@ -58,7 +53,8 @@ fn kill_9_loses_no_acknowledged_mail() {
         .arg("--quick")
         .env("RINGMX", &ringmx)
         .env("SMTP_SOURCE", source)
-        .env("PORT", free_port().to_string())
+        // Port 0: the script takes the port the kernel gives the first server and restarts on it.
+        .env("PORT", "0")
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()

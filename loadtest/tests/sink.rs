@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,7 +120,10 @@ fn bin() -> &'static str {
 }
 
 fn temp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("smtp-source-it-{}-{name}", std::process::id()));
+    // Cargo's scratch directory for this package's tests (under `target/`): ours alone, unlike a
+    // shared /tmp where another user's leftover file of the same name could not be replaced.
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("smtp-source-it-{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&p);
     p
 }

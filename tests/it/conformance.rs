@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::require_io_uring;
 use crate::util::{
-    assert_stored, body_with_subject, run_tool, spool_cat, spool_ls, Client, Server, DOMAIN, RINGMX,
+    assert_stored, body_with_subject, run_tool, spool_cat, spool_ls, Client, Reachable, Server,
+    DOMAIN, RINGMX,
 };
 
 /// The reply lines of a (possibly multi-line) reply, without their CRLF.
@@ -595,7 +596,7 @@ fn send_lf_file_with_curl_and_smtplib(server: &Server, path: &std::path::Path) -
         Duration::from_secs(30),
     );
     let script = "import smtplib, sys\n\
-        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), local_hostname='py.example.org', timeout=10)\n\
         s.sendmail('py@example.org', [sys.argv[3]], open(sys.argv[2], 'rb').read())\n\
         s.quit()\n";
     let py = run_tool(
@@ -762,7 +763,17 @@ fn serve_once(
     spool: &std::path::Path,
     customize: impl FnOnce(&mut Command),
 ) -> (Option<i32>, String) {
-    let mut cmd = Command::new(RINGMX);
+    serve_once_with(std::path::Path::new(RINGMX), extra, spool, customize)
+}
+
+/// [`serve_once`] with the binary at `bin`.
+fn serve_once_with(
+    bin: &std::path::Path,
+    extra: &[&str],
+    spool: &std::path::Path,
+    customize: impl FnOnce(&mut Command),
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin);
     cmd.args(["serve", "--domain", DOMAIN, "--reactors", "1"])
         .args(["--hostname", "mx.example.test", "--spool"])
         .arg(spool)
@@ -817,19 +828,21 @@ fn an_unwritable_spool_exits_1_naming_the_directory() {
     assert!(err.contains(&spool.display().to_string()), "{err}");
 
     // Without write permission: as root, drop to an unprivileged user first (root ignores
-    // directory modes).
-    let ro = dir.path().join("ro");
-    std::fs::create_dir(&ro).unwrap();
-    let spool = ro.join("spool");
+    // directory modes). That user must reach the binary and the spool's parent wherever the
+    // checkout lies (a home directory at 0700 is out of its reach), so both go in a directory
+    // every user can reach.
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        // The unprivileged user must reach the binary and the spool's parent.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let reachable = root.then(Reachable::new);
+    let (base, bin) = match &reachable {
+        Some(r) => (r.dir.path(), r.bin.as_path()),
+        None => (dir.path(), std::path::Path::new(RINGMX)),
+    };
+    let ro = base.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let spool = ro.join("spool");
     std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
-    let (code, err) = serve_once(&["--listen", "127.0.0.1:0"], &spool, |cmd| {
+    let (code, err) = serve_once_with(bin, &["--listen", "127.0.0.1:0"], &spool, |cmd| {
         if root {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {

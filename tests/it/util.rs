@@ -318,13 +318,82 @@ impl Drop for Server {
     }
 }
 
+/// `Command::spawn` that retries while the program is "text file busy" (`ETXTBSY`): right after
+/// a test writes an executable (a copy of the binary), a child that another test thread forked
+/// meanwhile may still hold the copy's write descriptor until it execs.
+trait SpawnRetrying {
+    fn spawn_retrying_busy(&mut self) -> std::io::Result<Child>;
+}
+
+impl SpawnRetrying for Command {
+    fn spawn_retrying_busy(&mut self) -> std::io::Result<Child> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                res => return res,
+            }
+        }
+    }
+}
+
+/// A new directory that every user can reach, holding a copy of the binary under test, for
+/// tests that run the server as an unprivileged user. The checkout (and so `target/`) may lie
+/// under a directory only its owner can enter, such as a home directory at mode 0700, so the
+/// binary at [`RINGMX`] may be out of that user's reach. Removed when dropped.
+pub(crate) struct Reachable {
+    /// The directory (mode 0755), under the first of `$TMPDIR`, `/tmp`, `/var/tmp` and
+    /// `/dev/shm` that every user can search all the way down.
+    pub(crate) dir: tempfile::TempDir,
+    /// A copy of the binary under test in `dir`, mode 0755.
+    pub(crate) bin: PathBuf,
+}
+
+impl Reachable {
+    pub(crate) fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let base = [
+            std::env::temp_dir(),
+            "/tmp".into(),
+            "/var/tmp".into(),
+            "/dev/shm".into(),
+        ]
+        .into_iter()
+        .find(|d| searchable_by_all(d))
+        .expect("no temporary directory that every user can reach");
+        let dir = tempfile::Builder::new()
+            .prefix("ringmx-reachable.")
+            .tempdir_in(base)
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("ringmx");
+        // A copy, not a hard link: the build's own file may be private (umask 077).
+        std::fs::copy(RINGMX, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir, bin }
+    }
+}
+
+/// Whether `dir` and every directory above it may be searched by any user.
+fn searchable_by_all(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    dir.ancestors().all(|d| {
+        std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 != 0)
+    })
+}
+
 /// Runs `cmd`, killing it after `timeout`; returns its output.
 pub(crate) fn run_tool(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_retrying_busy()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
