@@ -5,12 +5,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ringmx::cmd::Cli;
-
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    ringmx::cmd::run(Cli::parse())
+    ringmx::cmd::run(ringmx::cmd::parse())
 }

@@ -42,6 +42,24 @@ pub enum Command {
     Spool(spool::SpoolArgs),
 }
 
+/// The command line with the defaults of the `serve` options in their help texts (see
+/// [`ServeArgs::show_defaults`]).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .mut_subcommand("serve", ServeArgs::show_defaults)
+        .mut_subcommand("check-config", ServeArgs::show_defaults)
+}
+
+/// Parses the process's arguments (exits with clap's usage message when they are wrong).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
+
 /// Runs the subcommand `cli` names and returns the process's exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -76,8 +94,7 @@ mod tests {
 
     #[test]
     fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
@@ -96,8 +113,7 @@ mod tests {
 
     #[test]
     fn help_shows_the_defaults_the_config_uses() {
-        use clap::CommandFactory;
-        let help = Cli::command()
+        let help = command()
             .find_subcommand_mut("serve")
             .unwrap()
             .render_help()

@@ -6,7 +6,6 @@
 //! default). The `[default: …]` shown by `--help` is printed from the same constants the
 //! configuration falls back to, so the two cannot disagree.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -26,25 +25,16 @@ use crate::spool::SyncPolicy;
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// Address to listen on, IPv4 `127.0.0.1:2525` or IPv6 `[::1]:2525` (repeatable).
-    #[arg(long, value_name = "ADDR", help = with_default(
-        "Address to listen on, IPv4 `127.0.0.1:2525` or IPv6 `[::1]:2525` (repeatable)",
-        DEFAULT_LISTEN,
-    ))]
+    #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
     /// A domain we accept mail for (repeatable; required here or in the config file).
     #[arg(long, value_name = "D")]
     pub domain: Vec<String>,
     /// The spool directory.
-    #[arg(long, value_name = "DIR", help = with_default(
-        "The spool directory",
-        format!("./{DEFAULT_SPOOL_DIR}"),
-    ))]
+    #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// The stats unix socket.
-    #[arg(long, value_name = "PATH", help = with_default(
-        "The stats unix socket",
-        format!("<spool>/{DEFAULT_STATS_NAME}"),
-    ))]
+    #[arg(long, value_name = "PATH")]
     pub stats: Option<PathBuf>,
     /// Number of io_uring reactors (threads) [default: the CPUs this process may use].
     #[arg(long, value_name = "N")]
@@ -54,64 +44,73 @@ pub struct ServeArgs {
     pub hostname: Option<String>,
     /// When to fsync: `group` (before every 250, shared by concurrent messages) or `none`
     /// (testing only: acknowledged mail can be lost).
-    #[arg(long, value_name = "POLICY", help = with_default(
-        "When to fsync: `group` (before every 250, shared by concurrent messages) or `none` \
-         (testing only: acknowledged mail can be lost)",
-        SyncPolicy::Group.name(),
-    ))]
+    #[arg(long, value_name = "POLICY")]
     pub sync: Option<SyncPolicy>,
     /// Largest message accepted, in bytes (advertised as SIZE).
-    #[arg(long, value_name = "BYTES", help = with_default(
-        "Largest message accepted, in bytes (advertised as SIZE)",
-        format!("{DEFAULT_MAX_MESSAGE_SIZE} = {} MiB", DEFAULT_MAX_MESSAGE_SIZE >> 20),
-    ))]
+    #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<u64>,
     /// Recipients per message.
-    #[arg(long, value_name = "N", help = with_default(
-        "Recipients per message",
-        DEFAULT_MAX_RECIPIENTS,
-    ))]
+    #[arg(long, value_name = "N")]
     pub max_recipients: Option<usize>,
     /// Concurrent connections over all reactors; more get `421 4.7.0`.
-    #[arg(long, value_name = "N", help = with_default(
-        "Concurrent connections over all reactors; more get `421 4.7.0`",
-        DEFAULT_MAX_CONNECTIONS,
-    ))]
+    #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Concurrent connections from one client IP address; more get `421 4.7.0`
     /// [default: no limit].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
     /// How long a client may stay silent or take for one command, in seconds.
-    #[arg(long, value_name = "SECS", help = with_default(
-        "How long a client may stay silent or take for one command, in seconds",
-        DEFAULT_IDLE_TIMEOUT.as_secs(),
-    ))]
+    #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
     /// How long a whole message body may take, from the 354 to the final dot, in seconds, so
     /// a client dripping bytes cannot hold a connection forever.
-    #[arg(long, value_name = "SECS", help = with_default(
-        "How long a whole message body may take, from the 354 to the final dot, in seconds, so \
-         a client dripping bytes cannot hold a connection forever",
-        DEFAULT_DATA_TIMEOUT.as_secs(),
-    ))]
+    #[arg(long, value_name = "SECS")]
     pub data_timeout: Option<u64>,
     /// A bare LF (LF without CR) in a command or a body: `reject` it (500 5.5.2 / 550 5.6.0),
     /// or `normalize` it to CRLF for old clients. Bare CR is always refused, and only
     /// <CRLF>.<CRLF> ends a message either way.
-    #[arg(long, value_name = "POLICY", help = with_default(
-        "A bare LF (LF without CR) in a command or a body: `reject` it (500 5.5.2 / 550 5.6.0), \
-         or `normalize` it to CRLF for old clients. Bare CR is always refused, and only \
-         <CRLF>.<CRLF> ends a message either way",
-        BareLf::default().name(),
-    ))]
+    #[arg(long, value_name = "POLICY")]
     pub bare_lf: Option<BareLf>,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
-/// `text [default: value]`, the way clap prints its own defaults.
-fn with_default(text: &str, default: impl Display) -> String {
-    format!("{text} [default: {default}]")
+impl ServeArgs {
+    /// The default of each option that has one, by clap argument id, as `--help` shows it.
+    /// Every value comes from the constant the configuration falls back to, so the help text
+    /// cannot drift from what `serve` does. (The fields are `Option`s, so that a flag can win
+    /// over the TOML file, and clap cannot know these defaults itself.)
+    pub fn defaults() -> Vec<(&'static str, String)> {
+        vec![
+            ("listen", DEFAULT_LISTEN.to_string()),
+            ("spool", format!("./{DEFAULT_SPOOL_DIR}")),
+            ("stats", format!("<spool>/{DEFAULT_STATS_NAME}")),
+            ("sync", SyncPolicy::Group.name().to_string()),
+            (
+                "max_message_size",
+                format!(
+                    "{DEFAULT_MAX_MESSAGE_SIZE} = {} MiB",
+                    DEFAULT_MAX_MESSAGE_SIZE >> 20
+                ),
+            ),
+            ("max_recipients", DEFAULT_MAX_RECIPIENTS.to_string()),
+            ("max_connections", DEFAULT_MAX_CONNECTIONS.to_string()),
+            ("idle_timeout", DEFAULT_IDLE_TIMEOUT.as_secs().to_string()),
+            ("data_timeout", DEFAULT_DATA_TIMEOUT.as_secs().to_string()),
+            ("bare_lf", BareLf::default().name().to_string()),
+        ]
+    }
+
+    /// Appends ` [default: …]` from [`Self::defaults`] to the help of each option of `cmd`
+    /// (a subcommand built from these arguments), the way clap prints its own defaults.
+    pub fn show_defaults(mut cmd: clap::Command) -> clap::Command {
+        for (id, default) in Self::defaults() {
+            cmd = cmd.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} [default: {default}]"))
+            });
+        }
+        cmd
+    }
 }
