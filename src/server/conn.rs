@@ -14,20 +14,25 @@
 //! discards over-long lines itself, so `pending` stays below one command line plus one read;
 //! [`MAX_PENDING`] is a backstop that closes the connection if that promise is ever broken.
 //!
-//! tokio-uring traps handled here: a read raced against a timer or the stop signal is dropped
-//! while still in flight, so every such path ends with `shutdown(Both)`, which completes the
-//! read and lets the fd close; writes carry the same deadline.
+//! Deadlines: each connection arms its [`Deadline`] cell before every read (the session's
+//! deadline) and write (the idle timeout); the reactor's coarse sweep ([`super::deadline`])
+//! wakes it once the deadline has passed. No per-I/O timer is registered.
+//!
+//! tokio-uring traps handled here: a read raced against the deadline or the stop signal is
+//! dropped while still in flight, so every such path ends with `shutdown(Both)`, which completes
+//! the read and lets the fd close; writes carry a deadline too and end the same way.
 //!
 //! This module does not parse SMTP, decide replies or know the spool format.
 
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 use tokio_uring::net::TcpStream;
 
+use super::deadline::Deadline;
 use super::limit::{ConnPermit, Refusal};
 use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
@@ -83,7 +88,10 @@ pub async fn refuse(
     let mut reply = Vec::with_capacity(64);
     r.stats
         .replies(crate::smtp::refuse_connection(&mut reply, &r.hostname));
-    let _ = tokio::time::timeout(r.idle_timeout, stream.write_all(reply)).await;
+    let deadline = r.deadlines.register();
+    let _ = deadline
+        .within(write_deadline(r.idle_timeout), stream.write_all(reply))
+        .await;
     let _ = stream.shutdown(Shutdown::Both);
     drop(track);
 }
@@ -152,6 +160,8 @@ struct Conn<'r> {
     /// Input the session has not consumed yet.
     pending: Vec<u8>,
     sink: SpoolSink<'r>,
+    /// The deadline of the read or write in progress, checked by the reactor's sweep.
+    deadline: Rc<Deadline>,
     stop: watch::Receiver<Stop>,
     /// False once the stop sender is gone (nothing left to watch).
     watch_stop: bool,
@@ -172,6 +182,7 @@ impl<'r> Conn<'r> {
             out: Vec::with_capacity(512),
             pending: Vec::new(),
             sink: SpoolSink::new(&r.spool, peer.ip()),
+            deadline: r.deadlines.register(),
             stop: r.stop.clone(),
             watch_stop: true,
             started: now,
@@ -239,16 +250,17 @@ impl<'r> Conn<'r> {
     /// the read stays in flight: the caller must close the connection (`finish` does).
     async fn read(&mut self, buf: Buf) -> ReadEvent {
         let phase = self.session.phase();
-        let deadline = self.session.next_deadline();
+        self.deadline.arm(self.session.next_deadline());
         let read = buf.read_from(&self.stream);
         tokio::pin!(read);
-        let sleep = tokio::time::sleep_until(deadline.map_or_else(far_future, Into::into));
-        tokio::pin!(sleep);
         loop {
             tokio::select! {
                 biased;
-                (res, buf) = &mut read => return ReadEvent::Done(res, buf),
-                () = &mut sleep, if deadline.is_some() => return ReadEvent::Timeout,
+                (res, buf) = &mut read => {
+                    self.deadline.disarm();
+                    return ReadEvent::Done(res, buf);
+                }
+                () = self.deadline.expired() => return ReadEvent::Timeout,
                 changed = self.stop.changed(), if self.watch_stop => {
                     if changed.is_err() {
                         self.watch_stop = false;
@@ -423,14 +435,20 @@ impl<'r> Conn<'r> {
         }
     }
 
-    /// Writes the batch of replies in `out` with one `write_all`, bounded by the idle timeout.
+    /// Writes the batch of replies in `out` with one `write_all`, bounded by the idle timeout
+    /// (checked by the reactor's sweep, so up to one tick late).
     async fn write_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
         self.r.stats.replies(self.session.take_replies());
         let out = std::mem::take(&mut self.out);
-        match tokio::time::timeout(self.r.idle_timeout, self.stream.write_all(out)).await {
+        let write = self.stream.write_all(out);
+        match self
+            .deadline
+            .within(write_deadline(self.r.idle_timeout), write)
+            .await
+        {
             Ok((Ok(()), mut out)) => {
                 out.clear();
                 self.out = out;
@@ -587,7 +605,8 @@ fn commit_error(e: &SpoolError) -> CommitError {
     }
 }
 
-fn far_future() -> tokio::time::Instant {
-    // Only used for a disabled select! branch; any far instant works.
-    tokio::time::Instant::now() + Duration::from_secs(365 * 86_400)
+/// When a write started now must have completed: `idle` from now (`None` if unrepresentable).
+/// The one clock read per write; reads take the session's deadline and read no clock.
+fn write_deadline(idle: std::time::Duration) -> Option<Instant> {
+    Instant::now().checked_add(idle)
 }

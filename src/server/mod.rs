@@ -4,13 +4,15 @@
 //! starts one pinned reactor thread per core ([`reactor`]), each with its own tokio-uring
 //! runtime, spool writer, buffer pool and statistics, then the stats socket, and tells systemd it
 //! is ready ([`notify`]). SIGTERM/SIGINT ([`shutdown`]) drain the reactors; `run` returns once
-//! every reactor has synced and closed its spool. Connections are driven by [`conn`]; limits
+//! every reactor has synced and closed its spool. Connections are driven by [`conn`], their read and write deadlines
+//! checked by a coarse per-reactor sweep ([`deadline`]); limits
 //! shared by the reactors live in [`limit`].
 //!
 //! Nothing here parses SMTP or writes spool frames: that is [`crate::smtp`] and
 //! [`crate::spool`].
 
 pub mod conn;
+pub mod deadline;
 pub mod limit;
 pub mod listener;
 pub mod notify;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
 
 use super::conn;
+use super::deadline::Sweep;
 use super::limit::{ConnLimits, Refusal};
 use super::shutdown::{Stop, Tracker, GRACE_PERIOD, HARD_STOP_WAIT};
 use super::ServerError;
@@ -67,6 +68,8 @@ pub struct Reactor {
     pub tracker: Rc<Tracker>,
     /// How long a client may stay silent (also bounds our writes).
     pub idle_timeout: Duration,
+    /// The connections' read and write deadlines, swept by one ticker task.
+    pub deadlines: Rc<Sweep>,
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -217,7 +220,10 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         stop: local_rx,
         tracker: Tracker::new(),
         idle_timeout: config.idle_timeout(),
+        deadlines: Rc::new(Sweep::new()),
     });
+    // The ticker holds only the sweep, not the reactor; it ends with the runtime.
+    tokio_uring::spawn(r.deadlines.clone().run());
 
     let mut fds = Vec::with_capacity(listeners.len());
     let mut loops = Vec::with_capacity(listeners.len());
