@@ -35,7 +35,7 @@ use crate::buffers::Buf;
 use crate::smtp::{
     BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
 };
-use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError};
+use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError, TlsTrace};
 use crate::stats::{MessageOutcome, ReactorStats, SessionEnd};
 
 /// Read size while waiting for commands: a small heap buffer per connection, so thousands of
@@ -576,6 +576,11 @@ fn envelope_record(envelope: &Envelope, client_ip: IpAddr, at: SystemTime) -> En
         body_8bitmime: envelope.body_8bitmime,
         smtputf8: envelope.smtputf8,
         rcpts: envelope.rcpts.clone(),
+        tls: envelope.tls.as_ref().map(|t| TlsTrace {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            bits: t.bits,
+        }),
     }
 }
 
