@@ -67,6 +67,8 @@ pub struct Reactor {
     pub tracker: Rc<Tracker>,
     /// How long a client may stay silent (also bounds our writes).
     pub idle_timeout: Duration,
+    /// STARTTLS, when certificates are configured.
+    pub tls: Option<Arc<super::tls::TlsAcceptor>>,
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -85,6 +87,8 @@ pub struct ReactorSetup {
     pub stats: Arc<ReactorStats>,
     /// Global connection limits.
     pub limits: Arc<ConnLimits>,
+    /// STARTTLS, when certificates are configured.
+    pub tls: Option<Arc<super::tls::TlsAcceptor>>,
     /// The global stop state.
     pub stop: watch::Receiver<Stop>,
     /// Start-up report to the main thread.
@@ -189,6 +193,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         limits,
         mut stop,
         ready,
+        tls,
         ..
     } = setup;
     #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
@@ -217,6 +222,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         stop: local_rx,
         tracker: Tracker::new(),
         idle_timeout: config.idle_timeout(),
+        tls,
     });
 
     let mut fds = Vec::with_capacity(listeners.len());
