@@ -59,6 +59,7 @@ fn envelope() -> EnvelopeRecord {
         body_8bitmime: false,
         smtputf8: false,
         rcpts: vec!["user@example.net".into()],
+        tls: None,
     }
 }
 

@@ -85,11 +85,33 @@ learn_port() { # PORT=0: take the port the kernel gave the server from its log (
 }
 
 start_server() { # on $dir/spool; the log (info) names the port for learn_port
-    RUST_LOG=info "$RINGMX" serve --listen "127.0.0.1:$PORT" --domain "$DOMAIN" --spool "$dir/spool" \
-        --stats "$dir/stats.sock" --reactors "$REACTORS" --sync group >>"$dir/server.log" 2>&1 &
-    server_pid=$!
-    if [[ $PORT == 0 ]]; then learn_port; fi
-    wait_port
+    # Right after a kill -9 the kernel may still hold the old server's listening socket for a
+    # moment (its io_uring instance is torn down asynchronously), and ringmx refuses to share a
+    # port: retry while the log says the port is in use, for 10 s at most.
+    local attempt
+    for attempt in $(seq 50); do
+        local mark
+        mark=$(wc -l <"$dir/server.log" 2>/dev/null || echo 0)
+        RUST_LOG=info "$RINGMX" serve --listen "127.0.0.1:$PORT" --domain "$DOMAIN" --spool "$dir/spool" \
+            --stats "$dir/stats.sock" --reactors "$REACTORS" --sync group >>"$dir/server.log" 2>&1 &
+        server_pid=$!
+        if [[ $PORT != 0 ]]; then
+            sleep 0.1
+            if ! kill -0 "$server_pid" 2>/dev/null &&
+                tail -n +"$((mark + 1))" "$dir/server.log" | grep -qi 'in use'; then
+                wait "$server_pid" 2>/dev/null || true
+                server_pid=
+                echo "   port $PORT still held by the killed server; retrying ($attempt)"
+                sleep 0.1
+                continue
+            fi
+        fi
+        if [[ $PORT == 0 ]]; then learn_port; fi
+        wait_port
+        return
+    done
+    echo "crash-test: port $PORT still in use after 10 s" >&2
+    return 1
 }
 
 stop_server() { # SIGTERM, then SIGKILL after 10 s

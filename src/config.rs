@@ -13,7 +13,14 @@
 //! domain = ["example.org"]
 //! spool = "/var/spool/ringmx"
 //! max-message-size = 36700160
+//! # STARTTLS: a list of certificate/key pairs (the first is the default), like the
+//! # repeated --tls-cert/--tls-key flags.
+//! tls = [{ cert = "/etc/ringmx/mx.pem", key = "/etc/ringmx/mx.key" }]
+//! tls-min-version = "1.2"
 //! ```
+//!
+//! For TLS it only checks the shape (pairs complete, timeout in range); reading and matching
+//! the certificates and keys is `server::tls`'s (at start, in `check-config`, on SIGHUP).
 //!
 //! The defaults of the SMTP limits (message size, recipients, idle timeout, error cap) are the
 //! session's own ([`crate::smtp::DEFAULT_MAX_MESSAGE_SIZE`] and its neighbours); this module
@@ -35,7 +42,7 @@ use serde::Deserialize;
 
 use crate::smtp::{
     BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::spool::{SpoolConfig, SyncPolicy};
 
@@ -62,6 +69,8 @@ pub const MAX_IDLE_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound for `--data-timeout` (one day).
 pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
+/// Upper bound for `--tls-handshake-timeout` (ten minutes).
+pub const MAX_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Upper bound for `--reactors`.
 pub const MAX_REACTORS: usize = 1024;
 /// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
@@ -88,6 +97,43 @@ pub struct Config {
     idle_timeout: Duration,
     data_timeout: Duration,
     bare_lf: BareLf,
+    tls: Vec<TlsPair>,
+    tls_min_version: TlsVersion,
+    tls_handshake_timeout: Duration,
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPair {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// The lowest TLS version accepted (`--tls-min-version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246) and 1.3: what MX peers still need.
+    #[default]
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446) only.
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl TlsVersion {
+    /// `1.2` / `1.3`: the flag and config-file spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tls12 => "1.2",
+            Self::Tls13 => "1.3",
+        }
+    }
 }
 
 /// Why a configuration is unusable. `Display` gives one line for the operator.
@@ -146,6 +192,15 @@ pub enum ConfigError {
     SpoolNotDir(PathBuf),
     /// The stats socket path does not fit in `sun_path`.
     StatsPathTooLong(PathBuf),
+    /// `--tls-cert` and `--tls-key` are not given the same number of times.
+    TlsPairs {
+        /// `--tls-cert` count.
+        certs: usize,
+        /// `--tls-key` count.
+        keys: usize,
+    },
+    /// `--tls-handshake-timeout` above [`MAX_TLS_HANDSHAKE_TIMEOUT_SECS`].
+    TlsHandshakeTimeoutTooLong(u64),
 }
 
 impl fmt::Display for ConfigError {
@@ -198,6 +253,14 @@ impl fmt::Display for ConfigError {
                 "max-connections-per-ip = {per_ip} is above max-connections = {total}"
             ),
             Self::SpoolNotDir(p) => write!(f, "spool {} exists and is not a directory", p.display()),
+            Self::TlsPairs { certs, keys } => write!(
+                f,
+                "{certs} --tls-cert but {keys} --tls-key: give them in pairs, the n-th key for the n-th certificate"
+            ),
+            Self::TlsHandshakeTimeoutTooLong(n) => write!(
+                f,
+                "tls-handshake-timeout = {n} s is above the limit of {MAX_TLS_HANDSHAKE_TIMEOUT_SECS} s"
+            ),
             Self::StatsPathTooLong(p) => write!(
                 f,
                 "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
@@ -234,6 +297,9 @@ struct FileConfig {
     idle_timeout: Option<u64>,
     data_timeout: Option<u64>,
     bare_lf: Option<String>,
+    tls: Option<Vec<TlsPair>>,
+    tls_min_version: Option<TlsVersion>,
+    tls_handshake_timeout: Option<u64>,
 }
 
 impl Config {
@@ -410,6 +476,37 @@ impl Config {
             (None, None) => BareLf::default(),
         };
 
+        let tls = if args.tls_cert.is_empty() && args.tls_key.is_empty() {
+            file.tls.unwrap_or_default()
+        } else if args.tls_cert.len() != args.tls_key.len() {
+            return Err(ConfigError::TlsPairs {
+                certs: args.tls_cert.len(),
+                keys: args.tls_key.len(),
+            });
+        } else {
+            args.tls_cert
+                .iter()
+                .zip(&args.tls_key)
+                .map(|(cert, key)| TlsPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .collect()
+        };
+        let tls_min_version = args
+            .tls_min_version
+            .or(file.tls_min_version)
+            .unwrap_or_default();
+        let tls_handshake_timeout = match args.tls_handshake_timeout.or(file.tls_handshake_timeout)
+        {
+            Some(0) => return Err(ConfigError::Zero("tls-handshake-timeout")),
+            Some(s) if s > MAX_TLS_HANDSHAKE_TIMEOUT_SECS => {
+                return Err(ConfigError::TlsHandshakeTimeoutTooLong(s))
+            }
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        };
+
         Ok(Self {
             listen,
             domains: domains_lc,
@@ -425,6 +522,9 @@ impl Config {
             idle_timeout,
             data_timeout,
             bare_lf,
+            tls,
+            tls_min_version,
+            tls_handshake_timeout,
         })
     }
 
@@ -485,6 +585,19 @@ impl Config {
         self.bare_lf
     }
 
+    /// The STARTTLS certificate/key pairs (empty: no STARTTLS); the first is the default.
+    pub fn tls(&self) -> &[TlsPair] {
+        &self.tls
+    }
+    /// The lowest TLS version accepted.
+    pub fn tls_min_version(&self) -> TlsVersion {
+        self.tls_min_version
+    }
+    /// How long a TLS handshake may take.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        self.tls_handshake_timeout
+    }
+
     /// The policy every SMTP session shares.
     pub fn session_config(&self) -> Arc<SessionConfig> {
         Arc::new(SessionConfig {
@@ -497,6 +610,8 @@ impl Config {
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
             bare_lf: self.bare_lf,
+            starttls: !self.tls.is_empty(),
+            tls_handshake_timeout: self.tls_handshake_timeout,
         })
     }
 
@@ -513,7 +628,8 @@ impl Config {
         format!(
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
-             idle-timeout={}s data-timeout={}s bare-lf={}",
+             idle-timeout={}s data-timeout={}s bare-lf={} tls-pairs={} tls-min-version={} \
+             tls-handshake-timeout={}s",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -529,6 +645,9 @@ impl Config {
             self.idle_timeout.as_secs(),
             self.data_timeout.as_secs(),
             self.bare_lf.name(),
+            self.tls.len(),
+            self.tls_min_version.name(),
+            self.tls_handshake_timeout.as_secs(),
         )
     }
 }

@@ -1,15 +1,32 @@
 //! `ringmx check-config`: check a configuration the way `serve` would, print a summary, exit.
 //!
-//! Only the front end: the checks are [`crate::config::Config::load`]'s. Opens no sockets.
+//! Only the front end: the checks are [`crate::config::Config::load`]'s, and for STARTTLS
+//! [`crate::server::tls::load_pairs`]'s (unreadable file, key that does not match its
+//! certificate, expired certificate: one line, exit 1; expiring within 14 days: a warning).
+//! Opens no sockets.
 
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use crate::config::{Config, ServeArgs};
+use crate::server::tls;
 
 /// Loads and checks the configuration; prints `config ok: …` or the error.
 pub fn run(args: &ServeArgs) -> ExitCode {
     match Config::load(args) {
         Ok(config) => {
+            let mut warnings = Vec::new();
+            if let Err(e) = tls::load_pairs(
+                config.tls(),
+                &tls::provider(),
+                SystemTime::now(),
+                &mut warnings,
+            ) {
+                return super::fail(e);
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             println!("config ok: {}", config.summary());
             ExitCode::SUCCESS
         }

@@ -12,10 +12,13 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{
-    DEFAULT_DATA_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_SPOOL_DIR,
+    TlsVersion, DEFAULT_DATA_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_SPOOL_DIR,
     DEFAULT_STATS_NAME,
 };
-use crate::smtp::{BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS};
+use crate::smtp::{
+    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+};
 use crate::spool::SyncPolicy;
 
 /// The options of `ringmx serve` (and `ringmx check-config`).
@@ -71,6 +74,20 @@ pub struct ServeArgs {
     /// <CRLF>.<CRLF> ends a message either way.
     #[arg(long, value_name = "POLICY")]
     pub bare_lf: Option<BareLf>,
+    /// A PEM certificate chain for STARTTLS, leaf first (repeatable; the n-th goes with the
+    /// n-th --tls-key). The first pair is the default; another is used when the client's SNI
+    /// matches one of its names. Without any, STARTTLS is not offered.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Vec<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of the --tls-cert at the same position.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Vec<PathBuf>,
+    /// Lowest TLS version accepted: `1.2` or `1.3`.
+    #[arg(long, value_name = "VERSION")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// How long a client may take for the whole TLS handshake after STARTTLS, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub tls_handshake_timeout: Option<u64>,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -99,6 +116,11 @@ impl ServeArgs {
             ("idle_timeout", DEFAULT_IDLE_TIMEOUT.as_secs().to_string()),
             ("data_timeout", DEFAULT_DATA_TIMEOUT.as_secs().to_string()),
             ("bare_lf", BareLf::default().name().to_string()),
+            ("tls_min_version", TlsVersion::default().name().to_string()),
+            (
+                "tls_handshake_timeout",
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs().to_string(),
+            ),
         ]
     }
 

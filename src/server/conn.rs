@@ -22,6 +22,16 @@
 //! dropped while still in flight, so every such path ends with `shutdown(Both)`, which completes
 //! the read and lets the fd close; writes carry a deadline too and end the same way.
 //!
+//! STARTTLS: when the session enters [`Phase::StartTls`] (its 220 written), `drive` discards
+//! every byte still held after the STARTTLS line and counts them (CVE-2011-0411: they were sent
+//! before the handshake and must never run); `start_tls` then runs the handshake with rustls
+//! over the same reads and writes, under the session's deadline (`--tls-handshake-timeout`),
+//! and calls [`Session::tls_started`]. From then on reads go through
+//! [`TlsConn::decrypt`](super::tls::TlsConn::decrypt) before `feed`, and `write_out`
+//! encrypts the batch. A connection without TLS takes exactly the plaintext path (one `Option`
+//! test per read and write; no copy). A failed or timed-out handshake closes the connection
+//! like an idle client, `shutdown(Both)` included.
+//!
 //! This module does not parse SMTP, decide replies or know the spool format.
 
 use std::io;
@@ -36,12 +46,13 @@ use super::deadline::Deadline;
 use super::limit::{ConnPermit, Refusal};
 use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
+use super::tls::{TlsConn, TlsFailure};
 use crate::buffers::Buf;
 use crate::smtp::{
     BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
 };
-use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError};
-use crate::stats::{MessageOutcome, ReactorStats, SessionEnd};
+use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError, TlsTrace};
+use crate::stats::{MessageOutcome, ReactorStats, SessionEnd, TlsOutcome};
 
 /// Read size while waiting for commands: a small heap buffer per connection, so thousands of
 /// idle sessions stay cheap and never hold a registered buffer while the client thinks.
@@ -109,6 +120,10 @@ enum End {
     WriteTimeout,
     /// The session left more unconsumed input than it promised.
     Overflow,
+    /// The TLS handshake did not finish within `--tls-handshake-timeout`.
+    TlsTimeout,
+    /// TLS failed (handshake or later).
+    Tls(TlsFailure),
 }
 
 impl End {
@@ -123,6 +138,9 @@ impl End {
             Self::Eof => "client-closed",
             Self::WriteTimeout => "write-timeout",
             Self::Io(_) | Self::Overflow => "error",
+            Self::TlsTimeout => "tls-timeout",
+            Self::Tls(TlsFailure::Protocol) => "tls-protocol-error",
+            Self::Tls(TlsFailure::ClientAlert) => "tls-client-alert",
         }
     }
 
@@ -130,12 +148,14 @@ impl End {
     fn counted_as(&self) -> SessionEnd {
         match self {
             Self::Closed(Closed::Quit) => SessionEnd::Quit,
-            Self::Closed(Closed::Timeout) | Self::WriteTimeout => SessionEnd::Timeout,
+            Self::Closed(Closed::Timeout) | Self::WriteTimeout | Self::TlsTimeout => {
+                SessionEnd::Timeout
+            }
             Self::Closed(Closed::TooManyErrors) => SessionEnd::TooManyErrors,
             Self::Closed(Closed::Shutdown) => SessionEnd::Shutdown,
             Self::Closed(Closed::NotSmtp) => SessionEnd::NotSmtp,
             Self::Eof => SessionEnd::Disconnected,
-            Self::Io(_) | Self::Overflow => SessionEnd::IoError,
+            Self::Io(_) | Self::Overflow | Self::Tls(_) => SessionEnd::IoError,
         }
     }
 }
@@ -166,6 +186,8 @@ struct Conn<'r> {
     /// False once the stop sender is gone (nothing left to watch).
     watch_stop: bool,
     started: Instant,
+    /// TLS after STARTTLS; `None` on the plaintext path.
+    tls: Option<Box<TlsConn>>,
     messages: u64,
     rejected: u64,
     bytes_in: u64,
@@ -186,6 +208,7 @@ impl<'r> Conn<'r> {
             stop: r.stop.clone(),
             watch_stop: true,
             started: now,
+            tls: None,
             messages: 0,
             rejected: 0,
             bytes_in: 0,
@@ -202,6 +225,12 @@ impl<'r> Conn<'r> {
         let mut command_buf = Some(Buf::heap(COMMAND_READ_SIZE));
         let mut streaming = false;
         loop {
+            if self.session.phase() == Phase::StartTls {
+                if let Err(end) = self.start_tls().await {
+                    return end;
+                }
+                continue;
+            }
             let stop = *self.stop.borrow();
             let phase = self.session.phase();
             if stop == Stop::Now || (stop == Stop::Draining && phase == Phase::Command) {
@@ -228,7 +257,11 @@ impl<'r> Conn<'r> {
                     self.bytes_in += n as u64;
                     ReactorStats::add(&self.r.stats.counters.bytes_received, n as u64);
                     // Valid bytes are b[..n] (a reused registered buffer may be longer).
-                    if let Err(end) = self.feed(&b[..n]).await {
+                    let fed = match self.tls {
+                        None => self.feed(&b[..n]).await,
+                        Some(_) => self.feed_tls(&b[..n]).await,
+                    };
+                    if let Err(end) = fed {
                         return end;
                     }
                     if !b.is_fixed() && b.capacity() == COMMAND_READ_SIZE {
@@ -323,6 +356,19 @@ impl<'r> Conn<'r> {
             self.flush_body().await;
             let acked_at = self.end_message().await;
             self.write_out().await?;
+            if self.session.phase() == Phase::StartTls {
+                // CVE-2011-0411: whatever followed the STARTTLS line was sent before the
+                // handshake; it is dropped unseen, never given to rustls or the session.
+                let dropped = (input.len() - used) as u64;
+                ReactorStats::add(&self.r.stats.counters.tls_discarded_bytes, dropped);
+                if dropped > 0 {
+                    tracing::info!(
+                        "starttls from={} discarded={dropped} (bytes sent after STARTTLS before the handshake)",
+                        self.peer
+                    );
+                }
+                return Ok(input.len());
+            }
             if let Some(eod) = acked_at {
                 self.r.stats.record_ack(eod.elapsed());
             }
@@ -436,26 +482,179 @@ impl<'r> Conn<'r> {
     }
 
     /// Writes the batch of replies in `out` with one `write_all`, bounded by the idle timeout
-    /// (checked by the reactor's sweep, so up to one tick late).
+    /// (checked by the reactor's sweep, so up to one tick late); under TLS, encrypted (with
+    /// whatever else rustls has to send).
     async fn write_out(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
+        let tls_pending = self.tls.as_ref().is_some_and(|t| t.wants_write());
+        if self.out.is_empty() && !tls_pending {
             return Ok(());
         }
         self.r.stats.replies(self.session.take_replies());
+        if let Some(tls) = self.tls.as_mut() {
+            let wire = tls.seal(&self.out).map_err(End::Io)?;
+            self.out.clear();
+            let wire = self.write_raw(wire).await?;
+            if let Some(tls) = self.tls.as_mut() {
+                tls.recycle_wire(wire);
+            }
+            return Ok(());
+        }
         let out = std::mem::take(&mut self.out);
-        let write = self.stream.write_all(out);
+        self.out = self.write_raw(out).await?;
+        Ok(())
+    }
+
+    /// Writes `buf` with one `write_all`, bounded by the idle timeout; returns it emptied.
+    async fn write_raw(&self, buf: Vec<u8>) -> Result<Vec<u8>, End> {
+        let write = self.stream.write_all(buf);
         match self
             .deadline
             .within(write_deadline(self.r.idle_timeout), write)
             .await
         {
-            Ok((Ok(()), mut out)) => {
-                out.clear();
-                self.out = out;
-                Ok(())
+            Ok((Ok(()), mut buf)) => {
+                buf.clear();
+                Ok(buf)
             }
             Ok((Err(e), _)) => Err(End::Io(e)),
             Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    /// Decrypts newly read bytes and feeds the plaintext to the session, in chunks of at most
+    /// [`super::tls::PLAINTEXT_LIMIT`].
+    async fn feed_tls(&mut self, mut data: &[u8]) -> Result<(), End> {
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(());
+            };
+            let plain = match tls.decrypt(&mut data) {
+                Ok(p) => p,
+                Err(f) => return Err(self.tls_failed(f).await),
+            };
+            let fed = if plain.is_empty() {
+                Ok(())
+            } else {
+                self.feed(&plain).await
+            };
+            if let Some(tls) = self.tls.as_mut() {
+                tls.recycle(plain);
+            }
+            fed?;
+            if data.is_empty() {
+                // Anything rustls wants to say (a KeyUpdate answer, an alert).
+                return self.write_out().await;
+            }
+        }
+    }
+
+    /// Sends the alert rustls queued (best effort) and names the end.
+    async fn tls_failed(&mut self, f: TlsFailure) -> End {
+        if let Some(tls) = self.tls.as_mut() {
+            if let Ok(wire) = tls.seal(&[]) {
+                let _ = self.write_raw(wire).await;
+            }
+        }
+        End::Tls(f)
+    }
+
+    /// STARTTLS was answered 220: runs the TLS handshake over this connection's reads and
+    /// writes until it completes, fails or passes the session's deadline, then tells the
+    /// session. Plaintext that came in the same read as the client's last handshake message is
+    /// fed to the session at once.
+    async fn start_tls(&mut self) -> Result<(), End> {
+        let started = Instant::now();
+        // The session offers STARTTLS only when the reactor has an acceptor.
+        let Some(Ok(conn)) = self.r.tls.as_ref().map(|a| a.start()) else {
+            return Err(End::Tls(TlsFailure::Protocol));
+        };
+        self.tls = Some(Box::new(conn));
+        let mut buf = Buf::heap(COMMAND_READ_SIZE);
+        let mut early = Vec::new();
+        let res = loop {
+            let Some(tls) = self.tls.as_mut() else {
+                break Err(End::Tls(TlsFailure::Protocol));
+            };
+            if !tls.is_handshaking() {
+                break Ok(());
+            }
+            match self.read(buf).await {
+                ReadEvent::Done(Ok(0), _) => break Err(End::Tls(TlsFailure::Protocol)),
+                ReadEvent::Done(Ok(n), b) => {
+                    self.bytes_in += n as u64;
+                    ReactorStats::add(&self.r.stats.counters.bytes_received, n as u64);
+                    let mut data = &b[..n];
+                    let mut failed = None;
+                    while let Some(tls) = self.tls.as_mut() {
+                        match tls.decrypt(&mut data) {
+                            Ok(p) => {
+                                early.extend_from_slice(&p);
+                                tls.recycle(p);
+                            }
+                            Err(f) => {
+                                failed = Some(f);
+                                break;
+                            }
+                        }
+                        if data.is_empty() {
+                            break;
+                        }
+                    }
+                    if let Some(f) = failed {
+                        break Err(self.tls_failed(f).await);
+                    }
+                    buf = b;
+                    // The server's flight (ServerHello … Finished, or TLS 1.2's answers).
+                    if let Err(end) = self.write_out().await {
+                        break Err(end);
+                    }
+                }
+                ReadEvent::Done(Err(e), _) => break Err(End::Io(e)),
+                ReadEvent::Timeout => break Err(End::TlsTimeout),
+                // No 421 in the middle of a handshake: the client could not read it.
+                ReadEvent::Stop => break Err(End::Closed(Closed::Shutdown)),
+            }
+        };
+        let stats = &self.r.stats;
+        let tls = match (res, self.tls.as_ref()) {
+            (Ok(()), Some(tls)) => tls,
+            (res, _) => {
+                let end = res.err().unwrap_or(End::Tls(TlsFailure::Protocol));
+                match &end {
+                    End::TlsTimeout => stats.tls(TlsOutcome::Timeout),
+                    End::Tls(TlsFailure::ClientAlert) => stats.tls(TlsOutcome::ClientAlert),
+                    End::Tls(TlsFailure::Protocol) | End::Io(_) => {
+                        stats.tls(TlsOutcome::Protocol);
+                    }
+                    _ => {}
+                }
+                tracing::info!(
+                    "starttls failed from={} reason={} ms={}",
+                    self.peer,
+                    end.name(),
+                    started.elapsed().as_millis()
+                );
+                return Err(end);
+            }
+        };
+        let info = tls.info();
+        stats.tls(TlsOutcome::Completed {
+            v13: tls.is_v13(),
+            duration: started.elapsed(),
+        });
+        tracing::info!(
+            "starttls from={} version={} cipher={} sni={} ms={}",
+            self.peer,
+            info.version,
+            info.cipher,
+            tls.sni().unwrap_or("-"),
+            started.elapsed().as_millis()
+        );
+        self.session.tls_started(Instant::now(), info);
+        if early.is_empty() {
+            Ok(())
+        } else {
+            self.feed(&early).await
         }
     }
 
@@ -594,6 +793,11 @@ fn envelope_record(envelope: &Envelope, client_ip: IpAddr, at: SystemTime) -> En
         body_8bitmime: envelope.body_8bitmime,
         smtputf8: envelope.smtputf8,
         rcpts: envelope.rcpts.clone(),
+        tls: envelope.tls.as_ref().map(|t| TlsTrace {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            bits: t.bits,
+        }),
     }
 }
 

@@ -4,8 +4,9 @@
 //! starts one pinned reactor thread per core ([`reactor`]), each with its own tokio-uring
 //! runtime, spool writer, buffer pool and statistics, then the stats socket, and tells systemd it
 //! is ready ([`notify`]). SIGTERM/SIGINT ([`shutdown`]) drain the reactors; `run` returns once
-//! every reactor has synced and closed its spool. Connections are driven by [`conn`], their read and write deadlines
-//! checked by a coarse per-reactor sweep ([`deadline`]); limits
+//! every reactor has synced and closed its spool. STARTTLS certificates, their SIGHUP reload
+//! and the rustls wrapper the driver uses live in [`tls`]. Connections are driven by [`conn`],
+//! their read and write deadlines checked by a coarse per-reactor sweep ([`deadline`]); limits
 //! shared by the reactors live in [`limit`].
 //!
 //! Nothing here parses SMTP or writes spool frames: that is [`crate::smtp`] and
@@ -19,6 +20,7 @@ pub mod notify;
 pub mod probe;
 pub mod reactor;
 pub mod shutdown;
+pub mod tls;
 
 use std::fmt;
 use std::io;
@@ -52,6 +54,8 @@ pub enum ServerError {
     Setup(&'static str, io::Error),
     /// A reactor thread panicked.
     ReactorPanicked(usize),
+    /// The TLS certificates could not be loaded.
+    Tls(tls::TlsLoadError),
 }
 
 impl fmt::Display for ServerError {
@@ -84,6 +88,7 @@ impl fmt::Display for ServerError {
             Self::Stats(e) => e.fmt(f),
             Self::Setup(what, e) => write!(f, "cannot set up {what}: {e}"),
             Self::ReactorPanicked(i) => write!(f, "reactor {i} crashed (see the log above)"),
+            Self::Tls(e) => e.fmt(f),
         }
     }
 }
@@ -122,6 +127,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     probe::probe().map_err(ServerError::IoUring)?;
     raise_nofile_limit(config.max_connections());
+    let tls = tls::TlsAcceptor::from_config(&config).map_err(ServerError::Tls)?;
 
     let n = config.reactors();
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
@@ -131,6 +137,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     let signals = SignalWatcher::start(stop_tx.clone())
         .map_err(|e| ServerError::Setup("signal handlers", e))?;
+    let reload = tls::ReloadWatcher::start(tls.clone())
+        .map_err(|e| ServerError::Setup("the SIGHUP handler", e))?;
 
     let cpus = crate::sys::allowed_cpus();
     let pin = n <= cpus.len();
@@ -154,6 +162,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 .reactor(index)
                 .ok_or(ServerError::ReactorPanicked(index))?,
             limits: limits.clone(),
+            tls: tls.clone(),
             stop: stop_rx.clone(),
             ready: ready_tx.clone(),
         };
@@ -224,6 +233,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 "--sync none: messages are acknowledged WITHOUT fsync; a crash or power cut loses accepted mail (testing only)"
             );
         }
+        if tls.is_some() {
+            tracing::info!(
+                "STARTTLS offered: {} certificate(s), min version {}, handshake timeout {}s",
+                config.tls().len(),
+                config.tls_min_version().name(),
+                config.tls_handshake_timeout().as_secs()
+            );
+        }
         for a in &bound {
             tracing::info!("listening on {a}");
         }
@@ -256,6 +273,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     drop(stats_server);
     drop(signals);
+    drop(reload);
     match first_error {
         Some(e) => Err(e),
         None => {

@@ -70,6 +70,8 @@ pub struct Reactor {
     pub idle_timeout: Duration,
     /// The connections' read and write deadlines, swept by one ticker task.
     pub deadlines: Rc<Sweep>,
+    /// STARTTLS, when certificates are configured.
+    pub tls: Option<Arc<super::tls::TlsAcceptor>>,
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -88,6 +90,8 @@ pub struct ReactorSetup {
     pub stats: Arc<ReactorStats>,
     /// Global connection limits.
     pub limits: Arc<ConnLimits>,
+    /// STARTTLS, when certificates are configured.
+    pub tls: Option<Arc<super::tls::TlsAcceptor>>,
     /// The global stop state.
     pub stop: watch::Receiver<Stop>,
     /// Start-up report to the main thread.
@@ -192,6 +196,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         limits,
         mut stop,
         ready,
+        tls,
         ..
     } = setup;
     #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
@@ -221,6 +226,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         tracker: Tracker::new(),
         idle_timeout: config.idle_timeout(),
         deadlines: Rc::new(Sweep::new()),
+        tls,
     });
     // The ticker holds only the sweep, not the reactor; it ends with the runtime.
     tokio_uring::spawn(r.deadlines.clone().run());

@@ -48,6 +48,11 @@ pub(crate) enum Command<'a> {
     Vrfy,
     /// `HELP [text]`.
     Help,
+    /// `STARTTLS` (RFC 3207); `args` if anything followed the verb (501 5.5.4 when offered).
+    StartTls {
+        /// Something followed the verb.
+        args: bool,
+    },
 }
 
 /// Why a line is not a valid command. Small and `Copy`; [`CommandError::reply`] says what the
@@ -56,7 +61,8 @@ pub(crate) enum Command<'a> {
 pub(crate) enum CommandError {
     /// Not a verb we know (or an empty line): 500 5.5.2.
     Unrecognized,
-    /// A verb we know but do not offer (EXPN, STARTTLS, AUTH, BDAT, ETRN, TURN…): 502 5.5.1.
+    /// A verb we know but do not offer (EXPN, AUTH, BDAT, ETRN, TURN…; STARTTLS when no
+    /// certificate is configured, which the session decides): 502 5.5.1.
     NotImplemented,
     /// An HTTP request line (`GET / HTTP/1.1`, `POST`, `CONNECT`…): not an SMTP client at all.
     /// The session answers 221 2.7.0 and closes instead of replying to every header line.
@@ -147,8 +153,12 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"HELP" => Ok(Command::Help),
         b"VRFY" if args.is_empty() => Err(CommandError::Syntax("Syntax: VRFY address")),
         b"VRFY" => Ok(Command::Vrfy),
-        b"EXPN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"ETRN" | b"TURN" | b"ATRN" | b"SEND"
-        | b"SOML" | b"SAML" => Err(CommandError::NotImplemented),
+        b"STARTTLS" => Ok(Command::StartTls {
+            args: !args.is_empty(),
+        }),
+        b"EXPN" | b"AUTH" | b"BDAT" | b"ETRN" | b"TURN" | b"ATRN" | b"SEND" | b"SOML" | b"SAML" => {
+            Err(CommandError::NotImplemented)
+        }
         // HTTP/1.x methods (RFC 9110 §9) and the HTTP/2 preface (RFC 9113 §3.4).
         b"GET" | b"HEAD" | b"POST" | b"PUT" | b"DELETE" | b"CONNECT" | b"OPTIONS" | b"TRACE"
         | b"PATCH" | b"PRI" => Err(CommandError::NotSmtp),
@@ -368,10 +378,10 @@ mod tests {
             (b"RCPT TO:<x@y.example>>", Err(BadParameter)),
             (b"RCPT TO:<x\0@y.example>", Err(NulByte)),
             (b"NOOP \0", Err(NulByte)),
-            // known but not offered
+            // known but not offered (STARTTLS: the session decides)
             (b"EXPN staff", Err(NotImplemented)),
-            (b"STARTTLS", Err(NotImplemented)),
-            (b"starttls", Err(NotImplemented)),
+            (b"STARTTLS", Ok(StartTls { args: false })),
+            (b"starttls x", Ok(StartTls { args: true })),
             (b"AUTH PLAIN AGFAYg==", Err(NotImplemented)),
             (b"BDAT 10 LAST", Err(NotImplemented)),
             (b"ETRN example.org", Err(NotImplemented)),

@@ -7,8 +7,10 @@
 //!
 //! It does **not** make messages durable (the driver does, then calls
 //! [`Session::handle_commit`]), does not time anything itself (it says when via
-//! [`Session::next_deadline`]), does not offer STARTTLS, AUTH or CHUNKING, and does not relay:
-//! recipients are accepted only for [`SessionConfig::local_domains`].
+//! [`Session::next_deadline`]), does not offer AUTH or CHUNKING, and does not relay:
+//! recipients are accepted only for [`SessionConfig::local_domains`]. STARTTLS (RFC 3207) is
+//! decided here (when it is offered and allowed, the `220 2.0.0`, the state reset after the
+//! handshake, see [`Session::tls_started`]); the handshake and the encryption are the driver's.
 //!
 //! # Layout
 //! - [`session`](Session): the state machine and the driver contract.
@@ -30,6 +32,9 @@
 //!   │      │   QUIT → 221, Err(Closed::Quit)                          │
 //!   │      │   HTTP request line → 221 2.7.0, Err(Closed::NotSmtp)    │
 //!   │      │   N errors → 421 4.7.0, Err(Closed::TooManyErrors)       │
+//!   │      │ STARTTLS → 220, Phase::StartTls: nothing more consumed;  │
+//!   │      │   the driver drops what it holds, runs the handshake,    │
+//!   │      │   then tls_started() → back here, HELO/EHLO forgotten    │
 //!   │      │ DATA (MAIL + RCPT given) → 354, sink.begin(envelope)     │
 //!   │      ▼                                                          │
 //!   │   Phase::Data: bytes → DataScanner → sink.segment(unstuffed)    │
@@ -77,6 +82,8 @@ pub const DEFAULT_MAX_ERRORS: u32 = 10;
 /// messages before each further one also counts as an error (Postfix's
 /// `smtpd_junk_command_limit`), so a client cannot hold a connection forever with keep-alives.
 pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
+/// Default time a client gets for the whole TLS handshake after `220 2.0.0 Ready to start TLS`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a client gets for one command line or between two reads of a body: the five
 /// minutes of RFC 5321 §4.5.3.2.7 (server timeout while waiting for the next command).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -108,6 +115,12 @@ pub struct SessionConfig {
     pub data_timeout: Option<Duration>,
     /// What to do with a bare LF (an LF without its CR) in a command line or a body.
     pub bare_lf: BareLf,
+    /// The driver can do TLS (certificates are configured): STARTTLS is offered in the EHLO
+    /// reply until TLS is active, and accepted. Without it STARTTLS gets 502 5.5.1.
+    pub starttls: bool,
+    /// How long the driver gives the TLS handshake after the 220 of STARTTLS
+    /// ([`Session::next_deadline`] in [`Phase::StartTls`]).
+    pub tls_handshake_timeout: Duration,
 }
 
 /// The policy for bare LF (RFC 5321 §2.3.8: lines end in CRLF only). Bare CR is refused under
@@ -162,6 +175,8 @@ impl SessionConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             data_timeout: None,
             bare_lf: BareLf::Reject,
+            starttls: false,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -199,6 +214,10 @@ pub enum Phase {
     Data,
     /// A message has ended; waiting for the driver's [`Session::handle_commit`].
     AwaitingCommit,
+    /// `220 2.0.0 Ready to start TLS` was written: the driver must discard every byte it holds
+    /// (they arrived before the handshake: CVE-2011-0411), run the TLS handshake, then call
+    /// [`Session::tls_started`]. Nothing is consumed until then.
+    StartTls,
     /// The session is over.
     Closed,
 }
@@ -221,6 +240,20 @@ pub struct Envelope {
     /// Accepted forward-paths, without angle brackets, as the client wrote them
     /// (`Postmaster` for the domain-less postmaster address).
     pub rcpts: Vec<String>,
+    /// The TLS in use since STARTTLS ([`Session::tls_started`]); kept for the whole session.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the driver tells the session about a completed TLS handshake, for the `Received:`
+/// header (RFC 3848 `ESMTPS`, and the version and cipher as Postfix writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version, `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The IANA cipher suite name, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The symmetric key length in bits (128 or 256).
+    pub bits: u16,
 }
 
 /// Why a message body was refused (the session answers after the terminator).

@@ -146,12 +146,15 @@ pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
 }
 
 /// The multi-line positive reply to EHLO, listing the extensions we offer.
-pub(crate) fn encode_ehlo(out: &mut Out<'_>, host: &str, max_size: u64) {
+pub(crate) fn encode_ehlo(out: &mut Out<'_>, host: &str, max_size: u64, starttls: bool) {
     push_code(out, 250, b'-');
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
     push_decimal(out, max_size);
     out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n");
+    if starttls {
+        out.extend_from_slice(b"250-STARTTLS\r\n");
+    }
     push_code(out, 250, b' ');
     out.extend_from_slice(b"SMTPUTF8\r\n");
 }
@@ -169,6 +172,15 @@ pub(crate) const DATA_GO_AHEAD: Reply = Reply::new(354, "", "End data with <CR><
 /// 250 after the driver made a message durable; the queue id follows the text.
 pub(crate) const QUEUED: Reply = Reply::new(250, "2.0.0", "Ok queued as ");
 /// 221 to QUIT.
+/// RFC 3207 §4: the client starts the TLS handshake after this line.
+pub(crate) const TLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+/// STARTTLS with an argument (RFC 3207 §4: "501 Syntax error (no parameters allowed)").
+pub(crate) const TLS_SYNTAX: Reply = Reply::new(501, "5.5.4", "Syntax: STARTTLS");
+/// STARTTLS when TLS is already active (RFC 3207 §4.2: a second STARTTLS is an error).
+pub(crate) const TLS_ACTIVE: Reply = Reply::new(503, "5.5.1", "TLS already active");
+/// STARTTLS between MAIL and the end of the transaction.
+pub(crate) const TLS_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1", "STARTTLS not allowed in a mail transaction");
 pub(crate) const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
 /// 252 to VRFY (RFC 5321 §3.5.3: we do not confirm addresses).
 pub(crate) const VRFY_CANNOT: Reply = Reply::new(
@@ -263,7 +275,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut out = Out::new(&mut buf);
         encode_greeting(&mut out, "mx.test");
-        encode_ehlo(&mut out, "mx.test", 1000);
+        encode_ehlo(&mut out, "mx.test", 1000, false);
         encode_helo(&mut out, "mx.test");
         DATA_GO_AHEAD.encode(&mut out);
         TIMEOUT.encode_with_host(&mut out, "mx.test");
@@ -305,7 +317,7 @@ mod tests {
 
     #[test]
     fn ehlo_lists_every_extension_and_ends_with_a_space_line() {
-        let t = text(|o| encode_ehlo(o, "mx.test", 1000));
+        let t = text(|o| encode_ehlo(o, "mx.test", 1000, false));
         assert_eq!(
             t,
             "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\

@@ -15,7 +15,7 @@ use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Out, Reply};
 use super::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection,
-    ReplyTally, SessionConfig, MAX_COMMAND_LINE,
+    ReplyTally, SessionConfig, TlsInfo, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -32,7 +32,14 @@ use crate::data::DataScanner;
 ///    still held (they may already hold the next commands). No `handle_input` in between.
 /// 4. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
 ///    To stop the server: [`Session::handle_shutdown`]. Both return the [`Closed`] reason.
-/// 5. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
+/// 5. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
+///    `220 2.0.0 Ready to start TLS` in `out`): write `out`, **discard** every unconsumed byte
+///    (those after the STARTTLS line, and anything that arrives before the handshake starts:
+///    CVE-2011-0411 command injection), run the TLS handshake within
+///    [`Session::next_deadline`], then call [`Session::tls_started`] and from then on feed
+///    decrypted bytes. If the handshake fails or times out, close without a reply (no
+///    `handle_timeout`: a plaintext 421 would be garbage to a TLS client).
+/// 6. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
 ///    message begun with [`BodySink::begin`] but never ended (timeout or shutdown in DATA) must
 ///    be discarded by the driver.
 ///
@@ -85,6 +92,8 @@ use crate::data::DataScanner;
 ///   the session closes ([`Closed::NotSmtp`]), as Postfix does: replying 500 to every header
 ///   line would only keep a browser or proxy talking.
 /// - ESMTP parameters are also accepted after HELO.
+/// - STARTTLS needs no EHLO first (RFC 3207 does not ask for one), but is refused inside a
+///   transaction (503 5.5.1), with an argument (501 5.5.4), and once TLS is active (503 5.5.1).
 #[derive(Debug)]
 pub struct Session {
     /// The server's policy, shared by all sessions.
@@ -116,6 +125,7 @@ enum State {
     Command,
     Data(DataState),
     AwaitingCommit,
+    StartTls,
     Closed(Closed),
 }
 
@@ -195,7 +205,7 @@ impl Session {
         loop {
             match self.state {
                 State::Closed(reason) => return Err(reason),
-                State::AwaitingCommit => return Ok(pos),
+                State::AwaitingCommit | State::StartTls => return Ok(pos),
                 State::Data(ref mut data) => {
                     if pos == input.len() {
                         return Ok(pos);
@@ -323,12 +333,16 @@ impl Session {
             State::Command => Phase::Command,
             State::Data(_) => Phase::Data,
             State::AwaitingCommit => Phase::AwaitingCommit,
+            State::StartTls => Phase::StartTls,
             State::Closed(_) => Phase::Closed,
         }
     }
 
     /// When the driver must call [`Session::handle_timeout`] if no input arrives first; `None`
-    /// while awaiting a commit, once closed, or if the timeout is too large to represent.
+    /// while awaiting a commit, once closed, or if the timeout is too large to represent. In
+    /// [`Phase::StartTls`] it is when the handshake must be over
+    /// ([`SessionConfig::tls_handshake_timeout`] after the STARTTLS line); the driver then
+    /// closes without calling `handle_timeout`.
     pub fn next_deadline(&self) -> Option<Instant> {
         let idle = self.last_progress.checked_add(self.config.idle_timeout);
         match &self.state {
@@ -337,8 +351,32 @@ impl Session {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            State::StartTls => self
+                .last_progress
+                .checked_add(self.config.tls_handshake_timeout),
             State::AwaitingCommit | State::Closed(_) => None,
         }
+    }
+
+    /// The driver finished the TLS handshake that STARTTLS announced. The session goes back to
+    /// its state right after the greeting (RFC 3207 §4.2): HELO/EHLO and any transaction are
+    /// forgotten, so the client must send EHLO again (MAIL first gets 503 5.5.1); STARTTLS is no
+    /// longer offered, and messages are traced as `ESMTPS` with `info`. The error and junk
+    /// counts carry over. `now` starts the next command timeout. Does nothing unless the session
+    /// is in [`Phase::StartTls`].
+    pub fn tls_started(&mut self, now: Instant, info: TlsInfo) {
+        if !matches!(self.state, State::StartTls) {
+            return;
+        }
+        self.envelope = Envelope {
+            tls: Some(info),
+            ..Envelope::default()
+        };
+        self.greeted = false;
+        self.in_transaction = false;
+        self.discarding = false;
+        self.state = State::Command;
+        self.last_progress = now;
     }
 
     /// The client's address, as given to [`Session::new`].
@@ -385,7 +423,13 @@ impl Session {
         match command {
             Command::Ehlo(name) => {
                 self.greet(name, true);
-                reply::encode_ehlo(out, &self.config.hostname, self.config.max_message_size);
+                let starttls = self.config.starttls && self.envelope.tls.is_none();
+                reply::encode_ehlo(
+                    out,
+                    &self.config.hostname,
+                    self.config.max_message_size,
+                    starttls,
+                );
             }
             Command::Helo(name) => {
                 self.greet(name, false);
@@ -432,6 +476,23 @@ impl Session {
             Command::Help => {
                 reply::HELP.encode(out);
                 return self.junk_command(out);
+            }
+            Command::StartTls { args } => {
+                if !self.config.starttls {
+                    return self.fail(out, command::CommandError::NotImplemented.reply());
+                }
+                if self.envelope.tls.is_some() {
+                    return self.fail(out, reply::TLS_ACTIVE);
+                }
+                if args {
+                    return self.fail(out, reply::TLS_SYNTAX);
+                }
+                if self.in_transaction {
+                    return self.fail(out, reply::TLS_IN_TRANSACTION);
+                }
+                reply::TLS_READY.encode(out);
+                // `last_progress` is the time this line was read: the handshake deadline.
+                self.state = State::StartTls;
             }
             Command::Quit => {
                 reply::BYE.encode(out);

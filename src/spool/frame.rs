@@ -334,12 +334,27 @@ pub struct EnvelopeRecord {
     pub smtputf8: bool,
     /// Accepted forward-paths without angle brackets.
     pub rcpts: Vec<String>,
+    /// The TLS the message came over (STARTTLS), if any.
+    pub tls: Option<TlsTrace>,
+}
+
+/// The TLS of a session, as the `Received:` header names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTrace {
+    /// `TLSv1.2` / `TLSv1.3`.
+    pub version: String,
+    /// IANA cipher suite name.
+    pub cipher: String,
+    /// Symmetric key bits.
+    pub bits: u16,
 }
 
 const F_ESMTP: u8 = 1;
 const F_8BITMIME: u8 = 2;
 const F_SMTPUTF8: u8 = 4;
 const F_SIZE: u8 = 8;
+/// TLS: version, cipher (strings) and bits (u16) follow the recipients.
+const F_TLS: u8 = 16;
 
 impl EnvelopeRecord {
     /// When DATA started, from [`EnvelopeRecord::received_us`].
@@ -363,6 +378,9 @@ impl EnvelopeRecord {
         if self.declared_size.is_some() {
             flags |= F_SIZE;
         }
+        if self.tls.is_some() {
+            flags |= F_TLS;
+        }
         out.push(flags);
         out.extend_from_slice(&self.received_us.to_le_bytes());
         out.extend_from_slice(&self.declared_size.unwrap_or(0).to_le_bytes());
@@ -382,6 +400,11 @@ impl EnvelopeRecord {
         for r in &self.rcpts {
             put_str(out, r);
         }
+        if let Some(t) = &self.tls {
+            put_str(out, &t.version);
+            put_str(out, &t.cipher);
+            out.extend_from_slice(&t.bits.to_le_bytes());
+        }
     }
 
     /// The encoded length.
@@ -398,6 +421,10 @@ impl EnvelopeRecord {
             + self.mail_from.len()
             + 4
             + self.rcpts.iter().map(|r| 4 + r.len()).sum::<usize>()
+            + self
+                .tls
+                .as_ref()
+                .map_or(0, |t| 4 + t.version.len() + 4 + t.cipher.len() + 2)
     }
 
     /// Decodes the record.
@@ -427,6 +454,15 @@ impl EnvelopeRecord {
         for _ in 0..n {
             rcpts.push(c.string()?);
         }
+        let tls = if flags & F_TLS != 0 {
+            Some(TlsTrace {
+                version: c.string()?,
+                cipher: c.string()?,
+                bits: u16::from_le_bytes(arr(c.take(2)?)),
+            })
+        } else {
+            None
+        };
         if !c.b.is_empty() {
             return Err(FrameError::BadPayload);
         }
@@ -440,6 +476,7 @@ impl EnvelopeRecord {
             body_8bitmime: flags & F_8BITMIME != 0,
             smtputf8: flags & F_SMTPUTF8 != 0,
             rcpts,
+            tls,
         })
     }
 }
@@ -501,6 +538,7 @@ mod tests {
             body_8bitmime: false,
             smtputf8: true,
             rcpts: vec!["a@example.test".into(), "Ünï@example.test".into()],
+            tls: None,
         }
     }
 
@@ -617,6 +655,19 @@ mod tests {
         assert_eq!(EnvelopeRecord::decode(&p4).unwrap(), v4);
         for cut in 0..p.len() {
             assert!(EnvelopeRecord::decode(&p[..cut]).is_err());
+        }
+        let mut t = envelope();
+        t.tls = Some(TlsTrace {
+            version: "TLSv1.2".into(),
+            cipher: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into(),
+            bits: 128,
+        });
+        let mut pt = Vec::new();
+        t.encode(&mut pt);
+        assert_eq!(pt.len(), t.encoded_len());
+        assert_eq!(EnvelopeRecord::decode(&pt).unwrap(), t);
+        for cut in 0..pt.len() {
+            assert!(EnvelopeRecord::decode(&pt[..cut]).is_err());
         }
         let s = SegmentRecord {
             version: FORMAT_VERSION,

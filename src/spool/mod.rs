@@ -40,7 +40,7 @@ pub mod tool;
 pub mod trace;
 mod writer;
 
-pub use frame::EnvelopeRecord;
+pub use frame::{EnvelopeRecord, TlsTrace};
 pub use writer::{MessageWriter, Spool};
 
 /// Default segment size limit: 256 MiB (a soft limit: messages already started finish in the

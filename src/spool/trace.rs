@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! Received: from client.example ([192.0.2.1])
-//!         by mx.example.net (ringmx) with ESMTP id 01JDQ4R2S8K00
+//!         (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
+//!         by mx.example.net (ringmx) with ESMTPS id 01JDQ4R2S8K00
 //!         for <user@example.net>; Tue, 26 Nov 2024 07:17:00 +0000
 //! ```
 //! We do no reverse DNS lookup, so TCP-info is the address literal alone. Fields the client
 //! chose (HELO name, recipient) are sanitised so they cannot break the header: control
-//! characters and the delimiters `()<>;\"` and whitespace become `_`.
+//! characters and the delimiters `()<>;\"` and whitespace become `_`. The `(using …)` line
+//! appears only for a message received over STARTTLS, in Postfix's words.
 //!
 //! Everything comes from the spool's [`EnvelopeRecord`] (HELO, protocol flags, recipients,
 //! client address, arrival time), the host name and the message id.
@@ -37,6 +39,14 @@ pub fn received_header(out: &mut Vec<u8>, envelope: &EnvelopeRecord, hostname: &
     s.push_str(&address_literal(envelope.client_ip));
     s.push(')');
     s.push_str(FOLD);
+    if let Some(t) = &envelope.tls {
+        s.push_str("(using ");
+        s.push_str(&sanitize(&t.version));
+        s.push_str(" with cipher ");
+        s.push_str(&sanitize(&t.cipher));
+        s.push_str(&format!(" ({0}/{0} bits))", t.bits));
+        s.push_str(FOLD);
+    }
     s.push_str("by ");
     s.push_str(&sanitize(hostname));
     s.push_str(" (ringmx) with ");
@@ -57,12 +67,16 @@ pub fn received_header(out: &mut Vec<u8>, envelope: &EnvelopeRecord, hostname: &
 }
 
 /// The WITH protocol: `SMTP` after HELO, `ESMTP` after EHLO, `UTF8SMTP` when the transaction
-/// used SMTPUTF8 (RFC 6531 §3.7.3). TLS variants (`ESMTPS`, `UTF8SMTPS`) come with STARTTLS.
+/// used SMTPUTF8 (RFC 6531 §3.7.3); over STARTTLS `ESMTPS` / `UTF8SMTPS` (RFC 3848). HELO after
+/// STARTTLS stays `SMTP`: the registry has no TLS name for it, the `(using …)` line tells.
 pub fn protocol(envelope: &EnvelopeRecord) -> &'static str {
-    match (envelope.esmtp, envelope.smtputf8) {
-        (_, true) => "UTF8SMTP",
-        (true, false) => "ESMTP",
-        (false, false) => "SMTP",
+    let tls = envelope.tls.is_some();
+    match (envelope.esmtp, envelope.smtputf8, tls) {
+        (_, true, false) => "UTF8SMTP",
+        (_, true, true) => "UTF8SMTPS",
+        (true, false, false) => "ESMTP",
+        (true, false, true) => "ESMTPS",
+        (false, false, _) => "SMTP",
     }
 }
 
@@ -116,7 +130,29 @@ mod tests {
             body_8bitmime: false,
             smtputf8: utf8,
             rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_names_version_and_cipher_like_postfix() {
+        let mut e = env(true, false, &["u@example.net"]);
+        e.tls = Some(crate::spool::TlsTrace {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+            bits: 256,
+        });
+        assert_eq!(
+            render(&e, "192.0.2.1"),
+            "Received: from client.example ([192.0.2.1])\r\n\t(using TLSv1.3 with cipher \
+             TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n\tby mx.example.net (ringmx) with \
+             ESMTPS id 01JDQ4R2S8K00\r\n\tfor <u@example.net>; Tue, 26 Nov 2024 07:17:00 +0000\r\n"
+        );
+        e.smtputf8 = true;
+        assert!(render(&e, "192.0.2.1").contains("with UTF8SMTPS id"));
+        e.smtputf8 = false;
+        e.esmtp = false;
+        assert!(render(&e, "192.0.2.1").contains("with SMTP id"));
     }
 
     fn render(e: &EnvelopeRecord, ip: &str) -> String {

@@ -109,6 +109,17 @@ pub fn text(snap: &Snapshot) -> String {
         "replies      2xx {}  3xx {}  4xx {}  5xx {}",
         c.replies_2xx, c.replies_3xx, c.replies_4xx, c.replies_5xx
     );
+    let _ = writeln!(
+        s,
+        "tls          handshakes {}  failed: timeout {}  protocol {}  client-alert {}  sessions: v1.2 {}  v1.3 {}  discarded-bytes {}",
+        c.tls_handshakes,
+        c.tls_failed_timeout,
+        c.tls_failed_protocol,
+        c.tls_failed_alert,
+        c.tls_sessions_v12,
+        c.tls_sessions_v13,
+        c.tls_discarded_bytes
+    );
     let sp = &snap.total.spool;
     let line = |n: u8| {
         sp.fields()
@@ -132,9 +143,10 @@ pub fn text(snap: &Snapshot) -> String {
         .map(|(label, n)| format!("{label}:{n}"))
         .collect();
     let _ = writeln!(s, "             fsyncs by batch size  {}", hist.join("  "));
-    let tables: [(&str, Pick); 2] = [
+    let tables: [(&str, Pick); 3] = [
         ("ack latency (us)", |r| &r.ack_latency_us),
         ("session duration (ms)", |r| &r.session_duration_ms),
+        ("tls handshake (us)", |r| &r.tls_handshake_us),
     ];
     for (title, pick) in tables {
         let _ = writeln!(
@@ -234,10 +246,13 @@ pub fn prometheus(snap: &Snapshot) -> String {
             );
         }
     }
-    let summaries: [(&str, f64, Pick); 2] = [
+    let summaries: [(&str, f64, Pick); 3] = [
         ("ringmx_ack_latency_seconds", 1e-6, |r| &r.ack_latency_us),
         ("ringmx_session_duration_seconds", 1e-3, |r| {
             &r.session_duration_ms
+        }),
+        ("ringmx_tls_handshake_seconds", 1e-6, |r| {
+            &r.tls_handshake_us
         }),
     ];
     for (metric, scale, pick) in summaries {
@@ -279,7 +294,37 @@ mod tests {
         reg.reactor(1)
             .unwrap()
             .record_ack(Duration::from_micros(2500));
+        r0.tls(crate::stats::TlsOutcome::Completed {
+            v13: true,
+            duration: Duration::from_micros(900),
+        });
+        r0.tls(crate::stats::TlsOutcome::ClientAlert);
         reg.snapshot()
+    }
+
+    #[test]
+    fn tls_figures_in_all_three_formats() {
+        let snap = sample();
+        let t = text(&snap);
+        assert!(t.contains("tls          handshakes 1  failed: timeout 0  protocol 0  client-alert 1  sessions: v1.2 0  v1.3 1"), "{t}");
+        assert!(t.contains("tls handshake (us)"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
+        assert_eq!(v["total"]["counters"]["tls_sessions_v13"], 1);
+        assert_eq!(v["total"]["counters"]["tls_failed_alert"], 1);
+        assert_eq!(v["total"]["tls_handshake_us"]["count"], 1);
+        let p = prometheus(&snap);
+        assert!(
+            p.contains("ringmx_tls_handshakes_total{reactor=\"0\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("ringmx_tls_failed_timeout_total{reactor=\"0\"} 0\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("ringmx_tls_handshake_seconds_count{reactor=\"0\"} 1\n"),
+            "{p}"
+        );
     }
 
     #[test]

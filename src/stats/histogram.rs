@@ -23,6 +23,8 @@ pub struct Histograms {
     pub ack_latency_us: Histogram<u64>,
     /// Accept → close; ms.
     pub session_duration_ms: Histogram<u64>,
+    /// STARTTLS 220 written → TLS handshake complete; µs.
+    pub tls_handshake_us: Histogram<u64>,
 }
 
 /// Percentiles of one histogram, as shown by `ringmx stats`.
@@ -52,6 +54,7 @@ impl Histograms {
         Self {
             ack_latency_us: new_histogram(ACK_LATENCY_MAX_US),
             session_duration_ms: new_histogram(SESSION_DURATION_MAX_MS),
+            tls_handshake_us: new_histogram(ACK_LATENCY_MAX_US),
         }
     }
 
@@ -67,11 +70,18 @@ impl Histograms {
             .saturating_record(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
     }
 
+    /// Records one completed TLS handshake's duration.
+    pub fn record_tls_handshake(&mut self, duration: Duration) {
+        self.tls_handshake_us
+            .saturating_record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+    }
+
     /// Adds `other` into `self` (same bounds, so this cannot fail; a failure would only lose
     /// that histogram's figures, never panic).
     pub fn merge(&mut self, other: &Self) {
         let _ = self.ack_latency_us.add(&other.ack_latency_us);
         let _ = self.session_duration_ms.add(&other.session_duration_ms);
+        let _ = self.tls_handshake_us.add(&other.tls_handshake_us);
     }
 }
 

@@ -109,6 +109,39 @@ counters! {
     replies_4xx,
     /// 5xx replies sent.
     replies_5xx,
+    /// TLS handshakes completed (STARTTLS).
+    tls_handshakes,
+    /// TLS handshakes cut off by `--tls-handshake-timeout`.
+    tls_failed_timeout,
+    /// TLS handshakes failed on a protocol error (not TLS, bad messages, no common version or
+    /// cipher, the client closed).
+    tls_failed_protocol,
+    /// TLS handshakes the client aborted with an alert (e.g. it does not trust our certificate).
+    tls_failed_alert,
+    /// TLS sessions with TLS 1.2.
+    tls_sessions_v12,
+    /// TLS sessions with TLS 1.3.
+    tls_sessions_v13,
+    /// Bytes received after a STARTTLS line before the handshake, discarded (CVE-2011-0411).
+    tls_discarded_bytes,
+}
+
+/// How a STARTTLS handshake ended, as the `tls_*` counters count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// Completed with TLS 1.3 (`true`) or 1.2, taking this long.
+    Completed {
+        /// TLS 1.3.
+        v13: bool,
+        /// From the 220 to the end of the handshake.
+        duration: Duration,
+    },
+    /// `--tls-handshake-timeout` passed.
+    Timeout,
+    /// A protocol error (or the client closed mid-handshake).
+    Protocol,
+    /// The client sent an alert.
+    ClientAlert,
 }
 
 /// How a session ended, as the `sessions_*` counters count it.
@@ -217,6 +250,25 @@ impl ReactorStats {
         self.record_session(duration);
     }
 
+    /// Counts how a TLS handshake ended (and records its duration if it completed).
+    pub fn tls(&self, outcome: TlsOutcome) {
+        let c = &self.counters;
+        match outcome {
+            TlsOutcome::Completed { v13, duration } => {
+                Self::inc(&c.tls_handshakes);
+                Self::inc(if v13 {
+                    &c.tls_sessions_v13
+                } else {
+                    &c.tls_sessions_v12
+                });
+                self.lock().histograms.record_tls_handshake(duration);
+            }
+            TlsOutcome::Timeout => Self::inc(&c.tls_failed_timeout),
+            TlsOutcome::Protocol => Self::inc(&c.tls_failed_protocol),
+            TlsOutcome::ClientAlert => Self::inc(&c.tls_failed_alert),
+        }
+    }
+
     /// Counts what became of a message.
     pub fn message(&self, outcome: MessageOutcome) {
         let c = &self.counters;
@@ -295,6 +347,8 @@ pub struct ReactorSnapshot {
     pub ack_latency_us: Summary,
     /// Session duration, ms.
     pub session_duration_ms: Summary,
+    /// TLS handshake duration (220 of STARTTLS → handshake done), µs.
+    pub tls_handshake_us: Summary,
     /// The spool writer's figures.
     pub spool: SpoolFigures,
 }
@@ -433,6 +487,7 @@ impl ReactorSnapshot {
             counters,
             ack_latency_us: Summary::of(&l.histograms.ack_latency_us),
             session_duration_ms: Summary::of(&l.histograms.session_duration_ms),
+            tls_handshake_us: Summary::of(&l.histograms.tls_handshake_us),
             spool: SpoolFigures::new(&l.spool),
         }
     }

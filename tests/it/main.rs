@@ -6,4 +6,5 @@ mod conformance;
 mod server;
 mod shutdown;
 mod spool;
+mod tls;
 mod util;

@@ -27,6 +27,7 @@ fn envelope(rcpts: &[&str]) -> EnvelopeRecord {
         body_8bitmime: false,
         smtputf8: false,
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+        tls: None,
     }
 }
 

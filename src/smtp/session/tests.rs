@@ -80,6 +80,8 @@ struct Driver {
     /// Commit results to hand out, in order; when empty, `Ok("Q<n>")`.
     commits: VecDeque<Result<String, CommitError>>,
     committed: usize,
+    /// Bytes dropped after a STARTTLS line.
+    discarded: usize,
 }
 
 impl Driver {
@@ -101,6 +103,7 @@ impl Driver {
             closed: None,
             commits: VecDeque::new(),
             committed: 0,
+            discarded: 0,
         }
     }
 
@@ -132,6 +135,13 @@ impl Driver {
                         }
                         Phase::Data => {
                             assert!(self.pending.is_empty(), "DATA must consume all");
+                            return;
+                        }
+                        Phase::StartTls => {
+                            // The driver discards what it holds (CVE-2011-0411); the tests
+                            // call `tls_started` themselves.
+                            self.discarded += self.pending.len();
+                            self.pending.clear();
                             return;
                         }
                         Phase::Closed => unreachable!("closed without Err"),
@@ -374,6 +384,7 @@ fn a_message_is_queued_only_after_commit() {
             body_8bitmime: true,
             smtputf8: false,
             rcpts: vec!["bob@local.test".into(), "carol@EXAMPLE.org".into()],
+            tls: None,
         }
     );
 }
@@ -1802,4 +1813,190 @@ fn a_huge_idle_timeout_means_no_deadline_rather_than_a_panic() {
     c.idle_timeout = Duration::MAX;
     let d = Driver::new(c);
     assert_eq!(d.session.next_deadline(), None);
+}
+
+// ---- STARTTLS (RFC 3207) --------------------------------------------------------------------
+
+fn tls_config() -> SessionConfig {
+    let mut c = config();
+    c.starttls = true;
+    c
+}
+
+fn tls_info() -> crate::smtp::TlsInfo {
+    crate::smtp::TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS_AES_256_GCM_SHA384".into(),
+        bits: 256,
+    }
+}
+
+const EHLO_TLS: &str = "
+    C: EHLO client.test
+    S: 250-mx.test
+    S: 250-PIPELINING
+    S: 250-SIZE 1000
+    S: 250-8BITMIME
+    S: 250-ENHANCEDSTATUSCODES
+    S: 250-STARTTLS
+    S: 250 SMTPUTF8
+";
+
+#[test]
+fn starttls_is_not_offered_without_certificates() {
+    run(
+        config(),
+        &greeted(
+            "C: STARTTLS
+             S: 502 5.5.1 Command not implemented",
+        ),
+    );
+}
+
+#[test]
+fn starttls_is_offered_and_answered_220_then_nothing_is_consumed() {
+    let d = run(
+        tls_config(),
+        &format!(
+            "S: 220 mx.test ESMTP ringmx
+             {EHLO_TLS}
+             C: STARTTLS
+             S: 220 2.0.0 Ready to start TLS"
+        ),
+    );
+    assert_eq!(d.session.phase(), Phase::StartTls);
+    assert_eq!(
+        d.session.next_deadline(),
+        Some(d.now + crate::smtp::DEFAULT_TLS_HANDSHAKE_TIMEOUT)
+    );
+    let mut d = d;
+    let mut out = Vec::new();
+    let n = d
+        .session
+        .handle_input(d.now, b"EHLO x\r\n", &mut out, &mut d.sink);
+    assert_eq!(n, Ok(0));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn bytes_after_starttls_are_never_run_and_the_state_is_reset() {
+    // CVE-2011-0411: the MAIL arrives in the same read as STARTTLS.
+    let mut d = run(
+        tls_config(),
+        &format!(
+            "S: 220 mx.test ESMTP ringmx
+             {EHLO_TLS}
+             C: STARTTLS
+             C: MAIL FROM:<x@y.test>
+             S: 220 2.0.0 Ready to start TLS"
+        ),
+    );
+    assert_eq!(d.discarded, "MAIL FROM:<x@y.test>\r\n".len());
+    assert_eq!(d.session.phase(), Phase::StartTls);
+    let later = d.now + Duration::from_secs(3);
+    d.session.tls_started(later, tls_info());
+    assert_eq!(d.session.phase(), Phase::Command);
+    assert_eq!(
+        d.session.next_deadline(),
+        Some(later + crate::smtp::DEFAULT_IDLE_TIMEOUT)
+    );
+    assert_eq!(d.session.envelope().helo, "");
+    assert_eq!(d.session.envelope().tls, Some(tls_info()));
+    d.feed(b"MAIL FROM:<a@b.test>\r\n");
+    assert_eq!(d.take_lines(), ["503 5.5.1 Send HELO/EHLO first"]);
+    d.feed(b"EHLO again.test\r\n");
+    let ehlo = d.take_lines();
+    assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+    d.feed(b"STARTTLS\r\n");
+    assert_eq!(d.take_lines(), ["503 5.5.1 TLS already active"]);
+    d.feed(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nhi\r\n.\r\n");
+    assert_eq!(
+        d.take_lines(),
+        [
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>",
+            "250 2.0.0 Ok queued as Q1"
+        ]
+    );
+    assert_eq!(d.sink.messages[0].envelope.tls, Some(tls_info()));
+    assert_eq!(d.sink.messages[0].envelope.helo, "again.test");
+}
+
+#[test]
+fn starttls_with_an_argument_or_in_a_transaction_is_refused() {
+    let d = run(
+        tls_config(),
+        &format!(
+            "S: 220 mx.test ESMTP ringmx
+             {EHLO_TLS}
+             C: STARTTLS now
+             S: 501 5.5.4 Syntax: STARTTLS
+             C: MAIL FROM:<a@b.test>
+             S: 250 2.1.0 Ok
+             C: STARTTLS
+             S: 503 5.5.1 STARTTLS not allowed in a mail transaction
+             C: RSET
+             S: 250 2.0.0 Ok
+             C: starttls
+             S: 220 2.0.0 Ready to start TLS"
+        ),
+    );
+    assert_eq!(d.session.phase(), Phase::StartTls);
+}
+
+#[test]
+fn tls_started_does_nothing_outside_starttls() {
+    let mut d = run(tls_config(), &format!("S: 220\n{EHLO_TLS}"));
+    d.session.tls_started(d.now, tls_info());
+    assert_eq!(d.session.envelope().tls, None);
+    assert_eq!(d.session.envelope().helo, "client.test");
+}
+
+/// Replies, messages and discarded byte count for `before` (up to and including the STARTTLS
+/// exchange, cut at `cut1`), the handshake, then `after` cut at `cut2`.
+fn tls_outcome(
+    before: &[u8],
+    cut1: usize,
+    after: &[u8],
+    cut2: usize,
+) -> (String, Vec<Message>, usize) {
+    let mut d = Driver::new(tls_config());
+    d.feed(&before[..cut1]);
+    d.feed(&before[cut1..]);
+    assert_eq!(d.session.phase(), Phase::StartTls);
+    d.session.tls_started(d.now, tls_info());
+    d.feed(&after[..cut2]);
+    d.feed(&after[cut2..]);
+    (out_text(&d.out), d.sink.messages, d.discarded)
+}
+
+#[test]
+fn a_starttls_session_split_at_every_byte_gives_the_same_result() {
+    let before: &[u8] =
+        b"EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<u@local.test>\r\n";
+    let after: &[u8] = b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nMAIL FROM:<a@b.test>\r\n\
+        RCPT TO:<u@local.test>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let whole = tls_outcome(before, before.len(), after, after.len());
+    assert_eq!(whole.1.len(), 1);
+    assert_eq!(whole.1[0].body, b"Subject: s\r\n\r\nbody\r\n");
+    assert_eq!(whole.1[0].envelope.tls, Some(tls_info()));
+    assert!(whole
+        .0
+        .contains("220 2.0.0 Ready to start TLS\r\n503 5.5.1 Send HELO/EHLO first"));
+    let injected = before.len() - b"EHLO c.test\r\nSTARTTLS\r\n".len();
+    assert_eq!(whole.2, injected);
+    for i in 0..=before.len() {
+        let (out, messages, discarded) = tls_outcome(before, i, after, after.len());
+        assert_eq!((&out, &messages), (&whole.0, &whole.1), "split at {i}");
+        // Bytes in the read after the one that completed STARTTLS are discarded too.
+        assert!(discarded <= injected, "split at {i}");
+    }
+    for j in 0..=after.len() {
+        assert_eq!(
+            tls_outcome(before, before.len(), after, j),
+            whole,
+            "split at {j}"
+        );
+    }
 }

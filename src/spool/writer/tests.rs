@@ -20,6 +20,7 @@ fn envelope(rcpts: &[&str]) -> EnvelopeRecord {
         body_8bitmime: true,
         smtputf8: false,
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+        tls: None,
     }
 }
 
