@@ -120,6 +120,7 @@ impl End {
             Self::Closed(Closed::TooManyErrors) => "too-many-errors",
             Self::Closed(Closed::Shutdown) => "shutdown",
             Self::Closed(Closed::NotSmtp) => "not-smtp",
+            Self::Closed(Closed::Unframeable) => "bad-bdat",
             Self::Eof => "client-closed",
             Self::WriteTimeout => "write-timeout",
             Self::Io(_) | Self::Overflow => "error",
@@ -131,7 +132,8 @@ impl End {
         match self {
             Self::Closed(Closed::Quit) => SessionEnd::Quit,
             Self::Closed(Closed::Timeout) | Self::WriteTimeout => SessionEnd::Timeout,
-            Self::Closed(Closed::TooManyErrors) => SessionEnd::TooManyErrors,
+            // An unframeable BDAT line is a protocol error that ends the session at once.
+            Self::Closed(Closed::TooManyErrors | Closed::Unframeable) => SessionEnd::TooManyErrors,
             Self::Closed(Closed::Shutdown) => SessionEnd::Shutdown,
             Self::Closed(Closed::NotSmtp) => SessionEnd::NotSmtp,
             Self::Eof => SessionEnd::Disconnected,
@@ -370,6 +372,7 @@ impl<'r> Conn<'r> {
                 stats.message(match rejection {
                     Rejection::TooBig => MessageOutcome::TooBig,
                     Rejection::BareLineEnding => MessageOutcome::BareLineEnding,
+                    Rejection::Discarded => MessageOutcome::Aborted,
                 });
                 let reason = rejection.name();
                 // Past the limit the session stops handing on body bytes, so `sink.size`
@@ -378,7 +381,7 @@ impl<'r> Conn<'r> {
                     Rejection::TooBig => {
                         format!(">{}", self.r.session_config.max_message_size)
                     }
-                    Rejection::BareLineEnding => self.sink.size.to_string(),
+                    Rejection::BareLineEnding | Rejection::Discarded => self.sink.size.to_string(),
                 };
                 tracing::info!(
                     "rejected from=<{}> client={} reason={reason} size={size}",
