@@ -88,6 +88,7 @@ pub struct Config {
     idle_timeout: Duration,
     data_timeout: Duration,
     bare_lf: BareLf,
+    proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// Why a configuration is unusable. `Display` gives one line for the operator.
@@ -125,6 +126,8 @@ pub enum ConfigError {
     BadSync(String),
     /// `bare-lf` in the file is neither `reject` nor `normalize`.
     BadBareLf(String),
+    /// An entry of `proxy-protocol-from` in the file is not an address or CIDR block.
+    BadCidr(String),
     /// `--reactors` out of range.
     Reactors(usize),
     /// A limit that must be positive is zero.
@@ -178,6 +181,10 @@ impl fmt::Display for ConfigError {
                 "hostname {h:?} is not a valid host name (set one with --hostname)"
             ),
             Self::BadSync(s) => write!(f, "sync {s:?} must be \"group\" or \"none\""),
+            Self::BadCidr(s) => write!(
+                f,
+                "proxy-protocol-from {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
+            ),
             Self::BadBareLf(s) => write!(f, "bare-lf {s:?} must be \"reject\" or \"normalize\""),
             Self::Reactors(n) => write!(f, "reactors = {n} must be between 1 and {MAX_REACTORS}"),
             Self::Zero(name) => write!(f, "{name} must be at least 1"),
@@ -234,6 +241,8 @@ struct FileConfig {
     idle_timeout: Option<u64>,
     data_timeout: Option<u64>,
     bare_lf: Option<String>,
+    #[serde(alias = "proxy_protocol_from")]
+    proxy_protocol_from: Option<Vec<String>>,
 }
 
 impl Config {
@@ -409,6 +418,15 @@ impl Config {
             (None, Some(s)) => BareLf::from_name(&s).ok_or(ConfigError::BadBareLf(s))?,
             (None, None) => BareLf::default(),
         };
+        let proxy_protocol_from = if args.proxy_protocol_from.is_empty() {
+            let mut nets = Vec::new();
+            for s in file.proxy_protocol_from.unwrap_or_default() {
+                nets.push(parse_cidr(&s).ok_or(ConfigError::BadCidr(s))?);
+            }
+            nets
+        } else {
+            args.proxy_protocol_from.clone()
+        };
 
         Ok(Self {
             listen,
@@ -425,7 +443,14 @@ impl Config {
             idle_timeout,
             data_timeout,
             bare_lf,
+            proxy_protocol_from,
         })
+    }
+
+    /// Peers (load balancers) that must start each connection with a PROXY protocol header;
+    /// empty: none.
+    pub fn proxy_protocol_from(&self) -> &[ipnet::IpNet] {
+        &self.proxy_protocol_from
     }
 
     /// Addresses to listen on (each gets one `SO_REUSEPORT` socket per reactor).
@@ -513,7 +538,7 @@ impl Config {
         format!(
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
-             idle-timeout={}s data-timeout={}s bare-lf={}",
+             idle-timeout={}s data-timeout={}s bare-lf={} proxy-protocol-from={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -529,8 +554,25 @@ impl Config {
             self.idle_timeout.as_secs(),
             self.data_timeout.as_secs(),
             self.bare_lf.name(),
+            if self.proxy_protocol_from.is_empty() {
+                "none".to_string()
+            } else {
+                let nets: Vec<String> = self
+                    .proxy_protocol_from
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                nets.join(",")
+            },
         )
     }
+}
+
+/// An address or CIDR block: `10.0.0.0/8`, `2001:db8::/32`, or a single `192.0.2.1`.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -67,9 +67,23 @@ pub async fn serve(
     permit: ConnPermit,
     track: TrackGuard,
 ) {
+    serve_from(r, stream, peer, Vec::new(), permit, track).await;
+}
+
+/// [`serve`] for a client at `peer` (from a PROXY header, see [`super::proxy`]) that already
+/// sent `early` (bytes after the header): they are the session's first input.
+pub async fn serve_from(
+    r: Rc<Reactor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    early: Vec<u8>,
+    permit: ConnPermit,
+    track: TrackGuard,
+) {
     let _ = stream.set_nodelay(true);
     tracing::info!("connect from={peer} reactor={}", r.index);
     let mut conn = Conn::new(&r, stream, peer);
+    conn.pending = early;
     let end = conn.run().await;
     conn.finish(end).await;
     drop(permit);
@@ -198,6 +212,13 @@ impl<'r> Conn<'r> {
         self.session.greeting(&mut self.out);
         if let Err(end) = self.write_out().await {
             return end;
+        }
+        // Bytes that came with a PROXY header are the first input.
+        if !self.pending.is_empty() {
+            let early = std::mem::take(&mut self.pending);
+            if let Err(end) = self.feed(&early).await {
+                return end;
+            }
         }
         // Reused for every command-phase read, and for DATA reads until the body streams in;
         // then DATA reads take pooled (registered) buffers, or large heap ones.
