@@ -100,6 +100,7 @@ pub struct Config {
     tls: Vec<TlsPair>,
     tls_min_version: TlsVersion,
     tls_handshake_timeout: Duration,
+    proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// One certificate chain and its private key, both PEM files.
@@ -171,6 +172,8 @@ pub enum ConfigError {
     BadSync(String),
     /// `bare-lf` in the file is neither `reject` nor `normalize`.
     BadBareLf(String),
+    /// An entry of `proxy-protocol-from` in the file is not an address or CIDR block.
+    BadCidr(String),
     /// `--reactors` out of range.
     Reactors(usize),
     /// A limit that must be positive is zero.
@@ -233,6 +236,10 @@ impl fmt::Display for ConfigError {
                 "hostname {h:?} is not a valid host name (set one with --hostname)"
             ),
             Self::BadSync(s) => write!(f, "sync {s:?} must be \"group\" or \"none\""),
+            Self::BadCidr(s) => write!(
+                f,
+                "proxy-protocol-from {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
+            ),
             Self::BadBareLf(s) => write!(f, "bare-lf {s:?} must be \"reject\" or \"normalize\""),
             Self::Reactors(n) => write!(f, "reactors = {n} must be between 1 and {MAX_REACTORS}"),
             Self::Zero(name) => write!(f, "{name} must be at least 1"),
@@ -300,6 +307,8 @@ struct FileConfig {
     tls: Option<Vec<TlsPair>>,
     tls_min_version: Option<TlsVersion>,
     tls_handshake_timeout: Option<u64>,
+    #[serde(alias = "proxy_protocol_from")]
+    proxy_protocol_from: Option<Vec<String>>,
 }
 
 impl Config {
@@ -475,6 +484,15 @@ impl Config {
             (None, Some(s)) => BareLf::from_name(&s).ok_or(ConfigError::BadBareLf(s))?,
             (None, None) => BareLf::default(),
         };
+        let proxy_protocol_from = if args.proxy_protocol_from.is_empty() {
+            let mut nets = Vec::new();
+            for s in file.proxy_protocol_from.unwrap_or_default() {
+                nets.push(parse_cidr(&s).ok_or(ConfigError::BadCidr(s))?);
+            }
+            nets
+        } else {
+            args.proxy_protocol_from.clone()
+        };
 
         let tls = if args.tls_cert.is_empty() && args.tls_key.is_empty() {
             file.tls.unwrap_or_default()
@@ -525,7 +543,14 @@ impl Config {
             tls,
             tls_min_version,
             tls_handshake_timeout,
+            proxy_protocol_from,
         })
+    }
+
+    /// Peers (load balancers) that must start each connection with a PROXY protocol header;
+    /// empty: none.
+    pub fn proxy_protocol_from(&self) -> &[ipnet::IpNet] {
+        &self.proxy_protocol_from
     }
 
     /// Addresses to listen on (each gets one `SO_REUSEPORT` socket per reactor).
@@ -629,7 +654,7 @@ impl Config {
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
              idle-timeout={}s data-timeout={}s bare-lf={} tls-pairs={} tls-min-version={} \
-             tls-handshake-timeout={}s",
+             tls-handshake-timeout={}s proxy-protocol-from={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -648,8 +673,25 @@ impl Config {
             self.tls.len(),
             self.tls_min_version.name(),
             self.tls_handshake_timeout.as_secs(),
+            if self.proxy_protocol_from.is_empty() {
+                "none".to_string()
+            } else {
+                let nets: Vec<String> = self
+                    .proxy_protocol_from
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                nets.join(",")
+            },
         )
     }
+}
+
+/// An address or CIDR block: `10.0.0.0/8`, `2001:db8::/32`, or a single `192.0.2.1`.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -91,6 +91,16 @@ pub struct ServeArgs {
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A load balancer's address or CIDR block (repeatable): connections from it must begin
+    /// with a PROXY protocol header (v1 or v2), whose client address is then used for limits,
+    /// logs, `Received:` and stats. Default: none.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+/// `--proxy-protocol-from`: an address or a CIDR block.
+fn parse_cidr_flag(s: &str) -> Result<ipnet::IpNet, String> {
+    super::parse_cidr(s).ok_or_else(|| format!("{s:?} is not an address or CIDR block"))
 }
 
 impl ServeArgs {

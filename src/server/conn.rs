@@ -78,9 +78,23 @@ pub async fn serve(
     permit: ConnPermit,
     track: TrackGuard,
 ) {
+    serve_from(r, stream, peer, Vec::new(), permit, track).await;
+}
+
+/// [`serve`] for a client at `peer` (from a PROXY header, see [`super::proxy`]) that already
+/// sent `early` (bytes after the header): they are the session's first input.
+pub async fn serve_from(
+    r: Rc<Reactor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    early: Vec<u8>,
+    permit: ConnPermit,
+    track: TrackGuard,
+) {
     let _ = stream.set_nodelay(true);
     tracing::info!("connect from={peer} reactor={}", r.index);
     let mut conn = Conn::new(&r, stream, peer);
+    conn.pending = early;
     let end = conn.run().await;
     conn.finish(end).await;
     drop(permit);
@@ -135,6 +149,7 @@ impl End {
             Self::Closed(Closed::TooManyErrors) => "too-many-errors",
             Self::Closed(Closed::Shutdown) => "shutdown",
             Self::Closed(Closed::NotSmtp) => "not-smtp",
+            Self::Closed(Closed::Unframeable) => "bad-bdat",
             Self::Eof => "client-closed",
             Self::WriteTimeout => "write-timeout",
             Self::Io(_) | Self::Overflow => "error",
@@ -151,7 +166,8 @@ impl End {
             Self::Closed(Closed::Timeout) | Self::WriteTimeout | Self::TlsTimeout => {
                 SessionEnd::Timeout
             }
-            Self::Closed(Closed::TooManyErrors) => SessionEnd::TooManyErrors,
+            // An unframeable BDAT line is a protocol error that ends the session at once.
+            Self::Closed(Closed::TooManyErrors | Closed::Unframeable) => SessionEnd::TooManyErrors,
             Self::Closed(Closed::Shutdown) => SessionEnd::Shutdown,
             Self::Closed(Closed::NotSmtp) => SessionEnd::NotSmtp,
             Self::Eof => SessionEnd::Disconnected,
@@ -219,6 +235,13 @@ impl<'r> Conn<'r> {
         self.session.greeting(&mut self.out);
         if let Err(end) = self.write_out().await {
             return end;
+        }
+        // Bytes that came with a PROXY header are the first input.
+        if !self.pending.is_empty() {
+            let early = std::mem::take(&mut self.pending);
+            if let Err(end) = self.feed(&early).await {
+                return end;
+            }
         }
         // Reused for every command-phase read, and for DATA reads until the body streams in;
         // then DATA reads take pooled (registered) buffers, or large heap ones.
@@ -416,6 +439,7 @@ impl<'r> Conn<'r> {
                 stats.message(match rejection {
                     Rejection::TooBig => MessageOutcome::TooBig,
                     Rejection::BareLineEnding => MessageOutcome::BareLineEnding,
+                    Rejection::Discarded => MessageOutcome::Aborted,
                 });
                 let reason = rejection.name();
                 // Past the limit the session stops handing on body bytes, so `sink.size`
@@ -424,7 +448,7 @@ impl<'r> Conn<'r> {
                     Rejection::TooBig => {
                         format!(">{}", self.r.session_config.max_message_size)
                     }
-                    Rejection::BareLineEnding => self.sink.size.to_string(),
+                    Rejection::BareLineEnding | Rejection::Discarded => self.sink.size.to_string(),
                 };
                 tracing::info!(
                     "rejected from=<{}> client={} reason={reason} size={size}",

@@ -18,6 +18,7 @@ pub mod limit;
 pub mod listener;
 pub mod notify;
 pub mod probe;
+pub mod proxy;
 pub mod reactor;
 pub mod shutdown;
 pub mod tls;

@@ -17,12 +17,12 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_uring::net::TcpListener;
+use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::conn;
 use super::deadline::Sweep;
 use super::limit::{ConnLimits, Refusal};
-use super::shutdown::{Stop, Tracker, GRACE_PERIOD, HARD_STOP_WAIT};
+use super::shutdown::{Stop, TrackGuard, Tracker, GRACE_PERIOD, HARD_STOP_WAIT};
 use super::ServerError;
 use crate::buffers::{BufferConfig, BufferPool};
 use crate::config::Config;
@@ -72,6 +72,8 @@ pub struct Reactor {
     pub deadlines: Rc<Sweep>,
     /// STARTTLS, when certificates are configured.
     pub tls: Option<Arc<super::tls::TlsAcceptor>>,
+    /// Balancers whose connections begin with a PROXY header (`--proxy-protocol-from`).
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -227,6 +229,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         idle_timeout: config.idle_timeout(),
         deadlines: Rc::new(Sweep::new()),
         tls,
+        proxy_from: config.proxy_protocol_from().to_vec(),
     });
     // The ticker holds only the sweep, not the reactor; it ends with the runtime.
     tokio_uring::spawn(r.deadlines.clone().run());
@@ -307,6 +310,35 @@ async fn wait_for(stop: &mut watch::Receiver<Stop>, state: Stop) {
     }
 }
 
+/// Checks the connection limits for `client` and serves the connection or refuses it with 421.
+/// `early`: bytes the client sent before the greeting (after a PROXY header).
+pub fn admit(
+    r: &Rc<Reactor>,
+    stream: TcpStream,
+    client: SocketAddr,
+    early: Vec<u8>,
+    track: TrackGuard,
+) {
+    let c = &r.stats.counters;
+    match r.limits.admit(client.ip()) {
+        Ok(permit) => {
+            ReactorStats::inc(&c.connections_active);
+            let r2 = r.clone();
+            tokio_uring::spawn(async move {
+                conn::serve_from(r2.clone(), stream, client, early, permit, track).await;
+                ReactorStats::dec(&r2.stats.counters.connections_active);
+            });
+        }
+        Err(why) => {
+            ReactorStats::inc(match why {
+                Refusal::Total => &c.connections_refused_limit,
+                Refusal::PerIp => &c.connections_refused_per_ip,
+            });
+            tokio_uring::spawn(conn::refuse(r.clone(), stream, client, why, track));
+        }
+    }
+}
+
 async fn accept_loop(r: Rc<Reactor>, listener: TcpListener, local: Option<SocketAddr>) {
     let c = &r.stats.counters;
     loop {
@@ -319,22 +351,11 @@ async fn accept_loop(r: Rc<Reactor>, listener: TcpListener, local: Option<Socket
             Ok((stream, peer)) => {
                 ReactorStats::inc(&c.connections_accepted);
                 let track = r.tracker.enter();
-                match r.limits.admit(peer.ip()) {
-                    Ok(permit) => {
-                        ReactorStats::inc(&c.connections_active);
-                        let r2 = r.clone();
-                        tokio_uring::spawn(async move {
-                            conn::serve(r2.clone(), stream, peer, permit, track).await;
-                            ReactorStats::dec(&r2.stats.counters.connections_active);
-                        });
-                    }
-                    Err(why) => {
-                        ReactorStats::inc(match why {
-                            Refusal::Total => &c.connections_refused_limit,
-                            Refusal::PerIp => &c.connections_refused_per_ip,
-                        });
-                        tokio_uring::spawn(conn::refuse(r.clone(), stream, peer, why, track));
-                    }
+                if r.proxy_from.iter().any(|net| net.contains(&peer.ip())) {
+                    // Admitted under the client's address once its PROXY header is read.
+                    tokio_uring::spawn(super::proxy::accept(r.clone(), stream, peer, track));
+                } else {
+                    admit(&r, stream, peer, Vec::new(), track);
                 }
             }
             Err(e) => match e.raw_os_error() {

@@ -38,6 +38,14 @@ pub(crate) enum Command<'a> {
     },
     /// `DATA`.
     Data,
+    /// `BDAT <size> [LAST]` (RFC 3030); the size is always known, else the line is
+    /// [`CommandError::Unframeable`].
+    Bdat {
+        /// Octets of content following the line.
+        size: u64,
+        /// `LAST`, nothing, or something invalid.
+        ending: super::bdat::Ending,
+    },
     /// `RSET`.
     Rset,
     /// `NOOP [text]`.
@@ -61,8 +69,8 @@ pub(crate) enum Command<'a> {
 pub(crate) enum CommandError {
     /// Not a verb we know (or an empty line): 500 5.5.2.
     Unrecognized,
-    /// A verb we know but do not offer (EXPN, AUTH, BDAT, ETRN, TURN…; STARTTLS when no
-    /// certificate is configured, which the session decides): 502 5.5.1.
+    /// A verb we know but do not offer (EXPN, AUTH, ETRN, TURN…; STARTTLS when no certificate
+    /// is configured, which the session decides): 502 5.5.1.
     NotImplemented,
     /// An HTTP request line (`GET / HTTP/1.1`, `POST`, `CONNECT`…): not an SMTP client at all.
     /// The session answers 221 2.7.0 and closes instead of replying to every header line.
@@ -81,6 +89,9 @@ pub(crate) enum CommandError {
     UnsupportedParameter,
     /// A parameter with a bad value, twice, or glued to the path: 501 5.5.4.
     BadParameter,
+    /// A BDAT line without a size that can be parsed: 501 5.5.4, and the session closes (the
+    /// octets that follow can no longer be told from commands).
+    Unframeable,
 }
 
 impl CommandError {
@@ -97,6 +108,7 @@ impl CommandError {
             Self::Recipient(e) => Reply::new(501, "5.1.3", e.text()),
             Self::UnsupportedParameter => Reply::new(555, "5.5.4", "Unsupported parameter"),
             Self::BadParameter => Reply::new(501, "5.5.4", "Bad parameter"),
+            Self::Unframeable => super::reply::BDAT_SYNTAX,
         }
     }
 }
@@ -156,7 +168,10 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"STARTTLS" => Ok(Command::StartTls {
             args: !args.is_empty(),
         }),
-        b"EXPN" | b"AUTH" | b"BDAT" | b"ETRN" | b"TURN" | b"ATRN" | b"SEND" | b"SOML" | b"SAML" => {
+        b"BDAT" => super::bdat::parse_args(args)
+            .map(|(size, ending)| Command::Bdat { size, ending })
+            .map_err(|_| CommandError::Unframeable),
+        b"EXPN" | b"AUTH" | b"ETRN" | b"TURN" | b"ATRN" | b"SEND" | b"SOML" | b"SAML" => {
             Err(CommandError::NotImplemented)
         }
         // HTTP/1.x methods (RFC 9110 §9) and the HTTP/2 preface (RFC 9113 §3.4).
@@ -383,7 +398,14 @@ mod tests {
             (b"STARTTLS", Ok(StartTls { args: false })),
             (b"starttls x", Ok(StartTls { args: true })),
             (b"AUTH PLAIN AGFAYg==", Err(NotImplemented)),
-            (b"BDAT 10 LAST", Err(NotImplemented)),
+            (
+                b"BDAT 10 LAST",
+                Ok(Bdat {
+                    size: 10,
+                    ending: super::super::bdat::Ending::Last,
+                }),
+            ),
+            (b"BDAT ten", Err(Unframeable)),
             (b"ETRN example.org", Err(NotImplemented)),
             (b"TURN", Err(NotImplemented)),
         ];

@@ -1,4 +1,5 @@
-//! The SMTP protocol core (RFC 5321 + PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8).
+//! The SMTP protocol core (RFC 5321 + PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8,
+//! CHUNKING).
 //!
 //! Sans-IO: the driver hands it bytes and `now`; it returns how many bytes it consumed, appends
 //! replies to an output buffer and hands body segments and end-of-message events to a
@@ -7,7 +8,7 @@
 //!
 //! It does **not** make messages durable (the driver does, then calls
 //! [`Session::handle_commit`]), does not time anything itself (it says when via
-//! [`Session::next_deadline`]), does not offer AUTH or CHUNKING, and does not relay:
+//! [`Session::next_deadline`]), does not offer AUTH or BINARYMIME, and does not relay:
 //! recipients are accepted only for [`SessionConfig::local_domains`]. STARTTLS (RFC 3207) is
 //! decided here (when it is offered and allowed, the `220 2.0.0`, the state reset after the
 //! handshake, see [`Session::tls_started`]); the handshake and the encryption are the driver's.
@@ -18,6 +19,8 @@
 //! - `envelope`: reverse-/forward-path and parameter syntax, the relay check.
 //! - `reply`: reply texts with enhanced status codes (RFC 3463) and their encoding.
 //! - `bare_lf`: the opt-in `normalize` policy for bare LF ([`BareLf`]).
+//! - `bdat`: CHUNKING (RFC 3030): BDAT arguments, chunk accounting, the line-ending check of
+//!   chunk content.
 //!
 //! # Flow
 //!
@@ -42,6 +45,8 @@
 //!   │      ├── bare CR/LF seen → sink.end(Err), 550 5.6.0 ────────────┤
 //!   │      ├── over the size limit → sink.end(Err), 552 5.3.4 ────────┘
 //!   │      └── fine → sink.end(Ok); handle_input returns here
+//!   │   BDAT n [LAST] (Phase::Data while its n octets come): octets → sink.segment as sent;
+//!   │      non-LAST → 250 2.0.0 <n> octets received; LAST → sink.end(Ok) as above
 //!   │      ▼
 //!   │   Phase::AwaitingCommit (no 250 yet: the driver makes it durable)
 //!   │      │ handle_commit(Ok(id)) → 250 2.0.0 Ok queued as <id>
@@ -53,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 mod bare_lf;
+mod bdat;
 mod command;
 mod envelope;
 mod reply;
@@ -203,6 +209,9 @@ pub enum Closed {
     NotSmtp,
     /// The server is shutting down (421 4.3.2 written).
     Shutdown,
+    /// A BDAT line whose size could not be parsed: the octets after it can no longer be told
+    /// from commands (501 5.5.4 written).
+    Unframeable,
 }
 
 /// What the session is waiting for, so the driver can pick a timeout (RFC 5321 §4.5.3.2).
@@ -263,14 +272,18 @@ pub enum Rejection {
     TooBig,
     /// Bare CR or LF in the body: 550 5.6.0.
     BareLineEnding,
+    /// A BDAT message discarded before its LAST chunk: by RSET, HELO/EHLO, or a bad BDAT line
+    /// (whose reply is the one written).
+    Discarded,
 }
 
 impl Rejection {
-    /// A short name for log lines (`too-big`, `bare-line-ending`).
+    /// A short name for log lines (`too-big`, `bare-line-ending`, `discarded`).
     pub fn name(self) -> &'static str {
         match self {
             Self::TooBig => "too-big",
             Self::BareLineEnding => "bare-line-ending",
+            Self::Discarded => "discarded",
         }
     }
 }
@@ -308,13 +321,18 @@ impl RecipientRefusal {
 /// Where body bytes go, plus the few session events a postmaster wants logged. Implemented by
 /// the driver (it streams bodies to the spool).
 pub trait BodySink {
-    /// DATA was accepted (354 written): a message starts with this envelope.
+    /// DATA was accepted (354 written), or the first stored BDAT chunk began: a message starts
+    /// with this envelope.
     fn begin(&mut self, envelope: &Envelope);
-    /// A piece of the body, dot-stuffing undone, in order. Once the body is over the size limit
-    /// no more pieces come; `end` then says [`Rejection::TooBig`].
+    /// A piece of the body in order: dot-stuffing undone (DATA), or chunk content as sent
+    /// (BDAT). Once the body is over the size limit no more pieces come; `end` then says
+    /// [`Rejection::TooBig`].
     fn segment(&mut self, bytes: &[u8]);
-    /// The terminator was seen. `Ok(())`: the driver must make the message durable and then call
-    /// [`Session::handle_commit`]; `Err(r)`: the reply is already written, discard the message.
+    /// The message ended: the DATA terminator or the last BDAT chunk was seen, or it was refused
+    /// or discarded. `Ok(())`: the driver must make the message durable and then call
+    /// [`Session::handle_commit`]; `Err(r)`: discard the message (its reply, if any, is
+    /// written). `handle_input` returns right after an `end`, so the driver can settle the
+    /// message before the next one begins.
     fn end(&mut self, envelope: &Envelope, outcome: Result<(), Rejection>);
     /// RCPT `address` (as written, without angle brackets) was refused for `why`; the reply is
     /// already written. For the log only; does nothing by default.

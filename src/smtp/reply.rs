@@ -151,7 +151,7 @@ pub(crate) fn encode_ehlo(out: &mut Out<'_>, host: &str, max_size: u64, starttls
     push_sanitized(out, host);
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
     push_decimal(out, max_size);
-    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n");
+    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n");
     if starttls {
         out.extend_from_slice(b"250-STARTTLS\r\n");
     }
@@ -241,6 +241,25 @@ pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient
 pub(crate) const COMMIT_IO: Reply =
     Reply::new(451, "4.3.0", "Local error in processing, try again later");
 
+/// 250 after a BDAT chunk that is not the last: `250 2.0.0 <n> octets received`.
+pub(crate) fn encode_chunk_received(out: &mut Out<'_>, octets: u64) {
+    push_code(out, 250, b' ');
+    out.extend_from_slice(b"2.0.0 ");
+    push_decimal(out, octets);
+    out.extend_from_slice(b" octets received\r\n");
+}
+/// 501 to a BDAT line: a size that cannot be parsed (then close), or a bad argument after it.
+pub(crate) const BDAT_SYNTAX: Reply = Reply::new(501, "5.5.4", "Syntax: BDAT size [LAST]");
+/// 503 to DATA in a transaction that already sent BDAT chunks (RFC 3030 §2).
+pub(crate) const DATA_AFTER_BDAT: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "DATA not allowed after BDAT in one transaction",
+);
+/// 503 to a chunk of a transaction whose message was discarded by a bad BDAT line.
+pub(crate) const BDAT_FAILED: Reply =
+    Reply::new(503, "5.5.1", "Transaction failed, send RSET or MAIL");
+
 /// 221 to an HTTP request line, then close (sent with our hostname). Postfix answers these
 /// `221 2.7.0` too: a closing reply, with the policy class of RFC 3463 §3.8.
 pub(crate) const NOT_SMTP: Reply = Reply::new(
@@ -321,7 +340,7 @@ mod tests {
         assert_eq!(
             t,
             "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
-             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
+             250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
         );
         assert_eq!(text(|o| encode_helo(o, "mx.test")), "250 mx.test\r\n");
         for n in [0, 7, 10, 52_428_800, u64::MAX] {

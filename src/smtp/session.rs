@@ -10,6 +10,7 @@ use std::time::Instant;
 use memchr::memchr;
 
 use super::bare_lf::LfNormalizer;
+use super::bdat::{Chunk, Disposition, Ending, Transfer};
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Out, Reply};
@@ -20,7 +21,7 @@ use super::{
 use crate::data::DataScanner;
 
 /// One SMTP session's state machine (RFC 5321 server side, with PIPELINING, SIZE, 8BITMIME,
-/// ENHANCEDSTATUSCODES and SMTPUTF8).
+/// ENHANCEDSTATUSCODES, SMTPUTF8 and CHUNKING).
 ///
 /// # Call order
 /// 1. [`Session::new`], then [`Session::greeting`]; write `out` to the client.
@@ -56,7 +57,18 @@ use crate::data::DataScanner;
 ///   including the terminator `<CRLF>.<CRLF>`. If the message is fine, `handle_input` returns
 ///   right after the terminator without a reply ([`Phase::AwaitingCommit`]); a refused
 ///   message (bare CR/LF: 550 5.6.0, too big: 552 5.3.4) is answered at once and the
-///   following commands are handled in the same call.
+///   following commands are handled in the next call.
+/// - `BDAT <n> [LAST]` (RFC 3030): the next `n` octets are consumed as content, exactly, in
+///   [`Phase::Data`], and go to [`BodySink::segment`] as sent (no dot-stuffing, no
+///   terminator). A chunk that is refused (no MAIL or RCPT: 503 5.5.1; over the size limit:
+///   552 5.3.4; a bad argument after the size: 501 5.5.4; a transaction already failed) is read
+///   and discarded all the same, and answered after its last octet. A non-LAST chunk gets
+///   `250 2.0.0 <n> octets received`; a LAST chunk ends the message like the DATA terminator.
+///   A BDAT line whose size cannot be parsed gets 501 5.5.4 and closes the session
+///   ([`Closed::Unframeable`]). DATA after BDAT in one transaction gets 503 5.5.1; RSET and
+///   HELO/EHLO discard a partial BDAT message, MAIL after a failed one starts afresh.
+/// - After every [`BodySink::end`], `handle_input` returns (having consumed what it handled),
+///   so the driver settles that message before another begins; it calls again with the rest.
 /// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
 ///
 /// # Lines
@@ -118,12 +130,18 @@ pub struct Session {
     last_progress: Instant,
     /// Replies appended since the driver last took them.
     replies: ReplyTally,
+    /// The BDAT chunks of the current transaction, from its first BDAT.
+    bdat: Option<Transfer>,
+    /// The sink just got an `end`: return from `handle_input` before going on.
+    yield_now: bool,
 }
 
 #[derive(Debug)]
 enum State {
     Command,
     Data(DataState),
+    /// Reading the octets of a BDAT chunk.
+    Chunk(Chunk),
     AwaitingCommit,
     StartTls,
     Closed(Closed),
@@ -159,6 +177,8 @@ impl Session {
             discarding: false,
             last_progress: now,
             replies: ReplyTally::default(),
+            bdat: None,
+            yield_now: false,
         }
     }
 
@@ -250,6 +270,35 @@ impl Session {
                         Ok(())
                     };
                     self.end_message(now, outcome, out, sink)?;
+                    if std::mem::take(&mut self.yield_now) {
+                        return Ok(pos);
+                    }
+                }
+                State::Chunk(ref mut chunk) => {
+                    if chunk.remaining > 0 {
+                        if pos == input.len() {
+                            return Ok(pos);
+                        }
+                        self.last_progress = now;
+                        let take = usize::try_from(chunk.remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(input.len() - pos);
+                        let piece = &input[pos..pos + take];
+                        pos += take;
+                        chunk.remaining -= take as u64;
+                        if chunk.disposition == Disposition::Store {
+                            if let Some(t) = self.bdat.as_mut() {
+                                t.lines.feed(piece, &mut |p: &[u8]| sink.segment(p));
+                            }
+                        }
+                        if chunk.remaining > 0 {
+                            return Ok(pos);
+                        }
+                    }
+                    self.end_chunk(now, out, sink)?;
+                    if std::mem::take(&mut self.yield_now) {
+                        return Ok(pos);
+                    }
                 }
                 State::Command if pos == input.len() => return Ok(pos),
                 State::Command if self.discarding => match memchr(b'\n', &input[pos..]) {
@@ -269,6 +318,9 @@ impl Session {
                             pos += lf + 1;
                             self.last_progress = now;
                             self.handle_line(&rest[..lf], out, sink)?;
+                            if std::mem::take(&mut self.yield_now) {
+                                return Ok(pos);
+                            }
                         }
                         // MAX_COMMAND_LINE bytes and no LF: whatever comes, the line is too
                         // long. Discard from here on (the next round looks for its end).
@@ -331,7 +383,7 @@ impl Session {
     pub fn phase(&self) -> Phase {
         match self.state {
             State::Command => Phase::Command,
-            State::Data(_) => Phase::Data,
+            State::Data(_) | State::Chunk(_) => Phase::Data,
             State::AwaitingCommit => Phase::AwaitingCommit,
             State::StartTls => Phase::StartTls,
             State::Closed(_) => Phase::Closed,
@@ -347,10 +399,12 @@ impl Session {
         let idle = self.last_progress.checked_add(self.config.idle_timeout);
         match &self.state {
             State::Command => idle,
-            State::Data(data) => match (idle, data.deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            State::Data(DataState { deadline, .. }) | State::Chunk(Chunk { deadline, .. }) => {
+                match (idle, *deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             State::StartTls => self
                 .last_progress
                 .checked_add(self.config.tls_handshake_timeout),
@@ -410,6 +464,12 @@ impl Session {
             Err(command::CommandError::NotSmtp) => {
                 Err(self.close_with(out, reply::NOT_SMTP, Closed::NotSmtp))
             }
+            Err(command::CommandError::Unframeable) => {
+                // The octets after this line can no longer be told from commands.
+                reply::BDAT_SYNTAX.encode(out);
+                self.state = State::Closed(Closed::Unframeable);
+                Err(Closed::Unframeable)
+            }
             Err(e) => self.fail(out, e.reply()),
         }
     }
@@ -422,6 +482,7 @@ impl Session {
     ) -> Result<(), Closed> {
         match command {
             Command::Ehlo(name) => {
+                self.discard_bdat(sink);
                 self.greet(name, true);
                 let starttls = self.config.starttls && self.envelope.tls.is_none();
                 reply::encode_ehlo(
@@ -432,6 +493,7 @@ impl Session {
                 );
             }
             Command::Helo(name) => {
+                self.discard_bdat(sink);
                 self.greet(name, false);
                 reply::encode_helo(out, &self.config.hostname);
             }
@@ -443,6 +505,9 @@ impl Session {
                 }
                 if self.envelope.rcpts.is_empty() {
                     return self.fail(out, reply::NEED_RCPT);
+                }
+                if self.bdat.is_some() {
+                    return self.fail(out, reply::DATA_AFTER_BDAT);
                 }
                 reply::DATA_GO_AHEAD.encode(out);
                 // `last_progress` is the time this DATA line was read.
@@ -460,7 +525,9 @@ impl Session {
                 });
                 sink.begin(&self.envelope);
             }
+            Command::Bdat { size, ending } => self.handle_bdat(size, ending, sink),
             Command::Rset => {
+                self.discard_bdat(sink);
                 self.reset_transaction();
                 reply::OK.encode(out);
                 return self.junk_command(out);
@@ -520,6 +587,10 @@ impl Session {
     ) -> Result<(), Closed> {
         if !self.greeted {
             return self.fail(out, reply::NEED_HELO);
+        }
+        if self.in_transaction && self.bdat.as_ref().is_some_and(|t| t.failed.is_some()) {
+            // MAIL after a failed BDAT message starts afresh (its message already ended).
+            self.reset_transaction();
         }
         if self.in_transaction {
             return self.fail(out, reply::NESTED_MAIL);
@@ -598,6 +669,137 @@ impl Session {
         Ok(())
     }
 
+    /// `BDAT <size> [LAST]`: decides where the chunk's octets go and starts reading them.
+    fn handle_bdat(&mut self, size: u64, ending: Ending, sink: &mut impl BodySink) {
+        // `last_progress` is the time this BDAT line was read.
+        let deadline = self
+            .config
+            .data_timeout
+            .and_then(|t| self.last_progress.checked_add(t));
+        let disposition = self.chunk_disposition(size, ending, sink);
+        self.state = State::Chunk(Chunk {
+            remaining: size,
+            size,
+            last: ending == Ending::Last,
+            disposition,
+            deadline,
+        });
+    }
+
+    /// Whether a chunk of `size` octets is stored or refused (see the type docs); begins the
+    /// sink's message at the first stored chunk and ends it when the transaction fails here.
+    fn chunk_disposition(
+        &mut self,
+        size: u64,
+        ending: Ending,
+        sink: &mut impl BodySink,
+    ) -> Disposition {
+        let refuse = |reply| Disposition::Refuse { reply, count: true };
+        let normalize = self.config.bare_lf == BareLf::Normalize;
+        if ending == Ending::Invalid {
+            if self.in_transaction {
+                self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+                self.fail_transfer(reply::BDAT_FAILED, Rejection::Discarded, sink);
+            }
+            return refuse(reply::BDAT_SYNTAX);
+        }
+        if !self.in_transaction {
+            return refuse(reply::NEED_MAIL);
+        }
+        if self.envelope.rcpts.is_empty() {
+            return refuse(reply::NEED_RCPT);
+        }
+        let t = self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+        if let Some(reply) = t.failed {
+            return Disposition::Refuse {
+                reply,
+                count: false,
+            };
+        }
+        if !t.open {
+            t.open = true;
+            sink.begin(&self.envelope);
+        }
+        let total = t.octets.saturating_add(size);
+        if total > self.config.max_message_size {
+            self.fail_transfer(reply::TOO_BIG, Rejection::TooBig, sink);
+            return refuse(reply::TOO_BIG);
+        }
+        t.octets = total;
+        Disposition::Store
+    }
+
+    /// The BDAT transaction failed: later chunks get `reply`; an open message ends with `why`.
+    fn fail_transfer(&mut self, reply: Reply, why: Rejection, sink: &mut impl BodySink) {
+        let Some(t) = self.bdat.as_mut() else {
+            return;
+        };
+        t.failed = Some(reply);
+        if std::mem::take(&mut t.open) {
+            sink.end(&self.envelope, Err(why));
+            self.yield_now = true;
+        }
+    }
+
+    /// RSET, HELO/EHLO: a partial BDAT message is dropped (nothing stored).
+    fn discard_bdat(&mut self, sink: &mut impl BodySink) {
+        if let Some(t) = self.bdat.as_mut() {
+            if std::mem::take(&mut t.open) {
+                sink.end(&self.envelope, Err(Rejection::Discarded));
+                self.yield_now = true;
+            }
+        }
+    }
+
+    /// The last octet of a chunk was read: answer it, or end the message at a LAST chunk.
+    fn end_chunk(
+        &mut self,
+        now: Instant,
+        out: &mut Out<'_>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), Closed> {
+        let State::Chunk(chunk) = std::mem::replace(&mut self.state, State::Command) else {
+            return Ok(());
+        };
+        self.last_progress = now;
+        let t = match (chunk.disposition, self.bdat.as_mut()) {
+            (Disposition::Refuse { reply, count }, _) => {
+                if chunk.last && self.bdat.is_some() {
+                    self.reset_transaction(); // the failed message is over
+                }
+                reply.encode(out);
+                return if count { self.count_error(out) } else { Ok(()) };
+            }
+            (Disposition::Store, Some(t)) => t,
+            // A stored chunk always has its transfer; answer as if it failed.
+            (Disposition::Store, None) => return self.fail(out, reply::BDAT_FAILED),
+        };
+        let refused = if chunk.last {
+            t.lines.refused_at_end()
+        } else {
+            t.lines.refused()
+        };
+        if refused {
+            self.fail_transfer(
+                reply::BODY_BARE_LINE_ENDING,
+                Rejection::BareLineEnding,
+                sink,
+            );
+            if chunk.last {
+                self.reset_transaction();
+            }
+            return self.fail(out, reply::BODY_BARE_LINE_ENDING);
+        }
+        if chunk.last {
+            t.open = false;
+            sink.end(&self.envelope, Ok(()));
+            self.state = State::AwaitingCommit;
+            return Ok(());
+        }
+        reply::encode_chunk_received(out, chunk.size);
+        Ok(())
+    }
+
     /// The terminator was seen: tell the sink, then wait for the commit or answer the refusal.
     fn end_message(
         &mut self,
@@ -613,6 +815,7 @@ impl Session {
                 Ok(())
             }
             Err(rejection) => {
+                self.yield_now = true;
                 self.reset_transaction();
                 self.state = State::Command;
                 self.last_progress = now;
@@ -620,7 +823,9 @@ impl Session {
                     out,
                     match rejection {
                         Rejection::TooBig => reply::TOO_BIG,
-                        Rejection::BareLineEnding => reply::BODY_BARE_LINE_ENDING,
+                        Rejection::BareLineEnding | Rejection::Discarded => {
+                            reply::BODY_BARE_LINE_ENDING
+                        }
                     },
                 )
             }
@@ -630,6 +835,7 @@ impl Session {
     /// Ends the transaction; HELO/EHLO stays.
     fn reset_transaction(&mut self) {
         self.in_transaction = false;
+        self.bdat = None;
         let e = &mut self.envelope;
         e.mail_from.clear();
         e.declared_size = None;

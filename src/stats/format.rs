@@ -71,12 +71,13 @@ pub fn text(snap: &Snapshot) -> String {
     let c = &snap.total.counters;
     let _ = writeln!(
         s,
-        "connections  accepted {}  active {}  refused {} (limit {}, per-ip {})",
+        "connections  accepted {}  active {}  refused {} (limit {}, per-ip {})  proxy-failed {}",
         c.connections_accepted,
         c.connections_active,
         c.connections_refused_limit + c.connections_refused_per_ip,
         c.connections_refused_limit,
-        c.connections_refused_per_ip
+        c.connections_refused_per_ip,
+        c.connections_proxy_failed
     );
     let _ = writeln!(
         s,

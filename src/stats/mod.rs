@@ -71,6 +71,9 @@ counters! {
     connections_refused_limit,
     /// Connections refused because `--max-connections-per-ip` was reached.
     connections_refused_per_ip,
+    /// Connections from a `--proxy-protocol-from` balancer closed for a missing, malformed or
+    /// late PROXY header.
+    connections_proxy_failed,
     /// Sessions that ended with QUIT.
     sessions_quit,
     /// Sessions cut off by the idle timeout.

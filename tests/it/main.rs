@@ -1,8 +1,10 @@
 //! The integration test binary (one binary, one module per area): real servers over loopback,
 //! real clients, the spool read back with `ringmx spool`.
 
+mod bdat;
 mod clients;
 mod conformance;
+mod proxy;
 mod server;
 mod shutdown;
 mod spool;

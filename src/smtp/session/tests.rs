@@ -127,7 +127,11 @@ impl Driver {
                 Ok(n) => {
                     assert!(n <= self.pending.len());
                     self.pending.drain(..n);
-                    match self.session.phase() {
+                    let phase = self.session.phase();
+                    if phase != Phase::AwaitingCommit && n > 0 && !self.pending.is_empty() {
+                        continue; // returned after a message ended: settle it, go on
+                    }
+                    match phase {
                         Phase::AwaitingCommit => self.commit(),
                         Phase::Command => {
                             assert!(self.pending.len() < MAX_COMMAND_LINE, "driver buffers");
@@ -154,11 +158,15 @@ impl Driver {
     fn commit(&mut self) {
         let last = self.sink.messages.last().expect("commit without message");
         assert_eq!(last.outcome, Some(Ok(())));
-        // Nothing may have been written between the 354 and the end of the body.
+        // Nothing may have been written between the 354 and the end of the body (with BDAT
+        // the replies to the commands before the LAST chunk may still be waiting here).
+        let text = out_text(&self.out);
         assert!(
             self.out.is_empty()
-                || out_text(&self.out).ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
-            "a reply before the commit"
+                || text.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n")
+                || text.ends_with(" octets received\r\n")
+                || text.ends_with(" Ok\r\n"),
+            "a reply before the commit: {text:?}"
         );
         self.committed += 1;
         let result = self
@@ -288,6 +296,7 @@ const GREETED: &str = "
     S: 250-SIZE 1000
     S: 250-8BITMIME
     S: 250-ENHANCEDSTATUSCODES
+    S: 250-CHUNKING
     S: 250 SMTPUTF8
 ";
 
@@ -318,6 +327,7 @@ fn ehlo_is_multi_line_and_helo_single_line() {
         S: 250-SIZE 1000
         S: 250-8BITMIME
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 SMTPUTF8
         ",
         ),
@@ -568,6 +578,7 @@ fn ehlo_in_the_middle_of_a_transaction_resets_it() {
         S: 250-SIZE
         S: 250-8BITMIME
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 SMTPUTF8
         S: 503 5.5.1 Need MAIL command
         S: 503 5.5.1 Need MAIL command
@@ -629,6 +640,7 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_500() {
         S: 250-SIZE
         S: 250-8BITMIME
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 SMTPUTF8
         C: mail from:<a@s.test>
         S: 250 2.1.0
@@ -700,8 +712,6 @@ fn extensions_we_do_not_offer_are_502() {
         C: STARTTLS
         S: 502 5.5.1
         C: AUTH PLAIN AGFAYg==
-        S: 502 5.5.1
-        C: BDAT 5 LAST
         S: 502 5.5.1
         C: EXPN staff
         S: 502 5.5.1
@@ -1056,7 +1066,7 @@ fn an_overlong_line_is_consumed_as_it_arrives_and_answered_at_its_end() {
     assert_eq!(lines[1], "250-mx.test");
     assert_eq!(lines.last().map(String::as_str), Some("250 2.1.0 Ok"));
     // The tail of the long line ("@s.test>") was not run as a command either.
-    assert_eq!(lines.len(), 8);
+    assert_eq!(lines.len(), 9);
 }
 
 #[test]
@@ -1310,7 +1320,7 @@ RCPT TO:<y@remote.test>\r\nRCPT TO:<z@local.test>\r\nDATA\r\nline 1\r\n..dot\r\n
 MAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n.\r\nNOOP\r\nQUIT\r\n";
 
 const BATCH_REPLIES: &str = "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPELINING\r\n\
-250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n\
+250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n\
 250 2.1.5 Ok\r\n550 5.7.1 Relay access denied\r\n250 2.1.5 Ok\r\n\
 354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as Q1\r\n250 2.1.0 Ok\r\n\
 250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok queued as Q2\r\n\
@@ -1488,7 +1498,7 @@ fn smuggling_variants_leave_exactly_one_message() {
         };
         let expected = format!(
             "220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
-             250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n\
+             250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n\
              250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n{final_reply}221 2.0.0 Bye\r\n"
         );
         assert_eq!(out, &expected, "{name:?}");
@@ -1838,6 +1848,7 @@ const EHLO_TLS: &str = "
     S: 250-SIZE 1000
     S: 250-8BITMIME
     S: 250-ENHANCEDSTATUSCODES
+    S: 250-CHUNKING
     S: 250-STARTTLS
     S: 250 SMTPUTF8
 ";
@@ -1999,4 +2010,270 @@ fn a_starttls_session_split_at_every_byte_gives_the_same_result() {
             "split at {j}"
         );
     }
+}
+
+// ---- BDAT (CHUNKING, RFC 3030) --------------------------------------------------------------
+
+/// Every BDAT rule in one pipelined session (the size limit is 20 here).
+const BDAT_BATCH: &[u8] = b"EHLO c\r\n\
+BDAT 3\r\nabc\
+MAIL FROM:<a@s.test>\r\n\
+BDAT 4 LAST\r\nRSET\
+RCPT TO:<x@local.test>\r\n\
+BDAT 7\r\nline1\r\n\
+BDAT 9\r\n.dot\r\nQUI\
+BDAT 3 LAST\r\nT\r\n\
+MAIL FROM:<b@s.test>\r\nRCPT TO:<Postmaster>\r\nBDAT 0 LAST\r\n\
+MAIL FROM:<c@s.test>\r\nRCPT TO:<y@local.test>\r\n\
+BDAT 15\r\nxxxxxxxxxxxxxxx\
+BDAT 15\r\nyyyyyyyyyyyyyyy\
+BDAT 2 LAST\r\nzz\
+MAIL FROM:<d@s.test>\r\nRCPT TO:<z@local.test>\r\nBDAT 3\r\nabcDATA\r\nRSET\r\n\
+MAIL FROM:<e@s.test>\r\nRCPT TO:<z@local.test>\r\nBDAT 5\r\na\nb\r\nBDAT 2 LAST\r\nxx\
+MAIL FROM:<f@s.test>\r\nRCPT TO:<z@local.test>\r\nBDAT 2 XYZ\r\nhiBDAT 1 LAST\r\nx\
+MAIL FROM:<g@s.test>\r\nRCPT TO:<z@local.test>\r\nBDAT 3\r\nab\rBDAT 5 LAST\r\n\ncd\r\n\
+QUIT\r\n";
+
+const BDAT_REPLIES: &[&str] = &[
+    "220 mx.test ESMTP ringmx",
+    "250-mx.test",
+    "250-PIPELINING",
+    "250-SIZE 20",
+    "250-8BITMIME",
+    "250-ENHANCEDSTATUSCODES",
+    "250-CHUNKING",
+    "250 SMTPUTF8",
+    "503 5.5.1 Need MAIL command",
+    "250 2.1.0 Ok",
+    "503 5.5.1 Need RCPT command",
+    "250 2.1.5 Ok",
+    "250 2.0.0 7 octets received",
+    "250 2.0.0 9 octets received",
+    "250 2.0.0 Ok queued as Q1",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "250 2.0.0 Ok queued as Q2",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "250 2.0.0 15 octets received",
+    "552 5.3.4 Message size exceeds fixed maximum message size",
+    "552 5.3.4 Message size exceeds fixed maximum message size",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "250 2.0.0 3 octets received",
+    "503 5.5.1 DATA not allowed after BDAT in one transaction",
+    "250 2.0.0 Ok",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "550 5.6.0 Bare CR or LF in message body, message refused",
+    "550 5.6.0 Bare CR or LF in message body, message refused",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "501 5.5.4 Syntax: BDAT size [LAST]",
+    "503 5.5.1 Transaction failed, send RSET or MAIL",
+    "250 2.1.0 Ok",
+    "250 2.1.5 Ok",
+    "250 2.0.0 3 octets received",
+    "250 2.0.0 Ok queued as Q3",
+    "221 2.0.0 Bye",
+];
+
+fn bdat_config() -> SessionConfig {
+    let mut c = config();
+    c.max_message_size = 20;
+    c
+}
+
+fn bdat_outcome(input: &[u8], cuts: &[usize]) -> (String, Vec<Message>, Option<Closed>) {
+    outcome_with(bdat_config(), input, cuts)
+}
+
+#[test]
+fn bdat_rules_in_one_pipelined_session() {
+    let (out, m, closed) = bdat_outcome(BDAT_BATCH, &[]);
+    let lines: Vec<&str> = out.split_terminator("\r\n").collect();
+    assert_eq!(lines, BDAT_REPLIES);
+    assert_eq!(closed, Some(Closed::Quit));
+    type Seen<'a> = (&'a str, &'a [u8], Option<Result<(), Rejection>>);
+    let got: Vec<Seen<'_>> = m
+        .iter()
+        .map(|m| (m.envelope.mail_from.as_str(), &m.body[..], m.outcome))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a@s.test", &b"line1\r\n.dot\r\nQUIT\r\n"[..], Some(Ok(()))),
+            ("b@s.test", b"", Some(Ok(()))),
+            ("c@s.test", b"xxxxxxxxxxxxxxx", Some(Err(Rejection::TooBig))),
+            ("d@s.test", b"abc", Some(Err(Rejection::Discarded))),
+            (
+                "e@s.test",
+                b"a\nb\r\n",
+                Some(Err(Rejection::BareLineEnding))
+            ),
+            ("g@s.test", b"ab\r\ncd\r\n", Some(Ok(()))),
+        ]
+    );
+    // Six errors were counted (the repeated refusals of a failed transaction are not).
+    let mut c = bdat_config();
+    c.max_errors = 7;
+    let (out, _, closed) = outcome_with(c, BDAT_BATCH, &[]);
+    assert_eq!(closed, Some(Closed::Quit), "{out}");
+}
+
+#[test]
+fn bdat_session_split_at_every_byte_gives_the_same_result() {
+    let whole = bdat_outcome(BDAT_BATCH, &[]);
+    for i in 0..=BDAT_BATCH.len() {
+        assert_eq!(bdat_outcome(BDAT_BATCH, &[i]), whole, "split at {i}");
+    }
+    let cuts: Vec<usize> = (1..BDAT_BATCH.len()).collect();
+    assert_eq!(bdat_outcome(BDAT_BATCH, &cuts), whole, "one byte at a time");
+}
+
+#[test]
+fn bdat_chunks_split_at_every_pair_of_bytes() {
+    let input: &[u8] = b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\n\
+BDAT 4\r\nab\r\nBDAT 8 LAST\r\nBDAT 1\r\nMAIL FROM:<b@s.test>\r\nRCPT TO:<x@local.test>\r\n\
+BDAT 30 LAST\r\n012345678901234567890123456789RSET\r\n";
+    let whole = bdat_outcome(input, &[]);
+    assert!(
+        whole.0.ends_with(
+            "250 2.0.0 4 octets received\r\n250 2.0.0 Ok queued as Q1\r\n250 2.1.0 Ok\r\n\
+             250 2.1.5 Ok\r\n552 5.3.4 Message size exceeds fixed maximum message size\r\n\
+             250 2.0.0 Ok\r\n"
+        ),
+        "{}",
+        whole.0
+    );
+    assert_eq!(whole.1[0].body, b"ab\r\nBDAT 1\r\n");
+    for i in 0..=input.len() {
+        for j in i..=input.len() {
+            assert_eq!(bdat_outcome(input, &[i, j]), whole, "split at {i} and {j}");
+        }
+    }
+}
+
+#[test]
+fn bdat_queued_only_after_commit_and_commit_failures_answered() {
+    let mut d = Driver::new(config());
+    d.commits.push_back(Err(CommitError::NoSpace));
+    d.feed(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 2 LAST\r\nhi");
+    let lines = d.take_lines();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("452 4.3.1 Insufficient system storage")
+    );
+    d.feed(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 2 LAST\r\nhi");
+    assert_eq!(
+        d.take_lines(),
+        ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok queued as Q2"]
+    );
+    // Without the driver's commit the session writes nothing.
+    let cfg = Arc::new(config());
+    let now = Instant::now();
+    let mut s = Session::new(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), now);
+    let mut out = Vec::new();
+    let mut sink = RecordingSink::default();
+    let input =
+        b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 2 LAST\r\nhiNOOP\r\n";
+    let n = s.handle_input(now, input, &mut out, &mut sink).unwrap();
+    assert_eq!(&input[n..], b"NOOP\r\n");
+    assert_eq!(s.phase(), Phase::AwaitingCommit);
+    assert!(!out_text(&out).contains("queued"));
+}
+
+#[test]
+fn bdat_unparseable_size_is_501_and_closes() {
+    for line in [
+        "BDAT",
+        "BDAT x LAST",
+        "BDAT -1",
+        "BDAT 99999999999999999999999",
+    ] {
+        run(
+            config(),
+            &greeted(&format!(
+                "
+            C: MAIL FROM:<a@s.test>
+            C: RCPT TO:<x@local.test>
+            C: {line}
+            C: NOOP
+            S: 250 2.1.0
+            S: 250 2.1.5
+            S: 501 5.5.4 Syntax: BDAT size [LAST]
+            CLOSED: Unframeable
+            "
+            )),
+        );
+    }
+}
+
+#[test]
+fn bdat_huge_declared_chunk_streams_and_is_refused_without_storing() {
+    let mut d = Driver::new(config());
+    d.feed(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 18446744073709551615 LAST\r\n");
+    d.take_lines();
+    for _ in 0..100 {
+        d.feed(&[b'.'; 10_000]);
+        assert!(d.pending.is_empty());
+        assert!(d.take_lines().is_empty());
+    }
+    assert_eq!(d.session.phase(), Phase::Data);
+    assert_eq!(d.sink.messages[0].outcome, Some(Err(Rejection::TooBig)));
+    assert!(d.sink.messages[0].body.is_empty());
+}
+
+#[test]
+fn bdat_normalize_rewrites_bare_lf_but_refuses_bare_cr() {
+    let d = run(
+        normalizing(),
+        &greeted(
+            r"
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<x@local.test>
+        C| BDAT 4\r\na\n.b
+        C| BDAT 2 LAST\r\n\n.
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 250 2.0.0 4 octets received
+        S: 250 2.0.0 Ok queued as Q1
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<x@local.test>
+        C| BDAT 3 LAST\r\na\rb
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 550 5.6.0
+        ",
+        ),
+    );
+    assert_eq!(d.sink.messages[0].body, b"a\r\n.b\r\n.");
+}
+
+#[test]
+fn bdat_ehlo_discards_a_partial_message_and_timeouts_apply_in_chunks() {
+    let mut d = run(
+        config(),
+        &greeted(
+            r"
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<x@local.test>
+        C| BDAT 2\r\nhi
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 250 2.0.0 2 octets received
+        C: HELO again
+        S: 250 mx.test
+        C| BDAT 1 LAST\r\nx
+        S: 503 5.5.1 Need MAIL
+        ",
+        ),
+    );
+    assert_eq!(d.sink.messages[0].outcome, Some(Err(Rejection::Discarded)));
+    d.feed(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 10\r\nabc");
+    assert_eq!(d.session.phase(), Phase::Data);
+    let idle = d.session.next_deadline().expect("a deadline in a chunk");
+    assert!(idle > d.now);
+    let mut out = Vec::new();
+    assert_eq!(d.session.handle_timeout(&mut out), Closed::Timeout);
 }
