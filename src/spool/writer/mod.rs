@@ -1,8 +1,10 @@
 //! The io_uring segment writer of one reactor: [`Spool`] and [`MessageWriter`].
 //!
 //! How a message reaches the disk:
-//! 1. [`Spool::begin`] assigns the id and fills the first write buffer with the Envelope frame
-//!    and the start of a Data frame holding our `Received:` header. Nothing is written yet.
+//! 1. [`Spool::begin`] assigns the id and fills the first buffer with the Envelope frame and the
+//!    start of a Data frame holding our `Received:` header. Nothing is written yet. The first
+//!    buffer is a small one ([`SMALL_BUF_SIZE`](crate::buffers::SMALL_BUF_SIZE)); a message that
+//!    outgrows it moves into a write buffer (see `pack`).
 //! 2. [`MessageWriter::push`] copies body bytes into the buffer; a full buffer is closed (its
 //!    Data frame header gets length and CRC) and queued. Push never waits.
 //! 3. [`MessageWriter::flush`] reserves a file range for each queued buffer *synchronously*
