@@ -31,6 +31,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub mod frame;
 pub mod id;
@@ -209,6 +210,20 @@ impl std::error::Error for SpoolError {
             _ => None,
         }
     }
+}
+
+/// Where a writer reports how long its disk operations took, as each completes (the server
+/// records them into its per-reactor stats histograms; see [`Spool::set_timings`]). Called on
+/// the reactor's thread, once per fdatasync and once per group write: keep it cheap.
+///
+/// With them, a message's ack latency splits into waiting (for the fdatasync in flight to
+/// finish and the group to be sealed), writing (the group write) and flushing (the fdatasync).
+pub trait Timings {
+    /// One fdatasync of a segment took `took` (submission to completion, failed ones included).
+    fn fsync(&self, took: Duration);
+    /// One group write (the final frames of the messages of one fdatasync batch) took `took`,
+    /// submission to completion.
+    fn group_write(&self, took: Duration);
 }
 
 /// Buckets of [`SpoolStats::batch_hist`]: batch sizes 1, 2, 3–4, 5–8, …, 129–256, over 256.

@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::File as StdFile;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -112,6 +113,17 @@ impl Shared {
         buf: Buf,
         len: usize,
     ) -> Result<(u64, WriteTask), Failure> {
+        Self::submit_timed(this, seg, buf, len, false)
+    }
+
+    /// [`Shared::submit`], reporting the write's duration as a group write if `group`.
+    pub(super) fn submit_timed(
+        this: &Rc<Self>,
+        seg: &Rc<Segment>,
+        buf: Buf,
+        len: usize,
+        group: bool,
+    ) -> Result<(u64, WriteTask), Failure> {
         if let Some(f) = seg.failure() {
             return Err(f);
         }
@@ -124,7 +136,11 @@ impl Shared {
         let sh = Rc::clone(this);
         let seg2 = Rc::clone(seg);
         let handle = tokio_uring::spawn(async move {
+            let started = group.then(Instant::now);
             let (res, buf) = buf.write_all_at(&seg2.file, len, off).await;
+            if let Some(t) = started {
+                sh.time_group_write(t.elapsed());
+            }
             drop(buf);
             seg2.inflight.set(seg2.inflight.get() - 1);
             let out = match res {

@@ -53,14 +53,15 @@ use std::fmt;
 use std::fs::{File as StdFile, OpenOptions};
 use std::io;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
 use super::frame::{self, unix_us, EnvelopeRecord, Kind, SegmentRecord};
 use super::id::{IdGen, MAX_REACTOR};
 use super::segment::{self, SegmentName};
-use super::{SpoolConfig, SpoolError, SpoolStats, SyncPolicy};
+use super::{SpoolConfig, SpoolError, SpoolStats, SyncPolicy, Timings};
 use crate::buffers::BufferPool;
 use crate::sys::{self, LockError};
 
@@ -96,6 +97,8 @@ struct Shared {
     state: RefCell<State>,
     /// Counters.
     stats: RefCell<SpoolStats>,
+    /// Where fdatasync and group-write durations go, if anywhere.
+    timings: RefCell<Option<Arc<dyn Timings>>>,
     /// Segments with commits waiting for fdatasync.
     sync_queue: RefCell<Vec<Rc<Segment>>>,
     /// Whether the syncer task runs.
@@ -209,6 +212,7 @@ impl Spool {
             }),
             config,
             stats: RefCell::new(SpoolStats::default()),
+            timings: RefCell::new(None),
             sync_queue: RefCell::new(Vec::new()),
             syncer_running: Cell::new(false),
             work: Notify::new(),
@@ -239,6 +243,11 @@ impl Spool {
             (seg, st.ids.next(now_ms()))
         };
         MessageWriter::start(Rc::clone(sh), seg, id, envelope)
+    }
+
+    /// Reports every later fdatasync's and group write's duration to `timings`.
+    pub fn set_timings(&self, timings: Arc<dyn Timings>) {
+        *self.sh.timings.borrow_mut() = Some(timings);
     }
 
     /// Counters so far.
@@ -364,6 +373,20 @@ impl Shared {
             drop(Self::maybe_finish(this, &old));
         }
         Ok(seg)
+    }
+
+    /// Reports an fdatasync's duration.
+    fn time_fsync(&self, took: Duration) {
+        if let Some(t) = &*self.timings.borrow() {
+            t.fsync(took);
+        }
+    }
+
+    /// Reports a group write's duration.
+    fn time_group_write(&self, took: Duration) {
+        if let Some(t) = &*self.timings.borrow() {
+            t.group_write(took);
+        }
     }
 
     /// Where this spool's write buffers come from.

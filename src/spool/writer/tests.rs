@@ -2,6 +2,7 @@
 //! commit, aborts, rolling and reopening, the reactor lock. The pure parts have their own
 //! tests (`progress`, `pack`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::*;
@@ -280,4 +281,55 @@ fn second_writer_for_same_reactor_is_refused() {
         let again = Spool::open(SpoolConfig::new(dir.path(), 0, "h"), pool).await;
         assert!(again.is_ok());
     });
+}
+
+/// Counts the durations a writer reports.
+#[derive(Default)]
+struct Recorder {
+    fsyncs: AtomicU64,
+    group_writes: AtomicU64,
+}
+
+impl Timings for Recorder {
+    fn fsync(&self, took: Duration) {
+        assert!(took > Duration::ZERO);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn group_write(&self, took: Duration) {
+        assert!(took > Duration::ZERO);
+        self.group_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn fsync_and_group_write_durations_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig::new(dir.path(), 0, "mx.test");
+    let rec = Arc::new(Recorder::default());
+    let st = tokio_uring::start(async {
+        let spool = Spool::open(cfg, small_pool()).await.unwrap();
+        spool.set_timings(rec.clone());
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let spool = spool.clone();
+            tasks.push(tokio_uring::spawn(async move {
+                let mut w = spool.begin(&envelope(&["r@example.test"]));
+                w.push(&body(1000, i));
+                w.flush().await.unwrap();
+                w.commit().await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let st = spool.stats();
+        spool.close().await.unwrap();
+        st
+    });
+    assert_eq!(st.commits, 8);
+    // Every fdatasync of a segment was timed (close's own final sync is not counted in either).
+    assert_eq!(rec.fsyncs.load(Ordering::Relaxed), st.fsyncs, "{st:?}");
+    let groups = rec.group_writes.load(Ordering::Relaxed);
+    assert!((1..=8).contains(&groups), "{groups}");
 }
