@@ -314,6 +314,15 @@ impl Buf {
         })
     }
 
+    /// An unpooled heap buffer of `len` zero bytes, all initialised (`len()` is `len`). Large
+    /// ones come from `calloc`, so their pages are not touched until read.
+    pub fn heap_zeroed(len: usize) -> Self {
+        Self::Heap(HeapBuf {
+            vec: vec![0; len],
+            home: None,
+        })
+    }
+
     /// Total capacity in bytes.
     pub fn capacity(&self) -> usize {
         match self {

@@ -94,7 +94,9 @@ pub struct SpoolConfig {
     /// Our hostname, for the Received: header.
     pub hostname: String,
     /// Preallocate segment space this far ahead with `fallocate` (0: never). Turned off by itself
-    /// where the filesystem does not support it.
+    /// where the filesystem does not support it. With group commit, also turns on prepared
+    /// space: zeros written ahead of the appends (see docs/spool.md, "Prepared space"); 0 turns
+    /// both off.
     pub preallocate: u64,
 }
 

@@ -197,6 +197,9 @@ impl Spool {
         for (path, cut) in &recovered.truncated {
             tracing::warn!(segment = %path.display(), bytes = cut, "recovery cut a torn tail (unacknowledged writes)");
         }
+        for (path, cut) in &recovered.zero_tails {
+            tracing::debug!(segment = %path.display(), bytes = cut, "recovery cut the prepared zeros after the last frame");
+        }
         for path in &recovered.removed {
             tracing::warn!(segment = %path.display(), "recovery removed a segment with no whole frame");
         }
