@@ -84,29 +84,49 @@ learn_port() { # PORT=0: take the port the kernel gave the server from its log (
     return 1
 }
 
+port_closed() { # until nothing accepts on 127.0.0.1:$PORT any more (10 s at most)
+    for _ in $(seq 200); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "crash-test: 127.0.0.1:$PORT still accepts 10 s after the server was killed" >&2
+    return 1
+}
+
 start_server() { # on $dir/spool; the log (info) names the port for learn_port
     # Right after a kill -9 the kernel may still hold the old server's listening socket for a
-    # moment (its io_uring instance is torn down asynchronously), and ringmx refuses to share a
-    # port: retry while the log says the port is in use, for 10 s at most.
-    local attempt
+    # moment (its io_uring instance is torn down asynchronously): a connection then reaches the
+    # dying socket, and ringmx refuses to share the port. So on a restart, wait until the port
+    # is closed, and retry while the new server says the port is in use (10 s at most).
+    local attempt mark
+    if [[ $PORT != 0 ]]; then port_closed; fi
     for attempt in $(seq 50); do
-        local mark
         mark=$(wc -l <"$dir/server.log" 2>/dev/null || echo 0)
         RUST_LOG=info "$RINGMX" serve --listen "127.0.0.1:$PORT" --domain "$DOMAIN" --spool "$dir/spool" \
             --stats "$dir/stats.sock" --reactors "$REACTORS" --sync group >>"$dir/server.log" 2>&1 &
         server_pid=$!
-        if [[ $PORT != 0 ]]; then
-            sleep 0.1
-            if ! kill -0 "$server_pid" 2>/dev/null &&
-                tail -n +"$((mark + 1))" "$dir/server.log" | grep -qi 'in use'; then
-                wait "$server_pid" 2>/dev/null || true
-                server_pid=
-                echo "   port $PORT still held by the killed server; retrying ($attempt)"
-                sleep 0.1
-                continue
-            fi
+        if [[ $PORT == 0 ]]; then
+            learn_port
+            wait_port
+            return
         fi
-        if [[ $PORT == 0 ]]; then learn_port; fi
+        # The server says "listening on" once it has bound, or exits with "in use".
+        local i
+        for i in $(seq 100); do
+            if tail -n +"$((mark + 1))" "$dir/server.log" | grep -q 'listening on'; then
+                wait_port
+                return
+            fi
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if tail -n +"$((mark + 1))" "$dir/server.log" | grep -qi 'in use'; then
+            wait "$server_pid" 2>/dev/null || true
+            server_pid=
+            echo "   port $PORT still held by the killed server; retrying ($attempt)"
+            sleep 0.2
+            continue
+        fi
         wait_port
         return
     done

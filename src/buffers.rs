@@ -51,6 +51,16 @@ pub const DEFAULT_READ_BUF_SIZE: usize = 16 * 1024;
 /// Capacity of one write-tier buffer: one spool write (a few frames or one Data frame).
 pub const DEFAULT_WRITE_BUF_SIZE: usize = 64 * 1024;
 
+/// Capacity of a *small* buffer: the spool writer starts every message in one of these (plain heap
+/// memory, never registered) and moves it into a write-tier buffer only when the message
+/// outgrows it. Envelope, `Received:` header and a body of a couple of KiB fit, so a small
+/// message, and a slow sender stalled early in DATA, never holds a 64 KiB write buffer.
+pub const SMALL_BUF_SIZE: usize = 4 * 1024;
+
+/// Free small buffers a pool keeps for reuse (per reactor, 1 MiB); more are freed. Bounds the
+/// memory kept after a burst of thousands of concurrent messages.
+const SMALL_FREE_MAX: usize = 256;
+
 /// The most buffers one registered set may hold: tokio-uring takes at most `UIO_MAXIOV` (1024).
 pub const MAX_REGISTERED_BUFS: usize = 1024;
 
@@ -144,6 +154,8 @@ struct PoolInner {
     read_heap: Rc<HeapTier>,
     /// See `read_heap`.
     write_heap: Rc<HeapTier>,
+    /// Small heap buffers ([`SMALL_BUF_SIZE`]): never run out, at most [`SMALL_FREE_MAX`] kept.
+    small_heap: Rc<HeapTier>,
 }
 
 impl BufferPool {
@@ -190,8 +202,13 @@ impl BufferPool {
             inner: Rc::new(PoolInner {
                 config,
                 fixed,
-                read_heap: HeapTier::new(config.read_buf_size, config.read_bufs),
-                write_heap: HeapTier::new(config.write_buf_size, config.write_bufs),
+                read_heap: HeapTier::new(config.read_buf_size, config.read_bufs, config.read_bufs),
+                write_heap: HeapTier::new(
+                    config.write_buf_size,
+                    config.write_bufs,
+                    config.write_bufs,
+                ),
+                small_heap: HeapTier::new(SMALL_BUF_SIZE, usize::MAX, SMALL_FREE_MAX),
             }),
         }
     }
@@ -226,6 +243,16 @@ impl BufferPool {
     pub async fn next_write_buf(&self) -> Buf {
         self.take(self.inner.config.write_buf_size, &self.inner.write_heap)
             .await
+    }
+
+    /// A small heap buffer of [`SMALL_BUF_SIZE`] bytes, reused from this pool's free list when
+    /// one is there; never fails and never waits (there is no limit on how many are out).
+    pub fn small_buf(&self) -> Buf {
+        match HeapTier::try_take(&self.inner.small_heap) {
+            Some(b) => Buf::Heap(b),
+            // Unreachable: the small tier's checkout limit is `usize::MAX`.
+            None => Buf::heap(SMALL_BUF_SIZE),
+        }
     }
 
     fn try_take(&self, cap: usize, heap: &Rc<HeapTier>) -> Option<Buf> {
@@ -283,6 +310,15 @@ impl Buf {
     pub fn heap(capacity: usize) -> Self {
         Self::Heap(HeapBuf {
             vec: Vec::with_capacity(capacity),
+            home: None,
+        })
+    }
+
+    /// An unpooled heap buffer of `len` zero bytes, all initialised (`len()` is `len`). Large
+    /// ones come from `calloc`, so their pages are not touched until read.
+    pub fn heap_zeroed(len: usize) -> Self {
+        Self::Heap(HeapBuf {
+            vec: vec![0; len],
             home: None,
         })
     }
@@ -445,7 +481,11 @@ impl Drop for HeapBuf {
         if let Some(home) = self.home.take() {
             let mut vec = std::mem::take(&mut self.vec);
             vec.clear();
-            home.free.borrow_mut().push(vec);
+            let mut free = home.free.borrow_mut();
+            if free.len() < home.keep {
+                free.push(vec);
+            }
+            drop(free);
             home.out.set(home.out.get() - 1);
             home.notify.notify_one();
         }
@@ -480,10 +520,14 @@ unsafe impl IoBufMut for HeapBuf {
     }
 }
 
-/// A bounded free list of heap buffers of one size (the fallback for one tier).
+/// A bounded free list of heap buffers of one size (the fallback for one tier, and the small
+/// buffers).
 struct HeapTier {
     cap: usize,
+    /// At most this many checked out at once.
     max: usize,
+    /// At most this many kept on the free list.
+    keep: usize,
     free: RefCell<Vec<Vec<u8>>>,
     /// Buffers checked out.
     out: Cell<usize>,
@@ -491,10 +535,11 @@ struct HeapTier {
 }
 
 impl HeapTier {
-    fn new(cap: usize, max: usize) -> Rc<Self> {
+    fn new(cap: usize, max: usize, keep: usize) -> Rc<Self> {
         Rc::new(Self {
             cap,
             max,
+            keep,
             free: RefCell::new(Vec::new()),
             out: Cell::new(0),
             notify: Notify::new(),
@@ -569,6 +614,25 @@ mod tests {
         assert!(pool.write_buf().is_none());
         drop(w);
         assert!(pool.write_buf().is_some());
+    }
+
+    #[test]
+    fn small_buffers_never_run_out_and_a_few_are_reused() {
+        let pool = BufferPool::heap_only(BufferConfig::default());
+        let many: Vec<Buf> = (0..SMALL_FREE_MAX + 10).map(|_| pool.small_buf()).collect();
+        assert!(many
+            .iter()
+            .all(|b| b.capacity() >= SMALL_BUF_SIZE && !b.is_fixed()));
+        drop(many);
+        assert_eq!(pool.inner.small_heap.free.borrow().len(), SMALL_FREE_MAX);
+        assert_eq!(pool.inner.small_heap.out.get(), 0);
+        let mut b = pool.small_buf();
+        assert_eq!(b.len(), 0, "a reused buffer comes back empty");
+        b.put_at(0, b"x");
+        assert_eq!(
+            pool.inner.small_heap.free.borrow().len(),
+            SMALL_FREE_MAX - 1
+        );
     }
 
     #[test]

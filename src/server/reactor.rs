@@ -214,6 +214,8 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
             return Ok(());
         }
     };
+    // fdatasync and group-write durations go straight into this reactor's histograms.
+    spool.set_timings(stats.clone());
 
     let (local_tx, local_rx) = watch::channel(Stop::Running);
     let r = Rc::new(Reactor {

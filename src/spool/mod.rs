@@ -31,6 +31,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub mod frame;
 pub mod id;
@@ -93,7 +94,9 @@ pub struct SpoolConfig {
     /// Our hostname, for the Received: header.
     pub hostname: String,
     /// Preallocate segment space this far ahead with `fallocate` (0: never). Turned off by itself
-    /// where the filesystem does not support it.
+    /// where the filesystem does not support it. With group commit, also turns on prepared
+    /// space: zeros written ahead of the appends (see docs/spool.md, "Prepared space"); 0 turns
+    /// both off.
     pub preallocate: u64,
 }
 
@@ -209,6 +212,20 @@ impl std::error::Error for SpoolError {
             _ => None,
         }
     }
+}
+
+/// Where a writer reports how long its disk operations took, as each completes (the server
+/// records them into its per-reactor stats histograms; see [`Spool::set_timings`]). Called on
+/// the reactor's thread, once per fdatasync and once per group write: keep it cheap.
+///
+/// With them, a message's ack latency splits into waiting (for the fdatasync in flight to
+/// finish and the group to be sealed), writing (the group write) and flushing (the fdatasync).
+pub trait Timings {
+    /// One fdatasync of a segment took `took` (submission to completion, failed ones included).
+    fn fsync(&self, took: Duration);
+    /// One group write (the final frames of the messages of one fdatasync batch) took `took`,
+    /// submission to completion.
+    fn group_write(&self, took: Duration);
 }
 
 /// Buckets of [`SpoolStats::batch_hist`]: batch sizes 1, 2, 3–4, 5–8, …, 129–256, over 256.

@@ -170,8 +170,13 @@ pub struct SegmentReport {
     pub incomplete: u64,
     /// Whether the segment ends with a Seal frame.
     pub sealed: bool,
-    /// Damage at the end of the valid prefix, if the file goes on after it.
+    /// Damage at the end of the valid prefix, if the file goes on after it (not when all it
+    /// goes on with is zeros, see `zero_tail`).
     pub damage: Option<Damage>,
+    /// Bytes of zeros after the valid prefix: space the writer prepared ahead of its appends
+    /// (a live segment, or one a crash left), the clean end of the log, not damage. Found only
+    /// when classifying (`check`); 0 otherwise.
+    pub zero_tail: u64,
     /// Inconsistencies among valid frames (each one is corruption).
     pub anomalies: Vec<String>,
 }
@@ -330,6 +335,16 @@ pub fn scan_segment(
     rep.sealed = after_seal;
     rep.valid_end = w.offset();
     rep.incomplete = open.len() as u64;
+    if let Some((offset, _)) = invalid {
+        let zeros = classify
+            && File::open(path)
+                .and_then(|f| segment::is_zero_tail(&f, offset, rep.file_len))
+                .unwrap_or(false);
+        if zeros {
+            rep.zero_tail = rep.file_len - offset;
+            invalid = None;
+        }
+    }
     if let Some((offset, error)) = invalid {
         let resumes_at = if classify {
             segment::next_valid_frame(path, offset)?

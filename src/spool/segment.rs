@@ -219,6 +219,28 @@ pub fn next_valid_frame(path: &Path, from: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
+/// Whether every byte of the file from `from` to `len` is zero: a segment's prepared space
+/// (the writer writes zeros ahead of its appends), which ends the log cleanly. A torn write
+/// leaves non-zero bytes before the zeros and is not one.
+///
+/// # Errors
+/// A read failed.
+pub fn is_zero_tail(f: &File, from: u64, len: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < len {
+        let want = chunk
+            .len()
+            .min(usize::try_from(len - pos).unwrap_or(usize::MAX));
+        f.read_exact_at(&mut chunk[..want], pos)?;
+        if chunk[..want].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += want as u64;
+    }
+    Ok(true)
+}
+
 fn frame_at(f: &File, at: u64, len: u64) -> io::Result<bool> {
     let mut h = [0u8; HEADER_LEN];
     if at + HEADER_LEN as u64 > len {
@@ -245,13 +267,17 @@ pub struct Recovered {
     pub id_floor: MessageId,
     /// Segments whose torn tail was cut off: (file, bytes removed).
     pub truncated: Vec<(PathBuf, u64)>,
+    /// Segments whose tail of prepared zeros (the clean end of the log) was cut off: (file,
+    /// bytes removed).
+    pub zero_tails: Vec<(PathBuf, u64)>,
     /// Segments removed because not even their first frame was whole.
     pub removed: Vec<PathBuf>,
 }
 
 /// Brings a reactor's segments to a clean state before the writer starts: every segment without
 /// a Seal frame is walked, cut after its last valid frame, sealed and fsynced (a file without a
-/// valid first frame is removed). Also finds the newest id and the next sequence number.
+/// valid first frame is removed). What is cut is reported as a torn tail, or, when it is all
+/// zeros (the writer's prepared space, the clean end of the log), in `zero_tails`. Also finds the newest id and the next sequence number.
 ///
 /// `now_ms` bounds the ids trusted from Seal frames (a Seal from the future is ignored).
 ///
@@ -313,8 +339,13 @@ pub fn recover(dir: &Path, reactor: u16, now_ms: u64) -> io::Result<Recovered> {
             continue;
         }
         if valid_end < file_len {
+            let cut = (path.clone(), file_len - valid_end);
+            if is_zero_tail(&file, valid_end, file_len)? {
+                out.zero_tails.push(cut);
+            } else {
+                out.truncated.push(cut);
+            }
             file.set_len(valid_end)?;
-            out.truncated.push((path.clone(), file_len - valid_end));
         }
         if !sealed {
             let mut seal = Vec::new();

@@ -168,6 +168,12 @@ pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolEr
                     s.file_len - d.offset
                 ));
             }
+            if s.zero_tail > 0 {
+                line.push_str(&format!(
+                    "\tprepared zeros after the end ({} bytes)",
+                    s.zero_tail
+                ));
+            }
             for a in &s.anomalies {
                 line.push_str(&format!("\tCORRUPT: {a}"));
             }

@@ -144,8 +144,10 @@ pub fn text(snap: &Snapshot) -> String {
         .map(|(label, n)| format!("{label}:{n}"))
         .collect();
     let _ = writeln!(s, "             fsyncs by batch size  {}", hist.join("  "));
-    let tables: [(&str, Pick); 3] = [
+    let tables: [(&str, Pick); 5] = [
         ("ack latency (us)", |r| &r.ack_latency_us),
+        ("spool fdatasync (us)", |r| &r.fsync_us),
+        ("spool group write (us)", |r| &r.group_write_us),
         ("session duration (ms)", |r| &r.session_duration_ms),
         ("tls handshake (us)", |r| &r.tls_handshake_us),
     ];
@@ -247,16 +249,18 @@ pub fn prometheus(snap: &Snapshot) -> String {
             );
         }
     }
-    let summaries: [(&str, f64, Pick); 3] = [
-        ("ringmx_ack_latency_seconds", 1e-6, |r| &r.ack_latency_us),
-        ("ringmx_session_duration_seconds", 1e-3, |r| {
+    let summaries: [(&str, f64, Pick); 5] = [
+        ("ringmx_ack_latency_seconds", 1e6, |r| &r.ack_latency_us),
+        ("ringmx_spool_fsync_seconds", 1e6, |r| &r.fsync_us),
+        ("ringmx_spool_group_write_seconds", 1e6, |r| {
+            &r.group_write_us
+        }),
+        ("ringmx_session_duration_seconds", 1e3, |r| {
             &r.session_duration_ms
         }),
-        ("ringmx_tls_handshake_seconds", 1e-6, |r| {
-            &r.tls_handshake_us
-        }),
+        ("ringmx_tls_handshake_seconds", 1e6, |r| &r.tls_handshake_us),
     ];
-    for (metric, scale, pick) in summaries {
+    for (metric, per_second, pick) in summaries {
         let _ = writeln!(s, "# TYPE {metric} summary");
         for (i, r) in snap.reactors.iter().enumerate() {
             let m = pick(r);
@@ -268,10 +272,10 @@ pub fn prometheus(snap: &Snapshot) -> String {
                 ("1", m.max),
             ] {
                 #[allow(clippy::cast_precision_loss)] // latencies far below 2^52
-                let v = v as f64 * scale;
+                let v = v as f64 / per_second;
                 let _ = writeln!(s, "{metric}{{reactor=\"{i}\",quantile=\"{q}\"}} {v}");
             }
-            let _ = writeln!(s, "{metric}_sum{{reactor=\"{i}\"}} {}", m.sum * scale);
+            let _ = writeln!(s, "{metric}_sum{{reactor=\"{i}\"}} {}", m.sum / per_second);
             let _ = writeln!(s, "{metric}_count{{reactor=\"{i}\"}} {}", m.count);
         }
     }
@@ -283,7 +287,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::spool::SyncPolicy;
+    use crate::spool::{SyncPolicy, Timings};
     use crate::stats::{ReactorStats, Registry};
 
     fn sample() -> Snapshot {
@@ -292,14 +296,16 @@ mod tests {
         ReactorStats::add(&r0.counters.messages_accepted, 7);
         ReactorStats::inc(&r0.counters.connections_active);
         r0.record_ack(Duration::from_micros(1500));
-        reg.reactor(1)
-            .unwrap()
-            .record_ack(Duration::from_micros(2500));
         r0.tls(crate::stats::TlsOutcome::Completed {
             v13: true,
             duration: Duration::from_micros(900),
         });
         r0.tls(crate::stats::TlsOutcome::ClientAlert);
+        r0.fsync(Duration::from_micros(900));
+        r0.group_write(Duration::from_micros(35));
+        let r1 = reg.reactor(1).unwrap();
+        r1.record_ack(Duration::from_micros(2500));
+        r1.fsync(Duration::from_micros(1100));
         reg.snapshot()
     }
 
@@ -365,6 +371,60 @@ mod tests {
     }
 
     #[test]
+    fn spool_timings_in_every_format() {
+        let snap = sample();
+        let t = text(&snap);
+        for title in ["spool fdatasync (us)", "spool group write (us)"] {
+            let table: Vec<&str> = t
+                .split("\n\n")
+                .find(|b| b.starts_with(title))
+                .unwrap_or_else(|| panic!("{title}: {t}"))
+                .lines()
+                .collect();
+            assert!(table[0].ends_with("p50       p90       p99     p99.9       max"));
+            assert_eq!(table.len(), 4, "{t}");
+            let total: Vec<&str> = table[3].split_whitespace().collect();
+            let want = if title.contains("fdatasync") {
+                ["total", "2", "1000", "900", "1100"]
+            } else {
+                ["total", "1", "35", "35", "35"]
+            };
+            assert_eq!(total[..5], want, "{t}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
+        assert_eq!(v["total"]["fsync_us"]["count"], 2);
+        assert_eq!(v["reactors"][0]["group_write_us"]["count"], 1);
+        for key in ["count", "mean", "p50", "p90", "p99", "p999", "max", "sum"] {
+            assert!(v["total"]["fsync_us"].get(key).is_some(), "{key}");
+        }
+        let p = prometheus(&snap);
+        assert!(
+            p.contains("# TYPE ringmx_spool_fsync_seconds summary\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("# TYPE ringmx_spool_group_write_seconds summary\n"),
+            "{p}"
+        );
+        for q in ["0.5", "0.9", "0.99", "0.999", "1"] {
+            assert!(
+                p.contains(&format!(
+                    "ringmx_spool_fsync_seconds{{reactor=\"1\",quantile=\"{q}\"}} 0.0011"
+                )),
+                "{q}: {p}"
+            );
+        }
+        assert!(
+            p.contains("ringmx_spool_fsync_seconds_count{reactor=\"0\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("ringmx_spool_group_write_seconds_count{reactor=\"1\"} 0\n"),
+            "{p}"
+        );
+    }
+
+    #[test]
     fn spool_figures_keep_their_text_lines_and_metrics() {
         let t = text(&sample());
         assert!(
@@ -378,7 +438,11 @@ mod tests {
         let p = prometheus(&sample());
         let types: Vec<&str> = p
             .lines()
-            .filter(|l| l.starts_with("# TYPE ringmx_spool_") && !l.contains("fsync_batches"))
+            .filter(|l| {
+                l.starts_with("# TYPE ringmx_spool_")
+                    && !l.contains("fsync_batches")
+                    && !l.ends_with(" summary")
+            })
             .collect();
         assert_eq!(
             types,

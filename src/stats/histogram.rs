@@ -1,7 +1,9 @@
-//! HDR histograms of one reactor (ack latency, session duration) and their percentile summary.
+//! HDR histograms of one reactor (ack latency, session duration, the spool's fdatasync and group
+//! write durations) and their percentile summary.
 //!
-//! A [`Histograms`] lives behind its reactor's mutex and is written once per message and once per
-//! session; the stats thread clones it to merge and summarize. This module does not time anything
+//! A [`Histograms`] lives behind its reactor's mutex and is written once per message, once per
+//! session and once per fdatasync and group write; the stats thread clones it to merge and
+//! summarize. This module does not time anything
 //! itself: callers pass durations they measured.
 
 use std::time::Duration;
@@ -13,6 +15,8 @@ use serde::Serialize;
 const SIGNIFICANT_FIGURES: u8 = 3;
 /// Largest ack latency recorded exactly: 10 minutes in µs (slower values saturate).
 const ACK_LATENCY_MAX_US: u64 = 600_000_000;
+/// Largest spool operation (fdatasync, group write) recorded exactly: 10 minutes in µs.
+const SPOOL_OP_MAX_US: u64 = 600_000_000;
 /// Largest session duration recorded exactly: one day in ms.
 const SESSION_DURATION_MAX_MS: u64 = 86_400_000;
 
@@ -25,6 +29,11 @@ pub struct Histograms {
     pub session_duration_ms: Histogram<u64>,
     /// STARTTLS 220 written → TLS handshake complete; µs.
     pub tls_handshake_us: Histogram<u64>,
+    /// One fdatasync of a spool segment, submission to completion; µs.
+    pub fsync_us: Histogram<u64>,
+    /// One spool group write (the final frames of an fdatasync's batch), submission to
+    /// completion; µs.
+    pub group_write_us: Histogram<u64>,
 }
 
 /// Percentiles of one histogram, as shown by `ringmx stats`.
@@ -55,13 +64,14 @@ impl Histograms {
             ack_latency_us: new_histogram(ACK_LATENCY_MAX_US),
             session_duration_ms: new_histogram(SESSION_DURATION_MAX_MS),
             tls_handshake_us: new_histogram(ACK_LATENCY_MAX_US),
+            fsync_us: new_histogram(SPOOL_OP_MAX_US),
+            group_write_us: new_histogram(SPOOL_OP_MAX_US),
         }
     }
 
     /// Records one message's ack latency.
     pub fn record_ack(&mut self, latency: Duration) {
-        self.ack_latency_us
-            .saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        self.ack_latency_us.saturating_record(micros(latency));
     }
 
     /// Records one session's duration.
@@ -72,8 +82,17 @@ impl Histograms {
 
     /// Records one completed TLS handshake's duration.
     pub fn record_tls_handshake(&mut self, duration: Duration) {
-        self.tls_handshake_us
-            .saturating_record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+        self.tls_handshake_us.saturating_record(micros(duration));
+    }
+
+    /// Records one fdatasync's duration.
+    pub fn record_fsync(&mut self, took: Duration) {
+        self.fsync_us.saturating_record(micros(took));
+    }
+
+    /// Records one group write's duration.
+    pub fn record_group_write(&mut self, took: Duration) {
+        self.group_write_us.saturating_record(micros(took));
     }
 
     /// Adds `other` into `self` (same bounds, so this cannot fail; a failure would only lose
@@ -82,6 +101,8 @@ impl Histograms {
         let _ = self.ack_latency_us.add(&other.ack_latency_us);
         let _ = self.session_duration_ms.add(&other.session_duration_ms);
         let _ = self.tls_handshake_us.add(&other.tls_handshake_us);
+        let _ = self.fsync_us.add(&other.fsync_us);
+        let _ = self.group_write_us.add(&other.group_write_us);
     }
 }
 
@@ -110,6 +131,11 @@ impl Summary {
             sum: mean * h.len() as f64,
         }
     }
+}
+
+/// `d` in whole µs, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn new_histogram(high: u64) -> Histogram<u64> {

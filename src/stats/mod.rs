@@ -7,6 +7,9 @@
 //! over a request channel into each reactor because the stats socket then answers even while a
 //! reactor is busy, draining or stuck in a slow fsync, and the reactor needs no extra task.
 //!
+//! The spool's fdatasync and group-write durations arrive through [`crate::spool::Timings`],
+//! which [`ReactorStats`] implements: the reactor hands its stats to its spool writer.
+//!
 //! [`Registry::snapshot`] merges everything into a [`Snapshot`], which [`format`] renders as text,
 //! JSON or Prometheus exposition format and [`socket`] serves on a unix socket. This module does
 //! not measure anything itself; the connection driver records what it timed.
@@ -24,7 +27,7 @@ use serde::Serialize;
 pub use histogram::{Histograms, Summary};
 
 use crate::smtp::ReplyTally;
-use crate::spool::{SpoolStats, SyncPolicy, BATCH_BUCKETS};
+use crate::spool::{SpoolStats, SyncPolicy, Timings, BATCH_BUCKETS};
 
 /// Declares the counter set once: an atomic struct for the reactor and a plain snapshot struct.
 macro_rules! counters {
@@ -312,6 +315,16 @@ impl ReactorStats {
     }
 }
 
+impl Timings for ReactorStats {
+    fn fsync(&self, took: Duration) {
+        self.lock().histograms.record_fsync(took);
+    }
+
+    fn group_write(&self, took: Duration) {
+        self.lock().histograms.record_group_write(took);
+    }
+}
+
 impl Default for ReactorStats {
     fn default() -> Self {
         Self::new()
@@ -352,6 +365,10 @@ pub struct ReactorSnapshot {
     pub session_duration_ms: Summary,
     /// TLS handshake duration (220 of STARTTLS → handshake done), µs.
     pub tls_handshake_us: Summary,
+    /// Spool fdatasync duration, µs.
+    pub fsync_us: Summary,
+    /// Spool group write duration, µs.
+    pub group_write_us: Summary,
     /// The spool writer's figures.
     pub spool: SpoolFigures,
 }
@@ -491,6 +508,8 @@ impl ReactorSnapshot {
             ack_latency_us: Summary::of(&l.histograms.ack_latency_us),
             session_duration_ms: Summary::of(&l.histograms.session_duration_ms),
             tls_handshake_us: Summary::of(&l.histograms.tls_handshake_us),
+            fsync_us: Summary::of(&l.histograms.fsync_us),
+            group_write_us: Summary::of(&l.histograms.group_write_us),
             spool: SpoolFigures::new(&l.spool),
         }
     }
@@ -527,6 +546,9 @@ mod tests {
         ReactorStats::dec(&r1.counters.connections_active);
         r0.record_ack(Duration::from_micros(100));
         r1.record_ack(Duration::from_micros(300));
+        r0.fsync(Duration::from_micros(800));
+        r1.fsync(Duration::from_micros(1200));
+        r1.group_write(Duration::from_micros(40));
         r0.set_spool(SpoolStats {
             fsyncs: 1,
             commits: 1,
@@ -558,5 +580,10 @@ mod tests {
         assert_eq!(snap.total.ack_latency_us.count, 2);
         assert_eq!(snap.reactors[0].ack_latency_us.max, 100);
         assert!((299..=301).contains(&snap.total.ack_latency_us.max));
+        assert_eq!(snap.total.fsync_us.count, 2);
+        assert_eq!(snap.reactors[0].fsync_us.max, 800);
+        assert!((1199..=1201).contains(&snap.total.fsync_us.max));
+        assert_eq!(snap.total.group_write_us.count, 1);
+        assert_eq!(snap.reactors[0].group_write_us.count, 0);
     }
 }

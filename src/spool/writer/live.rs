@@ -1,5 +1,6 @@
 //! The live segment: the file being appended to, its reserved end, the writes in flight, its
-//! preallocation, its failure, and how it is finished (sealed, or cut back after a failure).
+//! preallocation and prepared (zero-filled) space, its failure, and how it is finished (sealed
+//! and cut to its Seal frame, or cut back after a failure).
 //!
 //! Writes are submitted here ([`Shared::submit`]); the bookkeeping they update (written and
 //! durable offsets, waiters, failure) lives in `progress`. This file does not decide when to
@@ -9,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::File as StdFile;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -21,6 +23,18 @@ use crate::buffers::Buf;
 use crate::spool::frame::{Kind, SealRecord};
 use crate::spool::segment::SegmentName;
 use crate::spool::{SpoolConfig, SyncPolicy};
+
+/// Zero-filled space is prepared in chunks of this size ahead of the append offset, so appends
+/// overwrite written blocks and their fdatasync need not also write the inode (size change).
+pub(super) const PREPARE_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// The next chunk is prepared when the reserved end comes within this distance of the prepared
+/// end.
+pub(super) const PREPARE_AHEAD: u64 = 4 * 1024 * 1024;
+
+/// Nothing is prepared until a segment holds this much: a server started for a handful of
+/// messages (the tests start hundreds) never writes a chunk of zeros.
+pub(super) const PREPARE_START: u64 = 1024 * 1024;
 
 /// A spawned segment write.
 pub(super) type WriteTask = JoinHandle<Result<(), Failure>>;
@@ -61,12 +75,35 @@ pub(super) struct Segment {
     pub(super) prealloc_end: Cell<u64>,
     /// Whether to keep preallocating: off when configured so or after the first error.
     pub(super) prealloc_on: Cell<bool>,
+    /// Zeros are written (or being written) up to this offset, see [`PREPARE_CHUNK`].
+    pub(super) zero_end: Cell<u64>,
+    /// The range whose zeros are being written: writes into it wait until it is done, so a
+    /// zero write can never land over frames.
+    pub(super) zeroing: Cell<Option<(u64, u64)>>,
+    /// Woken when a zero write ends.
+    pub(super) zeroed: Notify,
+    /// Whether to keep preparing zeroed space: off without group commit or preallocation, and
+    /// after the first error (then appends extend the file, as without it).
+    pub(super) zero_on: Cell<bool>,
     /// The open group buffer: the final frames of committing messages, collected so that one
     /// write covers all of them (see `Shared::join_group`). Not yet reserved in the file.
     pub(super) group: RefCell<Option<Group>>,
 }
 
 impl Segment {
+    /// Waits while zeros are being written over any of `start..end`.
+    async fn wait_zeroed(&self, start: u64, end: u64) {
+        loop {
+            let done = self.zeroed.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            match self.zeroing.get() {
+                Some((zs, ze)) if start < ze && end > zs => done.await,
+                _ => return,
+            }
+        }
+    }
+
     /// A new, empty segment: nothing reserved, written or durable.
     pub(super) fn new(
         name: SegmentName,
@@ -93,6 +130,10 @@ impl Segment {
             idle: Notify::new(),
             prealloc_end: Cell::new(0),
             prealloc_on: Cell::new(config.preallocate > 0),
+            zero_end: Cell::new(0),
+            zeroing: Cell::new(None),
+            zeroed: Notify::new(),
+            zero_on: Cell::new(config.preallocate > 0 && config.sync == SyncPolicy::Group),
             group: RefCell::new(None),
         }
     }
@@ -112,6 +153,17 @@ impl Shared {
         buf: Buf,
         len: usize,
     ) -> Result<(u64, WriteTask), Failure> {
+        Self::submit_timed(this, seg, buf, len, false)
+    }
+
+    /// [`Shared::submit`], reporting the write's duration as a group write if `group`.
+    pub(super) fn submit_timed(
+        this: &Rc<Self>,
+        seg: &Rc<Segment>,
+        buf: Buf,
+        len: usize,
+        group: bool,
+    ) -> Result<(u64, WriteTask), Failure> {
         if let Some(f) = seg.failure() {
             return Err(f);
         }
@@ -121,10 +173,16 @@ impl Shared {
         seg.inflight.set(seg.inflight.get() + 1);
         this.stats.borrow_mut().writes += 1;
         Self::preallocate(this, seg);
+        Self::prepare_zeros(this, seg);
         let sh = Rc::clone(this);
         let seg2 = Rc::clone(seg);
         let handle = tokio_uring::spawn(async move {
+            seg2.wait_zeroed(off, end).await;
+            let started = group.then(Instant::now);
             let (res, buf) = buf.write_all_at(&seg2.file, len, off).await;
+            if let Some(t) = started {
+                sh.time_group_write(t.elapsed());
+            }
             drop(buf);
             seg2.inflight.set(seg2.inflight.get() - 1);
             let out = match res {
@@ -171,6 +229,61 @@ impl Shared {
                 tracing::debug!(segment = %seg.path.display(), error = %e, "fallocate failed; plain appends from now on");
                 seg.prealloc_on.set(false);
             }
+        }));
+    }
+
+    /// Keeps zero-filled space ahead of the reserved end: when it comes within
+    /// [`PREPARE_AHEAD`] of the zeroed end, writes the next [`PREPARE_CHUNK`] of zeros (from the
+    /// reserved end if that is further) and fdatasyncs it, in a spawned task counted as a write
+    /// in flight. Writes reserved into that range wait until the zeros are written. An error
+    /// (no space, unsupported) turns it off for this segment: appends then extend the file.
+    ///
+    /// Durability does not depend on it: an ack needs an fdatasync that began after its frames
+    /// were written, and those frames were written after the zeros around them, so that
+    /// fdatasync also makes the size the zeros gave the file durable. Preparing only moves the
+    /// size change (and the zero blocks) out of the fdatasyncs that acks wait for.
+    fn prepare_zeros(this: &Rc<Self>, seg: &Rc<Segment>) {
+        let reserved = seg.reserved.get();
+        if !seg.zero_on.get()
+            || seg.zeroing.get().is_some()
+            || reserved < PREPARE_START
+            || reserved + PREPARE_AHEAD <= seg.zero_end.get()
+        {
+            return;
+        }
+        let start = seg.zero_end.get().max(reserved.next_multiple_of(4096));
+        // Segments roll at `segment_size`: prepare little beyond it.
+        if start >= this.config.segment_size.max(PREPARE_START) + PREPARE_AHEAD {
+            return;
+        }
+        let end = start + PREPARE_CHUNK;
+        seg.zero_end.set(end);
+        seg.zeroing.set(Some((start, end)));
+        seg.inflight.set(seg.inflight.get() + 1);
+        let sh = Rc::clone(this);
+        let seg = Rc::clone(seg);
+        drop(tokio_uring::spawn(async move {
+            // calloc'd: the zero pages are not touched until the kernel copies from them.
+            let zeros = Buf::heap_zeroed(PREPARE_CHUNK as usize);
+            let (res, zeros) = zeros
+                .write_all_at(&seg.file, PREPARE_CHUNK as usize, start)
+                .await;
+            drop(zeros);
+            seg.zeroing.set(None);
+            seg.zeroed.notify_waiters();
+            let res = match res {
+                Ok(()) => seg.file.sync_data().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::debug!(segment = %seg.path.display(), error = %e, "cannot prepare zeroed space; plain appends from now on");
+                seg.zero_on.set(false);
+            }
+            seg.inflight.set(seg.inflight.get() - 1);
+            if seg.inflight.get() == 0 {
+                seg.idle.notify_waiters();
+            }
+            drop(Self::maybe_finish(&sh, &seg));
         }));
     }
 
@@ -235,6 +348,12 @@ impl Shared {
         };
         let (buf, len) = pack::frame_buf(Kind::Seal, 0, &rec.encode());
         let end = seg.reserved.get() + len as u64;
+        if seg.zero_end.get() > end {
+            // Prepared zeros beyond the Seal frame: the file ends at the Seal.
+            if let Err(e) = seg.std.set_len(end) {
+                tracing::debug!(segment = %seg.path.display(), error = %e, "cannot cut prepared zeros; recovery will");
+            }
+        }
         if seg.prealloc_end.get() > end {
             // Give back the preallocated space beyond the end (best effort).
             let seg2 = Rc::clone(seg);

@@ -1,8 +1,10 @@
 //! The io_uring segment writer of one reactor: [`Spool`] and [`MessageWriter`].
 //!
 //! How a message reaches the disk:
-//! 1. [`Spool::begin`] assigns the id and fills the first write buffer with the Envelope frame
-//!    and the start of a Data frame holding our `Received:` header. Nothing is written yet.
+//! 1. [`Spool::begin`] assigns the id and fills the first buffer with the Envelope frame and the
+//!    start of a Data frame holding our `Received:` header. Nothing is written yet. The first
+//!    buffer is a small one ([`SMALL_BUF_SIZE`](crate::buffers::SMALL_BUF_SIZE)); a message that
+//!    outgrows it moves into a write buffer (see `pack`).
 //! 2. [`MessageWriter::push`] copies body bytes into the buffer; a full buffer is closed (its
 //!    Data frame header gets length and CRC) and queued. Push never waits.
 //! 3. [`MessageWriter::flush`] reserves a file range for each queued buffer *synchronously*
@@ -51,14 +53,15 @@ use std::fmt;
 use std::fs::{File as StdFile, OpenOptions};
 use std::io;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
 use super::frame::{self, unix_us, EnvelopeRecord, Kind, SegmentRecord};
 use super::id::{IdGen, MAX_REACTOR};
 use super::segment::{self, SegmentName};
-use super::{SpoolConfig, SpoolError, SpoolStats, SyncPolicy};
+use super::{SpoolConfig, SpoolError, SpoolStats, SyncPolicy, Timings};
 use crate::buffers::BufferPool;
 use crate::sys::{self, LockError};
 
@@ -94,6 +97,8 @@ struct Shared {
     state: RefCell<State>,
     /// Counters.
     stats: RefCell<SpoolStats>,
+    /// Where fdatasync and group-write durations go, if anywhere.
+    timings: RefCell<Option<Arc<dyn Timings>>>,
     /// Segments with commits waiting for fdatasync.
     sync_queue: RefCell<Vec<Rc<Segment>>>,
     /// Whether the syncer task runs.
@@ -192,6 +197,9 @@ impl Spool {
         for (path, cut) in &recovered.truncated {
             tracing::warn!(segment = %path.display(), bytes = cut, "recovery cut a torn tail (unacknowledged writes)");
         }
+        for (path, cut) in &recovered.zero_tails {
+            tracing::debug!(segment = %path.display(), bytes = cut, "recovery cut the prepared zeros after the last frame");
+        }
         for path in &recovered.removed {
             tracing::warn!(segment = %path.display(), "recovery removed a segment with no whole frame");
         }
@@ -207,6 +215,7 @@ impl Spool {
             }),
             config,
             stats: RefCell::new(SpoolStats::default()),
+            timings: RefCell::new(None),
             sync_queue: RefCell::new(Vec::new()),
             syncer_running: Cell::new(false),
             work: Notify::new(),
@@ -237,6 +246,11 @@ impl Spool {
             (seg, st.ids.next(now_ms()))
         };
         MessageWriter::start(Rc::clone(sh), seg, id, envelope)
+    }
+
+    /// Reports every later fdatasync's and group write's duration to `timings`.
+    pub fn set_timings(&self, timings: Arc<dyn Timings>) {
+        *self.sh.timings.borrow_mut() = Some(timings);
     }
 
     /// Counters so far.
@@ -362,6 +376,20 @@ impl Shared {
             drop(Self::maybe_finish(this, &old));
         }
         Ok(seg)
+    }
+
+    /// Reports an fdatasync's duration.
+    fn time_fsync(&self, took: Duration) {
+        if let Some(t) = &*self.timings.borrow() {
+            t.fsync(took);
+        }
+    }
+
+    /// Reports a group write's duration.
+    fn time_group_write(&self, took: Duration) {
+        if let Some(t) = &*self.timings.borrow() {
+            t.group_write(took);
+        }
     }
 
     /// Where this spool's write buffers come from.

@@ -3,12 +3,19 @@
 //! appends whole frames (Envelope, Commit), and keeps the full buffers until the message
 //! writer reserves file ranges for them.
 //!
+//! Small first: a message starts in a small heap buffer ([`SMALL_BUF_SIZE`], from the pool's
+//! free list) and moves into a write-tier buffer (copying what it holds) only when it outgrows
+//! it; later buffers of that message are write-tier ones. A small message's frames are then
+//! copied once, into the group buffer, as before, and a message waiting in DATA holds 4 KiB
+//! instead of 64 KiB. The frames are the same bytes either way: the move happens before a
+//! buffer is closed, so frame boundaries depend only on the write-buffer size.
+//!
 //! No I/O: buffers come from the pool (or the heap when it is empty) and are handed back
 //! filled; writing them, and deciding when, is `message`'s job.
 
 use std::cell::RefCell;
 
-use crate::buffers::{Buf, BufferPool};
+use crate::buffers::{Buf, BufferPool, SMALL_BUF_SIZE};
 use crate::spool::frame::{self, CommitRecord, Kind, HEADER_LEN};
 use crate::spool::SpoolStats;
 
@@ -26,6 +33,11 @@ impl Buffers<'_> {
     /// Bytes in a write buffer.
     pub(super) fn size(&self) -> usize {
         self.pool.config().write_buf_size
+    }
+
+    /// A small heap buffer ([`SMALL_BUF_SIZE`]), from the pool's free list if it has one.
+    fn small(&self) -> Buf {
+        self.pool.small_buf()
     }
 
     /// A write buffer of [`Buffers::size`] bytes, from the pool if it has one.
@@ -53,6 +65,11 @@ pub(super) struct Packer {
     id: u64,
     /// The buffer being filled.
     cur: Option<Buf>,
+    /// Whether `cur` is a small buffer (moved into a write buffer when it runs out of room).
+    cur_small: bool,
+    /// Whether the next buffer may be a small one: true until the message outgrows its first
+    /// buffer (false from the start when small buffers are off).
+    small_first: bool,
     /// How much of `cur` is filled.
     cur_len: usize,
     /// Offset in `cur` of the header of the open Data frame.
@@ -73,6 +90,8 @@ impl Packer {
         Self {
             id,
             cur: None,
+            cur_small: false,
+            small_first: true,
             cur_len: 0,
             data_hdr: None,
             queued: Vec::new(),
@@ -87,10 +106,21 @@ impl Packer {
         self.cur_len + self.queued.iter().map(|(_, n)| n).sum::<usize>()
     }
 
+    /// An empty packer that never uses small buffers (what every message did before they
+    /// existed): the reference the small-first layout is checked against.
+    #[cfg(test)]
+    fn without_small(id: u64) -> Self {
+        Self {
+            small_first: false,
+            ..Self::new(id)
+        }
+    }
+
     /// Copies `bytes` into Data frames; a full buffer is closed and queued.
     pub(super) fn push(&mut self, mut bytes: &[u8], b: Buffers<'_>) {
         while !bytes.is_empty() {
             if self.data_hdr.is_none() {
+                self.grow_for(HEADER_LEN + 1, b);
                 if self.room() < HEADER_LEN + 1 {
                     self.queue_cur();
                 }
@@ -99,10 +129,11 @@ impl Packer {
                 self.put(&[0u8; HEADER_LEN]);
                 self.data_hdr = Some(at);
             }
+            self.grow_for(bytes.len(), b);
             let n = bytes.len().min(self.room());
             self.put(&bytes[..n]);
             bytes = &bytes[n..];
-            if self.room() == 0 {
+            if self.room() == 0 && !self.cur_small {
                 self.close_data();
                 self.queue_cur();
             }
@@ -126,6 +157,9 @@ impl Packer {
     pub(super) fn append_frame(&mut self, kind: Kind, payload: &[u8], b: Buffers<'_>) {
         self.close_data();
         let need = HEADER_LEN + payload.len();
+        if self.cur_len + need <= b.size() {
+            self.grow_for(need, b);
+        }
         if self.room() < need {
             self.queue_cur();
         }
@@ -143,6 +177,7 @@ impl Packer {
                 self.queued.push((b, self.cur_len));
             }
         }
+        self.cur_small = false;
         self.cur_len = 0;
     }
 
@@ -156,9 +191,11 @@ impl Packer {
         self.cur.as_ref().map(|b| &b[..self.cur_len])
     }
 
-    /// Drops the buffer being filled (its bytes went elsewhere).
+    /// Drops the buffer being filled (its bytes went elsewhere; a small one goes back to the
+    /// pool's free list).
     pub(super) fn drop_tail(&mut self) {
         self.cur = None;
+        self.cur_small = false;
         self.cur_len = 0;
     }
 
@@ -173,17 +210,42 @@ impl Packer {
         self.cur.as_ref().map_or(0, |b| b.capacity() - self.cur_len)
     }
 
+    /// Makes sure a buffer is being filled, with room for `min` bytes if it is new: a small
+    /// one while the message has not outgrown one, else a write buffer (or a heap buffer of
+    /// `min` bytes, for a frame larger than a write buffer).
     fn ensure_buf(&mut self, min: usize, b: Buffers<'_>) {
         if self.cur.is_some() {
             return;
         }
-        let buf = if min > b.size() {
+        // Small buffers only where they are smaller than write buffers (a test pool may not be).
+        let small = self.small_first && min <= SMALL_BUF_SIZE && SMALL_BUF_SIZE < b.size();
+        let buf = if small {
+            b.small()
+        } else if min > b.size() {
             Buf::heap(min)
         } else {
             b.take()
         };
+        self.cur_small = small && buf.capacity() < b.size();
         self.cur = Some(buf);
         self.cur_len = 0;
+    }
+
+    /// If the buffer being filled is a small one without room for `need` more bytes, moves its
+    /// bytes into a write buffer (the open Data frame's header is filled in later, at the same
+    /// offset) and gives the small one back. From then on the message takes write buffers.
+    fn grow_for(&mut self, need: usize, b: Buffers<'_>) {
+        if !self.cur_small || self.room() >= need {
+            return;
+        }
+        let mut big = b.take();
+        if let Some(small) = &self.cur {
+            let n = big.put_at(0, &small[..self.cur_len]);
+            debug_assert_eq!(n, self.cur_len);
+        }
+        self.cur = Some(big);
+        self.cur_small = false;
+        self.small_first = false;
     }
 
     fn put(&mut self, bytes: &[u8]) {
@@ -250,6 +312,82 @@ mod tests {
                 stats: &self.stats,
             }
         }
+    }
+
+    /// A heap-only pool whose write buffers (16 KiB) are larger than small buffers.
+    fn fixture_16k() -> Fixture {
+        Fixture {
+            pool: BufferPool::heap_only(BufferConfig {
+                read_buf_size: 1024,
+                read_bufs: 1,
+                write_buf_size: 16 * 1024,
+                write_bufs: 16,
+            }),
+            stats: RefCell::new(SpoolStats::default()),
+        }
+    }
+
+    /// Packs a message (Envelope, `body` pushed in `chunk`-byte pieces, Commit) and returns
+    /// its bytes and whether its last buffer was a small one.
+    fn pack(mut p: Packer, b: Buffers<'_>, body: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+        p.append_frame(Kind::Envelope, b"envelope record", b);
+        p.push(b"Received: from x\r\n", b);
+        for c in body.chunks(chunk) {
+            p.push(c, b);
+        }
+        p.append_commit(b);
+        let small = p.cur_small;
+        (bytes(&mut p), small)
+    }
+
+    #[test]
+    fn small_first_gives_the_same_frames_and_small_messages_stay_small() {
+        let fx = fixture_16k();
+        let b = fx.bufs();
+        for len in [0, 1, 1000, 3_900, 4_100, 16_000, 16_500, 100 * 1024] {
+            let body: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+            for chunk in [1, 7, 1024, 70_000] {
+                let (small_first, was_small) = pack(Packer::new(9), b, &body, chunk);
+                let (reference, _) = pack(Packer::without_small(9), b, &body, chunk);
+                assert!(small_first == reference, "len {len}, chunk {chunk}");
+                let fits = small_first.len() <= SMALL_BUF_SIZE;
+                assert_eq!(was_small, fits, "len {len}, chunk {chunk}");
+                let data: Vec<u8> = frames(&small_first)
+                    .into_iter()
+                    .filter(|f| f.0 == Kind::Data)
+                    .flat_map(|f| f.2)
+                    .collect();
+                assert_eq!(&data[b"Received: from x\r\n".len()..], &body[..]);
+            }
+        }
+        // Every buffer went back: the pool's write tier is whole again.
+        let all: Vec<Buf> = std::iter::from_fn(|| fx.pool.write_buf()).collect();
+        assert_eq!(all.len(), 16);
+        assert_eq!(fx.stats.borrow().heap_buffers, 0);
+    }
+
+    #[test]
+    fn a_small_message_takes_no_write_buffer() {
+        let fx = fixture_16k();
+        let b = fx.bufs();
+        let held: Vec<Buf> = std::iter::from_fn(|| fx.pool.write_buf()).collect();
+        let mut p = Packer::new(3);
+        p.append_frame(Kind::Envelope, b"envelope record", b);
+        p.push(&[b'a'; 2000], b);
+        p.append_commit(b);
+        assert!(p.cur_small);
+        assert!(p.tail().is_some_and(|t| t.len() > 2000));
+        assert_eq!(
+            fx.stats.borrow().heap_buffers,
+            0,
+            "the write tier was empty"
+        );
+        // Growing past the small buffer takes a write buffer (here from the heap).
+        let mut p = Packer::new(4);
+        p.push(&[b'a'; SMALL_BUF_SIZE], b);
+        assert!(!p.cur_small);
+        assert_eq!(fx.stats.borrow().heap_buffers, 1);
+        drop(held);
     }
 
     /// The queued buffers and the tail, back to back: what would reach the file.

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::live::Segment;
 use super::{Failure, Shared};
@@ -170,7 +170,7 @@ impl Shared {
         let Some(g) = seg.group.borrow_mut().take() else {
             return;
         };
-        if let Ok((end, handle)) = Self::submit(this, seg, g.buf, g.len) {
+        if let Ok((end, handle)) = Self::submit_timed(this, seg, g.buf, g.len, true) {
             // The write task records its own failure in the segment.
             drop(handle);
             g.ticket.end.set(Some(end));
@@ -220,7 +220,9 @@ impl Shared {
                     }
                     seg.dir_synced.set(true);
                 }
+                let started = Instant::now();
                 let r = seg.file.sync_data().await;
+                this.time_fsync(started.elapsed());
                 let mut stats = this.stats.borrow_mut();
                 stats.fsyncs += 1;
                 match r {

@@ -2,6 +2,7 @@
 //! commit, aborts, rolling and reopening, the reactor lock. The pure parts have their own
 //! tests (`progress`, `pack`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::*;
@@ -281,4 +282,136 @@ fn second_writer_for_same_reactor_is_refused() {
         let again = Spool::open(SpoolConfig::new(dir.path(), 0, "h"), pool).await;
         assert!(again.is_ok());
     });
+}
+
+/// Counts the durations a writer reports.
+#[derive(Default)]
+struct Recorder {
+    fsyncs: AtomicU64,
+    group_writes: AtomicU64,
+}
+
+impl Timings for Recorder {
+    fn fsync(&self, took: Duration) {
+        assert!(took > Duration::ZERO);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn group_write(&self, took: Duration) {
+        assert!(took > Duration::ZERO);
+        self.group_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn fsync_and_group_write_durations_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig::new(dir.path(), 0, "mx.test");
+    let rec = Arc::new(Recorder::default());
+    let st = tokio_uring::start(async {
+        let spool = Spool::open(cfg, small_pool()).await.unwrap();
+        spool.set_timings(rec.clone());
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let spool = spool.clone();
+            tasks.push(tokio_uring::spawn(async move {
+                let mut w = spool.begin(&envelope(&["r@example.test"]));
+                w.push(&body(1000, i));
+                w.flush().await.unwrap();
+                w.commit().await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let st = spool.stats();
+        spool.close().await.unwrap();
+        st
+    });
+    assert_eq!(st.commits, 8);
+    // Every fdatasync of a segment was timed (close's own final sync is not counted in either).
+    assert_eq!(rec.fsyncs.load(Ordering::Relaxed), st.fsyncs, "{st:?}");
+    let groups = rec.group_writes.load(Ordering::Relaxed);
+    assert!((1..=8).contains(&groups), "{groups}");
+}
+
+#[test]
+fn appends_go_into_prepared_zeros_and_the_zero_tail_is_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig::new(dir.path(), 0, "mx.test");
+    let seg_path = dir
+        .path()
+        .join(SegmentName { reactor: 0, seq: 1 }.file_name());
+    let n = 48; // 48 x 64 KiB: past PREPARE_START, so a chunk of zeros is prepared
+    let live = tokio_uring::start(async {
+        let spool = Spool::open(cfg, small_pool()).await.unwrap();
+        for i in 0..n {
+            let mut w = spool.begin(&envelope(&["r@example.test"]));
+            w.push(&body(64 * 1024, i as u8));
+            w.flush().await.unwrap();
+            w.commit().await.unwrap();
+        }
+        // Wait for the zero write and its fdatasync (counted as a write in flight).
+        let seg = spool.sh.state.borrow().current.clone().unwrap();
+        loop {
+            let idle = seg.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if seg.inflight.get() == 0 {
+                break;
+            }
+            idle.await;
+        }
+        assert!(seg.zero_end.get() >= live::PREPARE_START + live::PREPARE_CHUNK);
+        // The live segment, as a reader sees it now: frames, then prepared zeros.
+        let live = reader::check_spool(dir.path()).unwrap();
+        spool.close().await.unwrap();
+        live
+    });
+    let s = &live.segments[0];
+    assert!(
+        live.is_ok() && live.torn_tails == 0 && s.damage.is_none(),
+        "{live:?}"
+    );
+    assert_eq!(s.committed, n);
+    assert!(s.zero_tail >= live::PREPARE_CHUNK / 2, "{s:?}");
+    assert_eq!(s.valid_end + s.zero_tail, s.file_len);
+    // Closed: sealed, and the file ends at the Seal frame.
+    let after = reader::check_spool(dir.path()).unwrap();
+    let s = &after.segments[0];
+    assert!(s.sealed && s.zero_tail == 0 && s.damage.is_none(), "{s:?}");
+    assert_eq!(std::fs::metadata(&seg_path).unwrap().len(), s.valid_end);
+    assert_eq!(reader::read_spool(dir.path()).unwrap().len(), n as usize);
+}
+
+#[test]
+fn recovery_cuts_a_zero_tail_as_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio_uring::start(async {
+        let spool = Spool::open(SpoolConfig::new(dir.path(), 0, "h"), small_pool())
+            .await
+            .unwrap();
+        let mut w = spool.begin(&envelope(&["r@example.test"]));
+        w.push(&body(100, 1));
+        w.commit().await.unwrap();
+        // Not closed: like a crash, the segment stays unsealed.
+        std::mem::forget(spool);
+    });
+    let path = dir
+        .path()
+        .join(SegmentName { reactor: 0, seq: 1 }.file_name());
+    let len = std::fs::metadata(&path).unwrap().len();
+    // Prepared zeros after the last frame, as a crash leaves them.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len + 3 * 4096).unwrap();
+    drop(f);
+    let check = reader::check_spool(dir.path()).unwrap();
+    assert!(check.is_ok() && check.torn_tails == 0, "{check:?}");
+    assert_eq!(check.segments[0].zero_tail, 3 * 4096);
+    let rec = segment::recover(dir.path(), 0, now_ms()).unwrap();
+    assert!(rec.truncated.is_empty(), "{rec:?}");
+    assert_eq!(rec.zero_tails, vec![(path.clone(), 3 * 4096)]);
+    let check = reader::check_spool(dir.path()).unwrap();
+    assert!(check.segments[0].sealed && check.segments[0].zero_tail == 0);
+    assert_eq!(reader::read_spool(dir.path()).unwrap().len(), 1);
 }
