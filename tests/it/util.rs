@@ -588,6 +588,8 @@ impl Client {
                 Ok(0) => return true,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                // A read with SO_RCVTIMEO is not restarted after a signal (signal(7)): retry.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
             if Instant::now() > deadline {
