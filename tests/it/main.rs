@@ -3,6 +3,7 @@
 
 mod clients;
 mod conformance;
+mod postfix;
 mod server;
 mod shutdown;
 mod spool;
