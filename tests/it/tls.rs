@@ -756,3 +756,99 @@ fn postfix_relays_200_messages_over_starttls_with_encrypt() {
     );
     assert_eq!(counter(&server, "tls_failed_protocol"), 0);
 }
+
+#[test]
+fn handshakes_keep_succeeding_while_sighup_swaps_certificates() {
+    require_io_uring!();
+    const SWAPS: usize = 15;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k, first) = ca.leaf(dir.path(), "live", &["mx.example.test"], 90);
+    let server = Server::start(&[
+        "--tls-cert",
+        &c.display().to_string(),
+        "--tls-key",
+        &k.display().to_string(),
+    ]);
+    let config = ca.client_config();
+    // Every certificate the server may serve: added before the SIGHUP that installs it.
+    let issued = Arc::new(std::sync::Mutex::new(vec![first]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A session that negotiated before the swaps and stays open through them.
+    let mut open = Plain::connect(server.addr);
+    open.cmd("EHLO client.example");
+    assert_eq!(open.cmd("STARTTLS").0, 220);
+    let mut open = open.into_tls(config.clone(), "mx.example.test");
+
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, config, stop) = (server.addr, config.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut served = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    served.push(served_cert(addr, config.clone(), "mx.example.test"));
+                }
+                served
+            })
+        })
+        .collect();
+
+    let reloads = || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("reloaded 1 tls certificate"))
+            .count()
+    };
+    for n in 1..=SWAPS {
+        // Written elsewhere and renamed over the live files (as certbot's symlink swap does):
+        // a reload never sees a half-written file.
+        let (nc, nk, der) = ca.leaf(dir.path(), "next", &["mx.example.test"], 90);
+        issued.lock().unwrap().push(der);
+        std::fs::rename(&nc, &c).unwrap();
+        std::fs::rename(&nk, &k).unwrap();
+        server.signal(libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reloads() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {n} not logged\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served: Vec<CertificateDer<'static>> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("a handshake failed during the swaps"))
+        .collect();
+
+    let issued = issued.lock().unwrap();
+    assert!(served.iter().all(|d| issued.contains(d)));
+    let distinct = issued.iter().filter(|d| served.contains(d)).count();
+    assert!(
+        distinct > SWAPS / 2,
+        "{} handshakes saw only {distinct} of {} certificates",
+        served.len(),
+        issued.len()
+    );
+    assert!(
+        !server.log().contains("tls reload failed"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(counter(&server, "tls_failed_protocol"), 0);
+    // The last certificate is the one served now; the early session still works.
+    assert_eq!(
+        &served_cert(server.addr, config, "mx.example.test"),
+        issued.last().unwrap()
+    );
+    assert_eq!(tls_cmd(&mut open, "EHLO client.example").0, 250);
+    assert_eq!(tls_cmd(&mut open, "QUIT").0, 221);
+    eprintln!(
+        "{} handshakes during {SWAPS} reloads, {distinct} certificates seen",
+        served.len()
+    );
+}
