@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real SMTP clients the integration tests drive (Debian/Ubuntu): Postfix's
-# smtp-source/smtp-sink (the Postfix daemon itself stays unconfigured and never starts),
+# smtp-source/smtp-sink and its MTA (the system instance stays unconfigured and never starts;
+# one test runs a private instance in a temporary directory as a relay),
 # swaks (with Net::SSLeay for `swaks --tls`), curl, python3 and openssl (`s_client -starttls`).
 # Idempotent; does nothing when they are all present.
 set -euo pipefail

@@ -67,6 +67,21 @@ pub(crate) struct Config {
     pub(crate) threads: usize,
     /// `HOST:PORT` as given (resolved by the engine).
     pub(crate) target: String,
+    /// `--starttls`: every session upgrades to TLS after EHLO.
+    pub(crate) starttls: Option<StartTls>,
+}
+
+/// How `--starttls` checks the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StartTls {
+    /// `--tls-insecure`: accept any certificate (test certificates); the handshake is still
+    /// checked for a valid signature by the certificate's key.
+    pub(crate) insecure: bool,
+    /// `--tls-ca FILE`: the PEM certificates to trust (there is no built-in root store).
+    pub(crate) ca: Option<PathBuf>,
+    /// `--tls-name NAME`: the name sent as SNI and checked in the certificate (default: the
+    /// target's host).
+    pub(crate) name: Option<String>,
 }
 
 /// What to do.
@@ -121,6 +136,10 @@ Postfix smtp-source compatible:
   -4 / -6       connect over IPv4 / IPv6 only
 Our own:
   --pipelining / --no-pipelining   use PIPELINING when offered (default on)
+  --starttls        STARTTLS after EHLO on every connection, then EHLO again (rustls)
+  --tls-ca FILE     with --starttls: trust the PEM certificates in FILE
+  --tls-insecure    with --starttls: accept any certificate (test certificates)
+  --tls-name NAME   with --starttls: SNI and certificate name (default: HOST)
   --rate N          open loop: start N messages per second; latency counts from the
                     intended start, so stalls are not hidden
   --duration SECS   stop starting messages after SECS (with -m: whichever comes first)
@@ -216,6 +235,10 @@ struct Partial {
     verify: Option<PathBuf>,
     render: Option<String>,
     help: bool,
+    starttls: bool,
+    tls_insecure: bool,
+    tls_ca: Option<PathBuf>,
+    tls_name: Option<String>,
 }
 
 impl Partial {
@@ -269,6 +292,15 @@ impl Partial {
             "no-pipelining" => self.no_pipelining = true,
             "json" => self.json = true,
             "help" => self.help = true,
+            "starttls" => self.starttls = true,
+            "tls-insecure" => self.tls_insecure = true,
+            "tls-ca" => self.tls_ca = Some(PathBuf::from(value()?)),
+            "tls-name" => {
+                let v = value()?;
+                let ok =
+                    word('-', &v).map_err(|_| ArgsError(format!("--tls-name: bad name {v:?}")))?;
+                self.tls_name = Some(ok);
+            }
             "rate" => {
                 let v = value()?;
                 let r: f64 = v
@@ -290,7 +322,12 @@ impl Partial {
             "render" => self.render = Some(value()?),
             _ => return Err(ArgsError(format!("unknown option --{name}"))),
         }
-        if inline.is_some() && matches!(name, "pipelining" | "no-pipelining" | "json" | "help") {
+        if inline.is_some()
+            && matches!(
+                name,
+                "pipelining" | "no-pipelining" | "json" | "help" | "starttls" | "tls-insecure"
+            )
+        {
             return Err(ArgsError(format!("--{name} takes no value")));
         }
         Ok(())
@@ -314,6 +351,26 @@ impl Partial {
             (None, None) => Some(1),
         };
         let tool = self.verify.is_some() || self.render.is_some();
+        let starttls = if self.starttls {
+            if !self.tls_insecure && self.tls_ca.is_none() {
+                return Err(ArgsError(
+                    "--starttls needs --tls-ca FILE or --tls-insecure (no built-in root store)"
+                        .into(),
+                ));
+            }
+            Some(StartTls {
+                insecure: self.tls_insecure,
+                ca: self.tls_ca,
+                name: self.tls_name,
+            })
+        } else {
+            if self.tls_insecure || self.tls_ca.is_some() || self.tls_name.is_some() {
+                return Err(ArgsError(
+                    "--tls-ca, --tls-insecure and --tls-name need --starttls".into(),
+                ));
+            }
+            None
+        };
         let target = match positional.as_slice() {
             [t] => t.clone(),
             [] if tool => String::new(),
@@ -343,6 +400,7 @@ impl Partial {
             timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             threads,
             target,
+            starttls,
         };
         if let Some(dir) = self.verify {
             if config.ack_log.is_none() {
@@ -450,6 +508,45 @@ mod tests {
         assert_eq!(c.shape.subject.as_deref(), Some("hi there"));
         assert_eq!(c.shape.recipients, 5);
         assert_eq!(c.target, "127.0.0.1:2526");
+    }
+
+    #[test]
+    fn starttls_flags() {
+        assert_eq!(run(&["127.0.0.1:25"]).expect("parses").starttls, None);
+        let c = run(&["--starttls", "--tls-insecure", "127.0.0.1:25"]).expect("parses");
+        assert_eq!(
+            c.starttls,
+            Some(StartTls {
+                insecure: true,
+                ca: None,
+                name: None
+            })
+        );
+        let c = run(&[
+            "--starttls",
+            "--tls-ca=ca.pem",
+            "--tls-name",
+            "mx.example.test",
+            "127.0.0.1:25",
+        ])
+        .expect("parses");
+        assert_eq!(
+            c.starttls,
+            Some(StartTls {
+                insecure: false,
+                ca: Some(PathBuf::from("ca.pem")),
+                name: Some("mx.example.test".into())
+            })
+        );
+        for bad in [
+            &["--starttls", "x:25"][..],
+            &["--tls-insecure", "x:25"][..],
+            &["--tls-name", "mx", "x:25"][..],
+            &["--starttls=yes", "--tls-insecure", "x:25"][..],
+            &["--starttls", "--tls-insecure", "--tls-name", "a b", "x:25"][..],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::message::{self, RunId, Template};
 use crate::reply::MAX_REPLY;
 use crate::report::{self, Report, Stats};
 use crate::session::{Claim, Failure, Observer, Session, MAX_SEGMENTS};
+use crate::tls;
 
 /// How often timeouts are checked and connections retried.
 const TICK: Duration = Duration::from_millis(100);
@@ -46,6 +47,8 @@ pub(crate) enum RunError {
     AckLog(io::Error),
     /// epoll could not be set up.
     Poll(io::Error),
+    /// `--starttls` cannot be set up (the CA file, the name).
+    Tls(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -54,6 +57,7 @@ impl std::fmt::Display for RunError {
             Self::Resolve(s) => write!(f, "{s}"),
             Self::AckLog(e) => write!(f, "cannot open the ack log: {e}"),
             Self::Poll(e) => write!(f, "cannot create an epoll instance: {e}"),
+            Self::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -91,6 +95,13 @@ pub(crate) fn interrupted() -> bool {
 /// [`RunError`] when the run cannot start; failures during the run are in the report.
 pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
     let addr = resolve(&cfg.target, cfg.family)?;
+    let tls = match &cfg.starttls {
+        Some(opts) => {
+            let (host, _) = split_target(&cfg.target)?;
+            Some(tls::Client::new(opts, host).map_err(RunError::Tls)?)
+        }
+        None => None,
+    };
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -125,6 +136,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         token_prefix: run_id.token(0).into_bytes(),
         progress: cfg.count || io::stderr().is_terminal(),
         tty: io::stderr().is_terminal(),
+        tls,
     };
     let mut workers = Vec::with_capacity(cfg.threads);
     for t in 0..cfg.threads {
@@ -166,6 +178,25 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
 /// # Errors
 /// [`RunError::Resolve`] with a message naming the target.
 pub(crate) fn resolve(target: &str, family: Family) -> Result<SocketAddr, RunError> {
+    let (host, port) = split_target(target)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| RunError::Resolve(format!("{target}: bad port {port:?}")))?;
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| RunError::Resolve(format!("{target}: {e}")))?;
+    addrs
+        .into_iter()
+        .find(|a| match family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        })
+        .ok_or_else(|| RunError::Resolve(format!("{target}: no address of the requested family")))
+}
+
+/// `[inet:]host[:port]` (also `[v6addr]:port`) into host and port (default 25).
+fn split_target(target: &str) -> Result<(&str, &str), RunError> {
     let t = target.strip_prefix("inet:").unwrap_or(target);
     if t.starts_with("unix:") {
         return Err(RunError::Resolve(format!(
@@ -187,20 +218,7 @@ pub(crate) fn resolve(target: &str, family: Family) -> Result<SocketAddr, RunErr
             _ => (t, "25"),
         }
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| RunError::Resolve(format!("{target}: bad port {port:?}")))?;
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| RunError::Resolve(format!("{target}: {e}")))?;
-    addrs
-        .into_iter()
-        .find(|a| match family {
-            Family::Any => true,
-            Family::V4 => a.is_ipv4(),
-            Family::V6 => a.is_ipv6(),
-        })
-        .ok_or_else(|| RunError::Resolve(format!("{target}: no address of the requested family")))
+    Ok((host, port))
 }
 
 /// Raises the soft open-files limit towards the hard one so that `-s` sessions fit (each session
@@ -259,6 +277,8 @@ struct Shared<'a> {
     token_prefix: Vec<u8>,
     progress: bool,
     tty: bool,
+    /// `--starttls`.
+    tls: Option<tls::Client>,
 }
 
 /// The answer to "may I start a message?".
@@ -416,6 +436,8 @@ enum SlotState {
 /// One session: its socket, protocol state and read buffer.
 struct Slot {
     sock: Option<TcpStream>,
+    /// `--starttls`: the TLS connection over `sock`, from the 220 to STARTTLS on.
+    tls: Option<Box<rustls::ClientConnection>>,
     sess: Session,
     state: SlotState,
     /// When connect() was called (connect latency).
@@ -449,7 +471,9 @@ impl<'a> Worker<'a> {
         let slots = (0..sessions)
             .map(|_| Slot {
                 sock: None,
-                sess: Session::new(sh.tpl, sh.cfg.keep, sh.cfg.pipelining, now),
+                tls: None,
+                sess: Session::new(sh.tpl, sh.cfg.keep, sh.cfg.pipelining, now)
+                    .with_starttls(sh.tls.is_some()),
                 state: SlotState::Closed,
                 since: now,
                 deadline: now,
@@ -729,6 +753,9 @@ impl<'a> Worker<'a> {
 
     /// Reads and handles replies until the socket is drained.
     fn read(&mut self, i: usize, closing: bool, now: Instant) {
+        if self.slots[i].tls.is_some() {
+            return self.read_tls(i, now);
+        }
         let timeout = self.sh().cfg.timeout;
         loop {
             let slot = &mut self.slots[i];
@@ -763,6 +790,9 @@ impl<'a> Worker<'a> {
                             if st.done {
                                 return self.close(i, now);
                             }
+                            if st.starttls {
+                                return self.start_tls(i, now);
+                            }
                             if st.free {
                                 self.kick(i, now);
                             }
@@ -783,8 +813,153 @@ impl<'a> Worker<'a> {
         self.flush(i, now);
     }
 
+    /// STARTTLS was answered 220: the handshake starts. Bytes after the 220 (none from an
+    /// honest server) would be a command-injection attempt in reverse: the connection fails.
+    fn start_tls(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        if slot.rstart != slot.rend {
+            let why = Failure::Protocol(crate::reply::ReplyError::Malformed);
+            return self.fail(i, why, now);
+        }
+        let Some(client) = self.ctx.sh.tls.as_ref() else {
+            return;
+        };
+        match rustls::ClientConnection::new(client.config.clone(), client.name.clone()) {
+            Ok(c) => slot.tls = Some(Box::new(c)),
+            Err(e) => {
+                self.sh().note_text(format!("tls: {e}"));
+                return self.fail(i, Failure::Tls, now);
+            }
+        }
+        // The ClientHello goes out; the server's answer arrives as a readable event.
+        self.flush(i, now);
+    }
+
+    /// `read` for a TLS session: records from the socket into rustls, plaintext from rustls
+    /// into the read buffer and on to the session, until the socket is drained.
+    fn read_tls(&mut self, i: usize, now: Instant) {
+        let timeout = self.sh().cfg.timeout;
+        loop {
+            let slot = &mut self.slots[i];
+            let Some(tls) = slot.tls.as_mut() else {
+                return;
+            };
+            if slot.rend == slot.rbuf.len() {
+                slot.rbuf.copy_within(slot.rstart..slot.rend, 0);
+                slot.rend -= slot.rstart;
+                slot.rstart = 0;
+            }
+            match tls.reader().read(&mut slot.rbuf[slot.rend..]) {
+                Ok(0) => {
+                    // close_notify, or the end of the stream.
+                    if slot.sess.quit_sent() {
+                        return self.close(i, now);
+                    }
+                    return self.fail(i, Failure::Closed, now);
+                }
+                Ok(n) => {
+                    slot.rend += n;
+                    slot.deadline = now + timeout;
+                    let input = &slot.rbuf[slot.rstart..slot.rend];
+                    match slot.sess.handle_input(input, now, &mut self.ctx) {
+                        Ok((used, st)) => {
+                            slot.rstart += used;
+                            if slot.rstart == slot.rend {
+                                slot.rstart = 0;
+                                slot.rend = 0;
+                            }
+                            if st.done {
+                                return self.close(i, now);
+                            }
+                            if st.starttls {
+                                let why = Failure::Protocol(crate::reply::ReplyError::Malformed);
+                                return self.fail(i, why, now);
+                            }
+                            if st.free {
+                                self.kick(i, now);
+                            }
+                        }
+                        Err(why) => return self.fail(i, why, now),
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    if slot.sess.quit_sent() {
+                        return self.close(i, now);
+                    }
+                    return self.fail(i, Failure::Closed, now);
+                }
+            }
+            let slot = &mut self.slots[i];
+            let (Some(sock), Some(tls)) = (slot.sock.as_mut(), slot.tls.as_mut()) else {
+                return;
+            };
+            match tls.read_tls(sock) {
+                Ok(0) => {
+                    if slot.sess.quit_sent() {
+                        return self.close(i, now);
+                    }
+                    return self.fail(i, Failure::Closed, now);
+                }
+                Ok(_) => {
+                    let was_handshaking = tls.is_handshaking();
+                    if let Err(e) = tls.process_new_packets() {
+                        // Send the alert rustls queued, if the socket takes it.
+                        let _ = tls.write_tls(sock);
+                        self.sh().note_text(format!("tls: {e}"));
+                        return self.fail(i, Failure::Tls, now);
+                    }
+                    slot.deadline = now + timeout;
+                    if was_handshaking && !tls.is_handshaking() {
+                        self.ctx.stats.tls_handshakes += 1;
+                        slot.sess.tls_established();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(i, Failure::Closed, now),
+            }
+        }
+        self.flush(i, now);
+    }
+
+    /// `flush` for a TLS session: the session's output into rustls, records onto the socket.
+    fn flush_tls(&mut self, i: usize, now: Instant) {
+        let timeout = self.sh().cfg.timeout;
+        let slot = &mut self.slots[i];
+        let (Some(sock), Some(tls)) = (slot.sock.as_mut(), slot.tls.as_mut()) else {
+            return;
+        };
+        loop {
+            while slot.sess.has_output() && !tls.is_handshaking() {
+                let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
+                let n = slot.sess.out_slices(&mut iov);
+                match tls.writer().write_vectored(&iov[..n]) {
+                    // rustls' send buffer is full: write records first.
+                    Ok(0) => break,
+                    Ok(w) => slot.sess.consume_out(w, now),
+                    Err(_) => return self.fail(i, Failure::Tls, now),
+                }
+            }
+            if !tls.wants_write() {
+                return;
+            }
+            match tls.write_tls(sock) {
+                Ok(0) => return self.fail(i, Failure::Closed, now),
+                Ok(_) => slot.deadline = now + timeout,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(i, Failure::Closed, now),
+            }
+        }
+    }
+
     /// Writes what the session has queued, as far as the socket takes it.
     fn flush(&mut self, i: usize, now: Instant) {
+        if self.slots[i].state == SlotState::Open && self.slots[i].tls.is_some() {
+            return self.flush_tls(i, now);
+        }
         let timeout = self.sh().cfg.timeout;
         let slot = &mut self.slots[i];
         let Some(sock) = slot.sock.as_mut() else {
@@ -846,6 +1021,7 @@ impl<'a> Worker<'a> {
         // Closing the socket (its only descriptor) also takes it out of the epoll set, so no
         // deregister call: one system call less per connection.
         slot.sock = None;
+        slot.tls = None;
         slot.state = SlotState::Closed;
         slot.rstart = 0;
         slot.rend = 0;
@@ -857,7 +1033,11 @@ impl<'a> Worker<'a> {
             let slot = &self.slots[i];
             let waiting = match slot.state {
                 SlotState::Connecting => true,
-                SlotState::Open => slot.sess.is_waiting() || slot.sess.has_output(),
+                SlotState::Open => {
+                    slot.sess.is_waiting()
+                        || slot.sess.has_output()
+                        || slot.tls.as_ref().is_some_and(|t| t.is_handshaking())
+                }
                 SlotState::Closed => {
                     if now >= slot.retry_at && !slot.idle {
                         self.kick(i, now);

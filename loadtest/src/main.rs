@@ -19,6 +19,7 @@ mod message;
 mod reply;
 mod report;
 mod session;
+mod tls;
 mod verify;
 
 use std::io::Write;

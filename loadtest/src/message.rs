@@ -195,6 +195,8 @@ pub(crate) const DATA: &[u8] = b"DATA\r\n";
 pub(crate) const RSET: &[u8] = b"RSET\r\n";
 /// `QUIT` CRLF.
 pub(crate) const QUIT: &[u8] = b"QUIT\r\n";
+/// `STARTTLS` CRLF.
+pub(crate) const STARTTLS: &[u8] = b"STARTTLS\r\n";
 
 impl Template {
     /// Renders the run's message once (with the token of message 0) and finds the token in it.

@@ -89,7 +89,7 @@ impl ConnErrors {
             Failure::Connect => self.connect += 1,
             Failure::Closed => self.closed += 1,
             Failure::Timeout => self.timeout += 1,
-            Failure::Protocol(_) => self.protocol += 1,
+            Failure::Protocol(_) | Failure::Tls => self.protocol += 1,
             Failure::Reply { .. } => self.refused_reply += 1,
         }
     }
@@ -106,6 +106,8 @@ pub(crate) struct Stats {
     pub(crate) rcpt_rejected: BTreeMap<u16, u64>,
     /// Connections that got as far as TCP established.
     pub(crate) connections: u64,
+    /// `--starttls`: TLS handshakes completed.
+    pub(crate) tls_handshakes: u64,
     /// Connection-level errors.
     pub(crate) conn_errors: ConnErrors,
     /// Messages claimed but neither acknowledged nor failed when the run stopped (an abort).
@@ -128,6 +130,7 @@ impl Stats {
             failed: BTreeMap::new(),
             rcpt_rejected: BTreeMap::new(),
             connections: 0,
+            tls_handshakes: 0,
             conn_errors: ConnErrors::default(),
             unfinished: 0,
             connect: Latency::new(),
@@ -146,6 +149,7 @@ impl Stats {
             Failure::Closed => "closed".into(),
             Failure::Timeout => "timeout".into(),
             Failure::Protocol(_) => "protocol".into(),
+            Failure::Tls => "tls".into(),
         };
         *self.failed.entry(key).or_insert(0) += 1;
     }
@@ -165,6 +169,7 @@ impl Stats {
             *self.rcpt_rejected.entry(*k).or_insert(0) += v;
         }
         self.connections += o.connections;
+        self.tls_handshakes += o.tls_handshakes;
         let (a, b) = (&mut self.conn_errors, &o.conn_errors);
         a.refused += b.refused;
         a.connect += b.connect;
@@ -288,6 +293,9 @@ impl Report {
             );
         }
         let _ = writeln!(o, "  connections  {}", s.connections);
+        if cfg.starttls.is_some() {
+            let _ = writeln!(o, "  starttls     {} handshakes", s.tls_handshakes);
+        }
         let _ = writeln!(o, "  elapsed      {:.3} s", self.elapsed.as_secs_f64());
         let _ = writeln!(
             o,
@@ -369,6 +377,8 @@ impl Report {
             "unfinished": s.unfinished,
             "aborted": self.aborted,
             "connections": s.connections,
+            "starttls": cfg.starttls.is_some(),
+            "tls_handshakes": s.tls_handshakes,
             "connection_errors": {
                 "refused": e.refused, "connect": e.connect, "closed": e.closed,
                 "timeout": e.timeout, "protocol": e.protocol, "greeting_refused": e.refused_reply,
@@ -400,7 +410,7 @@ pub(crate) fn progress_line(acked: u64, failed: u64, rate: f64, elapsed: Duratio
 pub(crate) fn describe(why: Failure) -> String {
     match why {
         Failure::Reply { step, code } => match step {
-            Step::Greeting | Step::Ehlo | Step::Helo => {
+            Step::Greeting | Step::Ehlo | Step::Helo | Step::StartTls => {
                 format!("{} refused with {code}", step.name())
             }
             _ => format!("{} answered {code}", step.name()),
@@ -410,6 +420,7 @@ pub(crate) fn describe(why: Failure) -> String {
         Failure::Closed => "connection closed by the server".into(),
         Failure::Timeout => "timed out waiting for the server".into(),
         Failure::Protocol(e) => format!("protocol error: {e}"),
+        Failure::Tls => "TLS handshake or record error".into(),
     }
 }
 

@@ -6,7 +6,9 @@
 //! [`Session::connected`], then [`Session::handle_input`] with the unread bytes whenever some
 //! arrive (it says how many it consumed), [`Session::out_slices`]/[`Session::consume_out`] to
 //! write, [`Session::assign`] when it is free, [`Session::finish`] when there is no more work,
-//! and [`Session::abandon`] when the connection breaks.
+//! and [`Session::abandon`] when the connection breaks. With `--starttls` the session sends
+//! STARTTLS after EHLO and reports the 220 ([`Status::starttls`]); the engine runs the handshake
+//! and calls [`Session::tls_established`], and the dialogue goes on (EHLO again) over TLS.
 //!
 //! With PIPELINING (RFC 2920) a transaction is one write of MAIL, every RCPT and DATA; the body
 //! follows the 354, and the next transaction's group goes in the same write as the body (RFC 2920
@@ -41,6 +43,8 @@ pub(crate) enum Step {
     Ehlo,
     /// HELO (after EHLO was refused).
     Helo,
+    /// STARTTLS (expects 220).
+    StartTls,
     /// MAIL FROM.
     Mail,
     /// RCPT TO.
@@ -58,6 +62,7 @@ impl Step {
             Self::Greeting => "greeting",
             Self::Ehlo => "EHLO",
             Self::Helo => "HELO",
+            Self::StartTls => "STARTTLS",
             Self::Mail => "MAIL",
             Self::Rcpt => "RCPT",
             Self::Data => "DATA",
@@ -86,6 +91,8 @@ pub(crate) enum Failure {
     Timeout,
     /// The server sent something that is not a reply, or a reply nobody asked for.
     Protocol(ReplyError),
+    /// The TLS handshake failed, or a TLS record did not check out (`--starttls`).
+    Tls,
 }
 
 /// What a session tells its owner about messages and replies.
@@ -107,6 +114,9 @@ pub(crate) struct Status {
     pub(crate) free: bool,
     /// QUIT was answered: close the connection.
     pub(crate) done: bool,
+    /// STARTTLS was answered 220: run the TLS handshake next, then call
+    /// [`Session::tls_established`]. Nothing after the 220 was consumed.
+    pub(crate) starttls: bool,
 }
 
 /// One piece of the next write.
@@ -123,6 +133,7 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
+    StartTls,
     Mail,
     Rcpt(u32),
     Data,
@@ -156,6 +167,10 @@ pub(crate) struct Session {
     /// Use PIPELINING if the server offers it.
     want_pipelining: bool,
     pipelining: bool,
+    /// `--starttls`: upgrade after the first EHLO.
+    want_tls: bool,
+    /// The TLS handshake is done (EHLO again, no second STARTTLS).
+    tls_up: bool,
     /// Greeting and EHLO/HELO are done.
     ready: bool,
     /// A message went out on this connection (matters without `keep`).
@@ -184,6 +199,8 @@ impl Session {
             keep,
             want_pipelining: pipelining,
             pipelining: false,
+            want_tls: false,
+            tls_up: false,
             ready: false,
             used: false,
             quit_wanted: false,
@@ -201,9 +218,16 @@ impl Session {
         }
     }
 
+    /// Every connection upgrades with STARTTLS after EHLO (`--starttls`).
+    pub(crate) fn with_starttls(mut self, on: bool) -> Self {
+        self.want_tls = on;
+        self
+    }
+
     /// The TCP connection is up: the greeting is next. Keeps a message already assigned.
     pub(crate) fn connected(&mut self, now: Instant) {
         self.pipelining = false;
+        self.tls_up = false;
         self.ready = false;
         self.used = false;
         self.quit_wanted = false;
@@ -308,6 +332,13 @@ impl Session {
         }
     }
 
+    /// The TLS handshake after STARTTLS completed: EHLO again (RFC 3207 §4.2: the server
+    /// forgot the first one).
+    pub(crate) fn tls_established(&mut self) {
+        self.tls_up = true;
+        self.send(Seg::Static(&self.tpl.ehlo), Expect::Ehlo);
+    }
+
     /// Handles the replies at the front of `input`.
     ///
     /// Returns how many bytes it consumed (the caller keeps the rest, an incomplete reply, for
@@ -336,10 +367,16 @@ impl Session {
                     self.send(Seg::Static(&self.tpl.ehlo), Expect::Ehlo);
                 }
                 Expect::Greeting => return Err(refusal(Step::Greeting, r.code)),
+                Expect::Ehlo if ok && self.want_tls && !self.tls_up => {
+                    // A server that does not offer STARTTLS answers 502, which fails the
+                    // connection below: a TLS run never falls back to plaintext.
+                    self.send(Seg::Static(message::STARTTLS), Expect::StartTls);
+                }
                 Expect::Ehlo if ok => {
                     self.pipelining = self.want_pipelining && r.pipelining;
                     self.become_ready(now);
                 }
+                Expect::Ehlo if self.want_tls => return Err(refusal(Step::Ehlo, r.code)),
                 Expect::Ehlo if r.code >= 500 => {
                     self.send(Seg::Static(&self.tpl.helo), Expect::Helo);
                 }
@@ -349,6 +386,19 @@ impl Session {
                     self.become_ready(now);
                 }
                 Expect::Helo => return Err(refusal(Step::Helo, r.code)),
+                Expect::StartTls if r.code == 220 => {
+                    if !self.expect.is_empty() {
+                        return Err(Failure::Protocol(ReplyError::Malformed));
+                    }
+                    return Ok((
+                        used,
+                        Status {
+                            starttls: true,
+                            ..Status::default()
+                        },
+                    ));
+                }
+                Expect::StartTls => return Err(refusal(Step::StartTls, r.code)),
                 Expect::Mail => self.on_mail(ok, r.code, obs),
                 Expect::Rcpt(i) => self.on_rcpt(i, ok, r.code, obs),
                 Expect::Data => self.on_data(r.code, now, obs)?,
@@ -379,6 +429,7 @@ impl Session {
             Status {
                 free: self.is_free(),
                 done: done || (self.quit_sent && self.expect.is_empty()),
+                starttls: false,
             },
         ))
     }
@@ -672,6 +723,53 @@ mod tests {
         assert_eq!(log.acked, vec![7, 8]);
         assert_eq!(log.greeted, 1);
         assert!(log.failed.is_empty());
+    }
+
+    #[test]
+    fn starttls_after_ehlo_then_ehlo_again_before_any_mail() {
+        let now = Instant::now();
+        let mut log = Log::default();
+        let mut s = Session::new(template(1), true, true, now).with_starttls(true);
+        s.connected(now);
+        s.assign(claim(3), now);
+        feed(&mut s, "220 hi\r\n", &mut log);
+        assert_eq!(drain(&mut s, now), "EHLO b.test\r\n");
+        let st = feed(
+            &mut s,
+            "250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n",
+            &mut log,
+        );
+        assert!(!st.free && !st.starttls);
+        assert_eq!(drain(&mut s, now), "STARTTLS\r\n", "no MAIL in clear");
+        // The 220 is the last thing read in clear: the caller starts the handshake.
+        let (used, st) = s
+            .handle_input(b"220 go ahead\r\n", now, &mut log)
+            .expect("ok");
+        assert_eq!((used, st.starttls, st.free), (14, true, false));
+        assert_eq!(drain(&mut s, now), "");
+        s.tls_established();
+        assert_eq!(drain(&mut s, now), "EHLO b.test\r\n");
+        feed(&mut s, EHLO_PIPE, &mut log);
+        assert!(drain(&mut s, now).starts_with("MAIL FROM:<s@b.test>\r\n"));
+        assert!(log.failed.is_empty());
+
+        // Reconnected: STARTTLS again; a refusal fails the connection (no fallback).
+        s.abandon(Failure::Closed, &mut log);
+        s.connected(now);
+        feed(&mut s, "220 hi\r\n", &mut log);
+        drain(&mut s, now);
+        feed(&mut s, EHLO_PIPE, &mut log);
+        assert_eq!(drain(&mut s, now), "STARTTLS\r\n");
+        let err = s
+            .handle_input(b"502 5.5.1 not offered\r\n", now, &mut log)
+            .expect_err("refused");
+        assert_eq!(
+            err,
+            Failure::Reply {
+                step: Step::StartTls,
+                code: 502
+            }
+        );
     }
 
     #[test]

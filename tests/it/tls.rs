@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use crate::postfix::{postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{
-    assert_stored, body_with_subject, require_tool, run_tool, spool_cat, Server, DOMAIN, RINGMX,
+    assert_stored, assert_stored_bytes, body_with_subject, require_tool, run_tool, spool_cat,
+    Client, Server, DOMAIN, RINGMX,
 };
 
 /// A test CA and the certificates it signs.
@@ -590,4 +592,263 @@ fn check_config_loads_the_certificates() {
         assert!(err.contains(why), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
+}
+
+/// Message `i` of the Postfix relay test (CRLF lines, not dot-stuffed): headers Postfix leaves
+/// alone (so it only prepends its `Received:`), and bodies that vary in what a relay could
+/// damage: leading dots, a lone `.` line, 8-bit UTF-8, 998-byte lines, trailing blanks,
+/// SMTP commands in the body, MIME with base64, and sizes from a few bytes to 200 KiB.
+fn relay_message(i: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: <sender{i}@example.org>\r\nTo: <rcpt@{DOMAIN}>\r\nSubject: relay {i}\r\n\
+         Message-ID: <relay-{i}@example.org>\r\nDate: Mon, 7 Dec 2026 04:00:00 +0000\r\n"
+    );
+    let mut rng = i as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    match i % 8 {
+        0 => m.push_str(&format!("\r\nShort message {i}.\r\n")),
+        1 => m.push_str(&format!(
+            "\r\n.\r\n..\r\n. one dot and a space\r\n...three\r\n.\r\nend {i}\r\n"
+        )),
+        2 => m.push_str(&format!(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln, {i}. 日本語のテキスト. Ελληνικά.\r\n"
+        )),
+        3 => {
+            m.push_str("\r\n");
+            for c in ['a', 'b', 'c'] {
+                m.push_str(&c.to_string().repeat(998));
+                m.push_str("\r\n");
+            }
+        }
+        4 => {
+            m.push_str("\r\n");
+            let size = 1024 * (1 + i % 200);
+            let mut n = 0;
+            while m.len() < size {
+                n += 1;
+                let len = (next() % 200) as usize;
+                let line: String = (0..len)
+                    .map(|_| char::from(b' ' + (next() % 95) as u8))
+                    .collect();
+                m.push_str(&format!("{n:05} {line}\r\n"));
+            }
+        }
+        5 => {
+            m.push_str(
+                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+                 --b\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n\
+                 --b\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Transfer-Encoding: base64\r\n\r\n",
+            );
+            let bytes: Vec<u8> = (0..3000 + 57 * i).map(|_| next() as u8).collect();
+            for chunk in bytes.chunks(57) {
+                m.push_str(&base64(chunk));
+                m.push_str("\r\n");
+            }
+            m.push_str("--b--\r\n");
+        }
+        6 => m.push_str(&format!(
+            "\r\ntrailing blanks  \r\n\ttab first\r\n\r\n\r\nFrom the start of a line\r\n\
+             >From quoted\r\nlast line {i} \t\r\n"
+        )),
+        _ => m.push_str(&format!(
+            "\r\nA body that looks like SMTP:\r\n.\r\nMAIL FROM:<evil@example.org>\r\n\
+             RCPT TO:<victim@{DOMAIN}>\r\nDATA\r\nQUIT\r\nend {i}\r\n"
+        )),
+    }
+    m.into_bytes()
+}
+
+/// Dot-stuffs `body` (CRLF lines) for DATA.
+fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+#[test]
+fn postfix_relays_200_messages_over_starttls_with_encrypt() {
+    require_io_uring!();
+    if !postfix_usable() {
+        return;
+    }
+    const MESSAGES: usize = 200;
+    let (server, ca, _dir) = tls_server(&[]);
+    let postfix = Postfix::start(
+        server.addr,
+        "smtp_tls_security_level = encrypt\n\
+         smtp_tls_CAfile = {DIR}/ca.pem\n\
+         smtp_tls_loglevel = 1\n",
+        |dir| std::fs::write(dir.join("ca.pem"), pem(&ca.der)).unwrap(),
+    );
+    let messages: Vec<Vec<u8>> = (0..MESSAGES).map(relay_message).collect();
+    // Into Postfix's smtpd on loopback, 50 per connection.
+    for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(50) {
+        let mut c = Client::greeted(postfix.smtpd);
+        c.expect("EHLO inject.example.org", 250);
+        for &i in batch {
+            let (code, text) = c.send_message(
+                &format!("sender{i}@example.org"),
+                &format!("rcpt{}@{DOMAIN}", i % 7),
+                &dot_stuff(&messages[i]),
+            );
+            assert_eq!(code, 250, "postfix refused message {i}: {text}");
+        }
+        c.expect("QUIT", 221);
+    }
+    // Postfix relays them to ringmx, each over STARTTLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while counter(&server, "messages_accepted") < MESSAGES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {MESSAGES} messages arrived within 120 s\nqueue:\n{}\nmaillog:\n{}\nringmx:\n{}",
+            counter(&server, "messages_accepted"),
+            postfix.queue_listing(),
+            postfix.maillog(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids = server.accepted_ids();
+    assert_eq!(ids.len(), MESSAGES, "{}", server.log());
+    let mut seen = [false; MESSAGES];
+    for id in &ids {
+        let stored = spool_cat(&server.spool(), id);
+        let text = String::from_utf8_lossy(&stored);
+        let i: usize = text
+            .split("Message-ID: <relay-")
+            .nth(1)
+            .and_then(|rest| rest.split('@').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("message {id} has no test Message-ID:\n{text}"));
+        assert!(!seen[i], "message {i} arrived twice");
+        seen[i] = true;
+        // Our Received: (ESMTPS, TLS 1.3), Postfix's, then exactly what was injected.
+        assert_stored_bytes(id, &stored, &messages[i]);
+        let ours = text.split("\r\nReceived:").next().unwrap();
+        assert!(ours.contains(" with ESMTPS id "), "{ours}");
+        assert!(ours.contains("(using TLSv1.3 with cipher TLS_"), "{ours}");
+        assert!(
+            text.contains("by relay.example.org (Postfix) with ESMTP id"),
+            "{text}"
+        );
+    }
+    assert!(seen.iter().all(|&s| s));
+    let log = postfix.maillog();
+    assert!(
+        log.contains("Trusted TLS connection established to 127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("status=deferred") && !log.contains("status=bounced"),
+        "{log}"
+    );
+    assert_eq!(counter(&server, "tls_failed_protocol"), 0);
+}
+
+#[test]
+fn handshakes_keep_succeeding_while_sighup_swaps_certificates() {
+    require_io_uring!();
+    const SWAPS: usize = 15;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k, first) = ca.leaf(dir.path(), "live", &["mx.example.test"], 90);
+    let server = Server::start(&[
+        "--tls-cert",
+        &c.display().to_string(),
+        "--tls-key",
+        &k.display().to_string(),
+    ]);
+    let config = ca.client_config();
+    // Every certificate the server may serve: added before the SIGHUP that installs it.
+    let issued = Arc::new(std::sync::Mutex::new(vec![first]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A session that negotiated before the swaps and stays open through them.
+    let mut open = Plain::connect(server.addr);
+    open.cmd("EHLO client.example");
+    assert_eq!(open.cmd("STARTTLS").0, 220);
+    let mut open = open.into_tls(config.clone(), "mx.example.test");
+
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, config, stop) = (server.addr, config.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut served = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    served.push(served_cert(addr, config.clone(), "mx.example.test"));
+                }
+                served
+            })
+        })
+        .collect();
+
+    let reloads = || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("reloaded 1 tls certificate"))
+            .count()
+    };
+    for n in 1..=SWAPS {
+        // Written elsewhere and renamed over the live files (as certbot's symlink swap does):
+        // a reload never sees a half-written file.
+        let (nc, nk, der) = ca.leaf(dir.path(), "next", &["mx.example.test"], 90);
+        issued.lock().unwrap().push(der);
+        std::fs::rename(&nc, &c).unwrap();
+        std::fs::rename(&nk, &k).unwrap();
+        server.signal(libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reloads() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {n} not logged\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served: Vec<CertificateDer<'static>> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("a handshake failed during the swaps"))
+        .collect();
+
+    let issued = issued.lock().unwrap();
+    assert!(served.iter().all(|d| issued.contains(d)));
+    let distinct = issued.iter().filter(|d| served.contains(d)).count();
+    assert!(
+        distinct > SWAPS / 2,
+        "{} handshakes saw only {distinct} of {} certificates",
+        served.len(),
+        issued.len()
+    );
+    assert!(
+        !server.log().contains("tls reload failed"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(counter(&server, "tls_failed_protocol"), 0);
+    // The last certificate is the one served now; the early session still works.
+    assert_eq!(
+        &served_cert(server.addr, config, "mx.example.test"),
+        issued.last().unwrap()
+    );
+    assert_eq!(tls_cmd(&mut open, "EHLO client.example").0, 250);
+    assert_eq!(tls_cmd(&mut open, "QUIT").0, 221);
+    eprintln!(
+        "{} handshakes during {SWAPS} reloads, {distinct} certificates seen",
+        served.len()
+    );
 }

@@ -344,8 +344,7 @@ impl SpawnRetrying for Command {
 /// under a directory only its owner can enter, such as a home directory at mode 0700, so the
 /// binary at [`RINGMX`] may be out of that user's reach. Removed when dropped.
 pub(crate) struct Reachable {
-    /// The directory (mode 0755), under the first of `$TMPDIR`, `/tmp`, `/var/tmp` and
-    /// `/dev/shm` that every user can search all the way down.
+    /// The directory (a [`reachable_tempdir`]).
     pub(crate) dir: tempfile::TempDir,
     /// A copy of the binary under test in `dir`, mode 0755.
     pub(crate) bin: PathBuf,
@@ -354,26 +353,35 @@ pub(crate) struct Reachable {
 impl Reachable {
     pub(crate) fn new() -> Self {
         use std::os::unix::fs::PermissionsExt;
-        let base = [
-            std::env::temp_dir(),
-            "/tmp".into(),
-            "/var/tmp".into(),
-            "/dev/shm".into(),
-        ]
-        .into_iter()
-        .find(|d| searchable_by_all(d))
-        .expect("no temporary directory that every user can reach");
-        let dir = tempfile::Builder::new()
-            .prefix("ringmx-reachable.")
-            .tempdir_in(base)
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = reachable_tempdir("ringmx-reachable.");
         let bin = dir.path().join("ringmx");
         // A copy, not a hard link: the build's own file may be private (umask 077).
         std::fs::copy(RINGMX, &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir, bin }
     }
+}
+
+/// A new temporary directory (mode 0755) that every user can reach: under the first of
+/// `$TMPDIR`, `/tmp`, `/var/tmp` and `/dev/shm` that every user can search all the way down.
+/// Removed when dropped.
+pub(crate) fn reachable_tempdir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let base = [
+        std::env::temp_dir(),
+        "/tmp".into(),
+        "/var/tmp".into(),
+        "/dev/shm".into(),
+    ]
+    .into_iter()
+    .find(|d| searchable_by_all(d))
+    .expect("no temporary directory that every user can reach");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Whether `dir` and every directory above it may be searched by any user.
@@ -461,7 +469,12 @@ pub(crate) fn spool_cat(spool: &Path, id: &str) -> Vec<u8> {
 
 /// Asserts the stored message `id` is our `Received:` header followed by exactly `body`.
 pub(crate) fn assert_stored(spool: &Path, id: &str, body: &[u8]) {
-    let stored = spool_cat(spool, id);
+    assert_stored_bytes(id, &spool_cat(spool, id), body);
+}
+
+/// Asserts `stored` (message `id` as `ringmx spool cat` prints it) is `Received:` headers
+/// followed by exactly `body`.
+pub(crate) fn assert_stored_bytes(id: &str, stored: &[u8], body: &[u8]) {
     assert!(
         stored.starts_with(b"Received:"),
         "message {id} does not start with our trace header: {:?}",
@@ -470,7 +483,7 @@ pub(crate) fn assert_stored(spool: &Path, id: &str, body: &[u8]) {
     assert!(
         stored.ends_with(body),
         "message {id} is not byte-exact.\nstored:\n{}\nexpected tail:\n{}",
-        String::from_utf8_lossy(&stored),
+        String::from_utf8_lossy(stored),
         String::from_utf8_lossy(body)
     );
     // Nothing but the Received: header (and its folded lines) precedes the body.
