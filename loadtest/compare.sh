@@ -11,10 +11,18 @@
 # it to loadtest/results/<date>.md.
 #
 # Usage: loadtest/compare.sh [--quick] [--servers "ringmx sink postfix"] [--duration SECS]
-#                            [--passes N]
+#                            [--passes N] [--source ours|postfix] [--sizes "1024 102400"]
+#                            [--sessions "1 10 50"] [--modes "reuse new"]
+#
+# --source postfix drives every server with Postfix's own smtp-source (/usr/sbin/smtp-source,
+# no PIPELINING, as most senders): a fixed message count per run (about DURATION seconds at the
+# first server's rate), timed from outside; the client p99 is then not known ("-").
+# The server "ringmx-base" is a second ringmx binary (RINGMX_BASE, e.g. an earlier build), run
+# exactly like "ringmx", so a change can be measured against its baseline in the same run.
 # Environment: RINGMX (default target/release/ringmx), SMTP_SOURCE (default
 # target/release/smtp-source), SMTP_SINK (default /usr/sbin/smtp-sink), PORT_BASE (default
-# 2650: ringmx, +1 sink, +2 postfix), REACTORS (default: number of cores).
+# 2650: ringmx, +1 sink, +2 postfix, +3 ringmx-base), REACTORS (default: number of cores),
+# RINGMX_BASE (the binary of the server "ringmx-base").
 # Needs: jq; Postfix (apt install postfix) for the sink and smtpd; root for the smtpd instance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +41,21 @@ DURATION=3
 PASSES=2
 BYTES_PER_RUN=$((1024 * 1024 * 1024)) # cap on message bytes per run (disk space)
 QUICK=0
+SOURCE_KIND=ours
+PF_SOURCE=${PF_SOURCE:-/usr/sbin/smtp-source}
+RINGMX_BASE=${RINGMX_BASE:-}
 
+ARGS="$*"
 while (($#)); do
     case $1 in
     --quick) QUICK=1 SIZES="1024 102400" SESSIONS="20" MODES="reuse new" DURATION=1 PASSES=1 ;;
     --servers) SERVERS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --passes) PASSES=$2; shift ;;
+    --source) SOURCE_KIND=$2; shift ;;
+    --sizes) SIZES=$2; shift ;;
+    --sessions) SESSIONS=$2; shift ;;
+    --modes) MODES=$2; shift ;;
     -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -55,6 +71,7 @@ declare -A PID=() PORT=()
 PORT[ringmx]=$PORT_BASE
 PORT[sink]=$((PORT_BASE + 1))
 PORT[postfix]=$((PORT_BASE + 2))
+PORT[ringmx-base]=$((PORT_BASE + 3))
 PF=$work/postfix # private Postfix instance: config, queue, data, log
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -156,14 +173,16 @@ server_ticks() { # server
 start_server() { # server
     local s=$1
     case $s in
-    ringmx)
-        [[ -x $RINGMX ]] || { echo "compare: $RINGMX not found" >&2; return 1; }
-        rm -rf "$work/ringmx-spool"
-        mkdir -p "$work/ringmx-spool"
-        "$RINGMX" serve --listen "127.0.0.1:${PORT[ringmx]}" --domain "$DOMAIN" \
-            --spool "$work/ringmx-spool" --stats "$work/ringmx.stats" --reactors "$REACTORS" \
-            --sync group >>"$work/ringmx.log" 2>&1 &
-        PID[ringmx]=$!
+    ringmx | ringmx-base)
+        local bin=$RINGMX
+        [[ $s == ringmx-base ]] && bin=$RINGMX_BASE
+        [[ -n $bin && -x $bin ]] || { echo "compare: no binary for $s (${bin:-set RINGMX_BASE})" >&2; return 1; }
+        rm -rf "$work/$s-spool"
+        mkdir -p "$work/$s-spool"
+        "$bin" serve --listen "127.0.0.1:${PORT[$s]}" --domain "$DOMAIN" \
+            --spool "$work/$s-spool" --stats "$work/$s.stats" --reactors "$REACTORS" \
+            --sync group >>"$work/$s.log" 2>&1 &
+        PID[$s]=$!
         ;;
     sink)
         [[ -x $SINK_BIN ]] || { echo "compare: $SINK_BIN not found (apt install postfix)" >&2; return 1; }
@@ -205,15 +224,40 @@ stop_server() { # server
 # Before each run: an empty store, so runs do not pile up on disk.
 reset_server() { # server
     case $1 in
-    ringmx) stop_server ringmx; start_server ringmx ;;
+    ringmx | ringmx-base) stop_server "$1"; start_server "$1" ;;
     postfix) postsuper -c "$PF/etc" -d ALL >/dev/null 2>&1 || true ;;
     esac
 }
 
-ringmx_p99() { # p99 end-of-data -> 250 in microseconds from ringmx's stats, or "-"
+ringmx_p99() { # server: p99 end-of-data -> 250 in microseconds from ringmx's stats, or "-"
     local j
-    j=$("$RINGMX" stats --stats "$work/ringmx.stats" --json 2>/dev/null) || { echo -; return; }
+    j=$("$RINGMX" stats --stats "$work/$1.stats" --json 2>/dev/null) || { echo -; return; }
     jq -r '.total.ack_latency_us.p99 // "-"' <<<"$j" 2>/dev/null || echo -
+}
+
+# Postfix's smtp-source, timed from outside; prints the same JSON fields the table reads. The
+# message count of a point is fixed by its first run (about DURATION seconds at that rate).
+declare -A PF_COUNT=()
+postfix_source() { # server sessions size mode cap
+    local s=$1 sessions=$2 size=$3 mode=$4 cap=$5 key="$2/$3/$4" n t0 t1 rc=0 flags=()
+    [[ $mode == reuse ]] && flags=(-d)
+    n=${PF_COUNT[$key]:-$((sessions * 200))}
+    ((n > cap)) && n=$cap
+    t0=$(date +%s%N)
+    timeout 300 "$PF_SOURCE" -s "$sessions" -m "$n" -l "$size" "${flags[@]}" -M src.test \
+        -f sender@src.test -t "rcpt@$DOMAIN" "127.0.0.1:${PORT[$s]}" >/dev/null 2>&1 || rc=$?
+    t1=$(date +%s%N)
+    local secs
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", (b - a) / 1e9 }')
+    if [[ -z ${PF_COUNT[$key]:-} ]]; then
+        PF_COUNT[$key]=$(awk -v n="$n" -v t="$secs" -v d="$DURATION" 'BEGIN { c = int(n / t * d); if (c < 200) c = 200; print c }')
+    fi
+    local failed=0
+    ((rc == 0)) || failed=$n
+    jq -n --argjson n "$n" --argjson secs "$secs" --argjson sessions "$sessions" --argjson size "$size" \
+        --argjson failed "$failed" '{sessions: $sessions, acked: ($n - $failed), failed: $failed,
+        msgs_per_s: (($n - $failed) / $secs), mb_per_s: (($n - $failed) * $size / $secs / 1e6),
+        latency_us: {data_end: {p99: null}}}'
 }
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -236,15 +280,19 @@ for size in $SIZES; do
                 for s in "${active[@]}"; do
                     reset_server "$s" || { echo "compare: $s failed to restart" >&2; exit 1; }
                     t0=$(server_ticks "$s")
-                    out=$("$SOURCE" -s "$sessions" -m "$cap" --duration "$DURATION" -l "$size" \
-                        "${conn[@]}" -M src.test -f sender@src.test -t "rcpt@$DOMAIN" --timeout 10 \
-                        --json "127.0.0.1:${PORT[$s]}" 2>/dev/null) || true
+                    if [[ $SOURCE_KIND == postfix ]]; then
+                        out=$(postfix_source "$s" "$sessions" "$size" "$mode" "$cap")
+                    else
+                        out=$("$SOURCE" -s "$sessions" -m "$cap" --duration "$DURATION" -l "$size" \
+                            "${conn[@]}" -M src.test -f sender@src.test -t "rcpt@$DOMAIN" --timeout 10 \
+                            --json "127.0.0.1:${PORT[$s]}" 2>/dev/null) || true
+                    fi
                     t1=$(server_ticks "$s")
                     if [[ -z $out ]]; then
                         echo "compare: smtp-source produced no report against $s" >&2; exit 1
                     fi
                     p99s=-
-                    [[ $s == ringmx ]] && p99s=$(ringmx_p99)
+                    [[ $s == ringmx* ]] && p99s=$(ringmx_p99 "$s")
                     jq -r --arg s "$s" --arg size "$size" --arg mode "$mode" --arg ticks $((t1 - t0)) \
                         --arg hz "$CLK_TCK" --arg p99s "$p99s" --arg pass "$pass" '
                         [$s, $size, .sessions, $mode, $pass, .acked, .failed,
@@ -274,12 +322,14 @@ table=$work/table.md
         function flush() {
             if (key == "") return
             p99s = (srv == "-") ? "-" : sprintf("%.0f", median(srv))
-            printf "| %d | %d | %s | %s | %.0f | %.1f | %.1f | %s | %.0f | %d |\n", sz, ss, md, sv, median(rate), median(mb), median(cpu), p99s, median(cli), failed
+            p99c = (cli ~ /[0-9]/) ? sprintf("%.0f", median(cli)) : "-"
+            printf "| %d | %d | %s | %s | %.0f | %.1f | %.1f | %s | %s | %d |\n", sz, ss, md, sv, median(rate), median(mb), median(cpu), p99s, p99c, failed
         }
         {
             k = $2 SUBSEP $3 SUBSEP $4 SUBSEP $1
             if (k != key) { flush(); key = k; rate = mb = cpu = cli = srv = ""; failed = 0; sv = $1; sz = $2; ss = $3; md = $4 }
-            rate = rate " " $8; mb = mb " " $9; cpu = cpu " " $10; cli = cli " " $12; failed += $7
+            rate = rate " " $8; mb = mb " " $9; cpu = cpu " " $10; failed += $7
+            if ($12 != "" && $12 != "null") cli = cli " " $12
             srv = ($11 == "-") ? "-" : srv " " $11
         }
         END { flush() }'
@@ -289,23 +339,33 @@ mkdir -p loadtest/results
 stamp=$(date +%F)
 result=loadtest/results/$stamp.md
 ((QUICK)) && result=loadtest/results/$stamp-quick.md
+[[ $SOURCE_KIND == postfix ]] && result=${result%.md}-postfix-source.md
 [[ -e $result ]] && result=${result%.md}-$(date +%H%M).md
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
     echo "# ringmx vs Postfix, $(date -u '+%F %H:%M UTC')"
     echo
     echo "Machine: $(nproc) cores ($cpu_model), $(uname -sr). Everything on 127.0.0.1; the load"
-    echo "generator (smtp-source from this repository) shares the cores with the server."
+    if [[ $SOURCE_KIND == postfix ]]; then
+        echo "generator (Postfix's smtp-source, no PIPELINING) shares the cores with the server."
+    else
+        echo "generator (smtp-source from this repository) shares the cores with the server."
+    fi
     echo
     echo "- ringmx: \`ringmx serve --sync group --reactors $REACTORS\` (durable: 250 after the spool's group fsync), fresh spool per run."
+    [[ -n $RINGMX_BASE ]] && echo "- ringmx-base: the same, with the baseline binary ($(basename "$RINGMX_BASE"): $("$RINGMX_BASE" --version 2>/dev/null))."
     echo "- sink: Postfix \`smtp-sink -m 1024\` (stores nothing, one process)."
     echo "- postfix: Postfix smtpd + cleanup, private instance, every message fsync'ed into the hold queue."
     echo
-    echo "Each run: \`smtp-source -s S --duration $DURATION -l SIZE [-d] -M src.test -f sender@src.test -t rcpt@$DOMAIN --json\`"
+    if [[ $SOURCE_KIND == postfix ]]; then
+        echo "Each run: \`/usr/sbin/smtp-source -s S -m N -l SIZE [-d] -M src.test -f sender@src.test -t rcpt@$DOMAIN\`, N fixed per point (about ${DURATION}s), timed from outside"
+    else
+        echo "Each run: \`smtp-source -s S --duration $DURATION -l SIZE [-d] -M src.test -f sender@src.test -t rcpt@$DOMAIN --json\`"
+    fi
     echo "(at most $BYTES_PER_RUN message bytes per run). Medians of $PASSES interleaved passes."
     echo "Server CPU from /proc/<pid>/stat (utime + stime, all threads; Postfix: master, children"
     echo "and reaped children). p99 ack: end of data to 250; server = \`ringmx stats --json\`,"
-    echo "client = smtp-source. Command: \`loadtest/compare.sh $([[ $QUICK == 1 ]] && echo --quick)\`."
+    echo "client = smtp-source. Command: \`loadtest/compare.sh $ARGS\`."
     echo
     cat "$table"
 } >"$result"
