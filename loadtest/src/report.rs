@@ -89,7 +89,7 @@ impl ConnErrors {
             Failure::Connect => self.connect += 1,
             Failure::Closed => self.closed += 1,
             Failure::Timeout => self.timeout += 1,
-            Failure::Protocol(_) => self.protocol += 1,
+            Failure::Protocol(_) | Failure::NoChunking => self.protocol += 1,
             Failure::Reply { .. } => self.refused_reply += 1,
         }
     }
@@ -146,6 +146,7 @@ impl Stats {
             Failure::Closed => "closed".into(),
             Failure::Timeout => "timeout".into(),
             Failure::Protocol(_) => "protocol".into(),
+            Failure::NoChunking => "no-chunking".into(),
         };
         *self.failed.entry(key).or_insert(0) += 1;
     }
@@ -254,10 +255,12 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "smtp-source: {} sessions to {}, {mode}, {pipe}, {} byte messages{}",
+            "smtp-source: {} sessions to {}, {mode}, {pipe}, {} byte messages{}{}{}",
             cfg.sessions,
             self.addr,
             self.message_bytes,
+            if cfg.bdat { " by BDAT" } else { "" },
+            cfg.proxy.map(|p| format!(", {p}")).unwrap_or_default(),
             cfg.rate
                 .map(|r| format!(", {r} msgs/s open loop"))
                 .unwrap_or_default()
@@ -358,6 +361,8 @@ impl Report {
             "message_bytes": self.message_bytes,
             "reuse_connections": cfg.keep,
             "pipelining": cfg.pipelining,
+            "bdat": cfg.bdat,
+            "proxy": cfg.proxy.map(|p| p.to_string()),
             "rate": cfg.rate,
             "acked": s.acked,
             "failed": s.failed_total(),
@@ -410,6 +415,7 @@ pub(crate) fn describe(why: Failure) -> String {
         Failure::Closed => "connection closed by the server".into(),
         Failure::Timeout => "timed out waiting for the server".into(),
         Failure::Protocol(e) => format!("protocol error: {e}"),
+        Failure::NoChunking => "the server does not offer CHUNKING (needed by --bdat)".into(),
     }
 }
 
