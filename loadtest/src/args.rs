@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::message::Shape;
+use crate::proxy::{self, Proxy};
 
 /// Most concurrent sessions (each is a socket and a few KiB of buffers).
 pub(crate) const MAX_SESSIONS: usize = 100_000;
@@ -53,6 +54,10 @@ pub(crate) struct Config {
     pub(crate) family: Family,
     /// `--pipelining` / `--no-pipelining`.
     pub(crate) pipelining: bool,
+    /// `--bdat`: send each message as one `BDAT <n> LAST` (RFC 3030) instead of DATA.
+    pub(crate) bdat: bool,
+    /// `--proxy` / `--proxy-source`: a PROXY protocol header first on every connection.
+    pub(crate) proxy: Option<Proxy>,
     /// `--rate`: open-loop messages per second.
     pub(crate) rate: Option<f64>,
     /// `--duration`: stop starting messages after this long.
@@ -140,6 +145,12 @@ Our own:
   --tls-ca FILE     with --starttls: trust the PEM certificates in FILE
   --tls-insecure    with --starttls: accept any certificate (test certificates)
   --tls-name NAME   with --starttls: SNI and certificate name (default: HOST)
+  --bdat            send each message as one BDAT <n> LAST (CHUNKING, RFC 3030) instead of
+                    DATA: right after RCPT with pipelining, else after RCPT's reply; the
+                    server must offer CHUNKING
+  --proxy v1|v2     start every connection with a PROXY protocol header, as a balancer does
+  --proxy-source S  its source: ADDR:PORT (every connection), or ADDR or ADDR/LEN (a new
+                    address of the network and a new port per connection; default 192.0.2.0/24)
   --rate N          open loop: start N messages per second; latency counts from the
                     intended start, so stalls are not hidden
   --duration SECS   stop starting messages after SECS (with -m: whichever comes first)
@@ -226,6 +237,9 @@ struct Partial {
     allow_fail: bool,
     family: Option<Family>,
     no_pipelining: bool,
+    bdat: bool,
+    proxy: Option<proxy::Version>,
+    proxy_source: Option<proxy::Source>,
     rate: Option<f64>,
     duration: Option<Duration>,
     timeout: Option<Duration>,
@@ -290,6 +304,11 @@ impl Partial {
         match name {
             "pipelining" => self.no_pipelining = false,
             "no-pipelining" => self.no_pipelining = true,
+            "bdat" => self.bdat = true,
+            "proxy" => self.proxy = Some(proxy::parse_version(&value()?).map_err(ArgsError)?),
+            "proxy-source" => {
+                self.proxy_source = Some(proxy::parse_source(&value()?).map_err(ArgsError)?);
+            }
             "json" => self.json = true,
             "help" => self.help = true,
             "starttls" => self.starttls = true,
@@ -325,7 +344,13 @@ impl Partial {
         if inline.is_some()
             && matches!(
                 name,
-                "pipelining" | "no-pipelining" | "json" | "help" | "starttls" | "tls-insecure"
+                "pipelining"
+                    | "no-pipelining"
+                    | "bdat"
+                    | "json"
+                    | "help"
+                    | "starttls"
+                    | "tls-insecure"
             )
         {
             return Err(ArgsError(format!("--{name} takes no value")));
@@ -349,6 +374,17 @@ impl Partial {
             (Some(m), _) => Some(m),
             (None, Some(_)) => None,
             (None, None) => Some(1),
+        };
+        let proxy = match (self.proxy, self.proxy_source) {
+            (Some(version), source) => Some(Proxy {
+                version,
+                source: match source {
+                    Some(s) => s,
+                    None => proxy::parse_source(proxy::DEFAULT_SOURCE).map_err(ArgsError)?,
+                },
+            }),
+            (None, Some(_)) => return Err(ArgsError("--proxy-source needs --proxy v1|v2".into())),
+            (None, None) => None,
         };
         let tool = self.verify.is_some() || self.render.is_some();
         let starttls = if self.starttls {
@@ -393,6 +429,8 @@ impl Partial {
             allow_fail: self.allow_fail,
             family: self.family.unwrap_or(Family::Any),
             pipelining: !self.no_pipelining,
+            bdat: self.bdat,
+            proxy,
             rate: self.rate,
             duration: self.duration,
             json: self.json,
@@ -566,6 +604,7 @@ mod tests {
         assert_eq!(c.shape.size, DEFAULT_SIZE);
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
         assert!(!c.keep && c.pipelining && c.rate.is_none());
+        assert!(!c.bdat && c.proxy.is_none());
         // --duration without -m means "until time is up".
         let c = run(&["--duration", "2.5", "x:1"]).expect("parses");
         assert_eq!(c.messages, None);
@@ -594,6 +633,42 @@ mod tests {
         assert_eq!(c.ack_log, Some(PathBuf::from("/tmp/a")));
         assert_eq!(c.timeout, Duration::from_secs(3));
         assert_eq!(c.threads, 2);
+    }
+
+    #[test]
+    fn bdat_and_proxy_flags() {
+        let c = run(&[
+            "--bdat",
+            "--proxy",
+            "v2",
+            "--proxy-source=192.0.2.1:1234",
+            "x:1",
+        ])
+        .expect("parses");
+        assert!(c.bdat);
+        assert_eq!(
+            c.proxy,
+            Some(Proxy {
+                version: proxy::Version::V2,
+                source: proxy::Source::Fixed("192.0.2.1:1234".parse().expect("addr")),
+            })
+        );
+        let c = run(&["--proxy", "v1", "x:1"]).expect("parses");
+        assert_eq!(
+            c.proxy.map(|p| p.to_string()).as_deref(),
+            Some("PROXY v1 from 192.0.2.0/24")
+        );
+        for bad in [
+            &["--proxy-source", "192.0.2.1:1", "x:1"][..],
+            &["--proxy", "v3", "x:1"],
+            &["--proxy", "v1", "--proxy-source", "nowhere", "x:1"],
+            &["--bdat=1", "x:1"],
+        ] {
+            assert!(
+                parse(bad.iter().map(OsString::from), "h").is_err(),
+                "{bad:?} should fail"
+            );
+        }
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let run_id = RunId::new(wall.as_secs(), wall.subsec_nanos(), std::process::id());
-    let tpl: &'static Template = Box::leak(Box::new(Template::new(&cfg.shape, &run_id)));
+    let tpl: &'static Template = Box::leak(Box::new(Template::new(&cfg.shape, &run_id, cfg.bdat)));
     let ack_log = match &cfg.ack_log {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -128,6 +128,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Report, RunError> {
         deadline: cfg.duration.map(|d| start + d),
         limit: cfg.messages.unwrap_or(u64::MAX),
         next: AtomicU64::new(0),
+        connects: AtomicU64::new(0),
         abort: AtomicBool::new(false),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -266,6 +267,8 @@ struct Shared<'a> {
     limit: u64,
     /// The next message index to hand out.
     next: AtomicU64,
+    /// Connections opened so far (`--proxy`: the source of each).
+    connects: AtomicU64,
     /// Stop now (a failure without `-A`).
     abort: AtomicBool,
     /// For the progress line.
@@ -691,6 +694,11 @@ impl<'a> Worker<'a> {
         slot.rend = 0;
         if let Some(c) = claim {
             slot.sess.assign(c, now);
+        }
+        let sh = self.ctx.sh;
+        if let Some(p) = &sh.cfg.proxy {
+            let n = sh.connects.fetch_add(1, Ordering::Relaxed);
+            p.render(n, addr, slot.sess.proxy_header());
         }
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`args`]: flags (Postfix getopt style plus our long flags).
 //! - [`message`]: tokens, the canonical message for a token, dot-stuffing, the [`message::Template`].
+//! - [`proxy`]: the PROXY protocol header of `--proxy`.
 //! - [`reply`]: SMTP reply parsing, sans-IO.
 //! - [`session`]: one connection's SMTP dialogue as a state machine, sans-IO.
 //! - [`engine`]: the epoll loop(s), timeouts, the shared message counter, the ack log.
@@ -16,6 +17,7 @@
 mod args;
 mod engine;
 mod message;
+mod proxy;
 mod reply;
 mod report;
 mod session;

@@ -164,7 +164,8 @@ pub(crate) fn stuff(canonical: &[u8]) -> Vec<u8> {
 }
 
 /// One run's pre-rendered message and envelope commands. The message is split in a small `head`
-/// (headers and the token line, patched per message) and a large shared `tail`.
+/// (headers and the token line, patched per message) and a large shared `tail`: for DATA in its
+/// dot-stuffed form with the terminator, for BDAT (`--bdat`) as it is, the chunk's content.
 #[derive(Debug)]
 pub(crate) struct Template {
     /// Wire bytes from the first header to the end of the body's token line.
@@ -173,13 +174,19 @@ pub(crate) struct Template {
     pub(crate) token_at: [usize; 2],
     /// Byte length of a token of this run.
     pub(crate) token_len: usize,
-    /// Wire bytes after `head`, up to and including the `.` CRLF terminator.
+    /// Wire bytes after `head`: up to and including the `.` CRLF terminator (DATA), or to the
+    /// end of the message (BDAT).
     pub(crate) tail: Vec<u8>,
+    /// Whether messages go as `BDAT <n> LAST` (RFC 3030) instead of DATA.
+    pub(crate) bdat: bool,
+    /// `BDAT <n> LAST` CRLF, `n` the message size (every token of a run has one length).
+    pub(crate) bdat_cmd: Vec<u8>,
     /// `MAIL FROM:<…>` CRLF.
     pub(crate) mail: Vec<u8>,
     /// One `RCPT TO:<…>` CRLF per recipient.
     pub(crate) rcpts: Vec<Vec<u8>>,
-    /// `MAIL`, every `RCPT` and `DATA`: one pipelined group (RFC 2920).
+    /// `MAIL`, every `RCPT` and `DATA` (or the `BDAT` line, its chunk following): one
+    /// pipelined group (RFC 2920).
     pub(crate) group: Vec<u8>,
     /// `EHLO name` CRLF.
     pub(crate) ehlo: Vec<u8>,
@@ -199,11 +206,17 @@ pub(crate) const QUIT: &[u8] = b"QUIT\r\n";
 pub(crate) const STARTTLS: &[u8] = b"STARTTLS\r\n";
 
 impl Template {
-    /// Renders the run's message once (with the token of message 0) and finds the token in it.
-    pub(crate) fn new(shape: &Shape, run: &RunId) -> Self {
+    /// Renders the run's message once (with the token of message 0) and finds the token in it;
+    /// `bdat` sends it with `BDAT <n> LAST` instead of DATA.
+    pub(crate) fn new(shape: &Shape, run: &RunId, bdat: bool) -> Self {
         let token = run.token(0);
         let canonical = render(shape, &token);
-        let wire = stuff(&canonical);
+        let wire = if bdat {
+            canonical.clone()
+        } else {
+            stuff(&canonical)
+        };
+        let bdat_cmd = format!("BDAT {} LAST\r\n", canonical.len()).into_bytes();
         let mid = find(&wire, token.as_bytes(), 0).unwrap_or(0);
         let body = find(&wire, token.as_bytes(), mid + 1).unwrap_or(mid);
         // The head ends after the token line of the body.
@@ -216,12 +229,14 @@ impl Template {
         for r in &rcpts {
             group.extend_from_slice(r);
         }
-        group.extend_from_slice(DATA);
+        group.extend_from_slice(if bdat { &bdat_cmd } else { DATA });
         Self {
             head: wire[..head_end].to_vec(),
             token_at: [mid, body],
             token_len: token.len(),
             tail: wire[head_end..].to_vec(),
+            bdat,
+            bdat_cmd,
             mail,
             rcpts,
             group,
@@ -239,7 +254,7 @@ impl Template {
         }
     }
 
-    /// Bytes on the wire per message (head + tail, terminator included).
+    /// Bytes on the wire per message (head + tail, terminator included; for BDAT the chunk).
     #[cfg(test)]
     pub(crate) fn wire_len(&self) -> usize {
         self.head.len() + self.tail.len()
@@ -405,7 +420,7 @@ mod tests {
         let mut s = shape(4096);
         s.recipients = 3;
         let r = run();
-        let t = Template::new(&s, &r);
+        let t = Template::new(&s, &r, false);
         assert_eq!(
             t.group,
             b"MAIL FROM:<s@bench.test>\r\nRCPT TO:<1r@bench.test>\r\nRCPT TO:<2r@bench.test>\r\n\
@@ -419,5 +434,33 @@ mod tests {
         assert_eq!(wire, stuff(&render(&s, &r.token(98_765))));
         assert!(t.head.len() < 300, "head stays small: {}", t.head.len());
         assert_eq!(t.wire_len(), wire.len());
+    }
+
+    #[test]
+    fn bdat_template_sends_the_message_as_it_is() {
+        let s = shape(4096);
+        let r = run();
+        let t = Template::new(&s, &r, true);
+        let msg = render(&s, &r.token(42));
+        let cmd = format!("BDAT {} LAST\r\n", msg.len());
+        assert_eq!(t.bdat_cmd, cmd.as_bytes());
+        assert_eq!(
+            t.group,
+            [
+                b"MAIL FROM:<s@bench.test>\r\nRCPT TO:<r@bench.test>\r\n",
+                cmd.as_bytes()
+            ]
+            .concat()
+        );
+        let mut head = t.head.clone();
+        let mut tok = r.token(0).into_bytes();
+        write_index(&mut tok, 42);
+        t.patch(&mut head, &tok);
+        assert_eq!(
+            [head.as_slice(), &t.tail].concat(),
+            msg,
+            "no dot-stuffing, no terminator"
+        );
+        assert_eq!(t.message_len, msg.len());
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Reply {
     pub(crate) len: usize,
     /// Whether one of the lines after the first is the EHLO keyword `PIPELINING` (RFC 2920).
     pub(crate) pipelining: bool,
+    /// Whether one of the lines after the first is the EHLO keyword `CHUNKING` (RFC 3030).
+    pub(crate) chunking: bool,
 }
 
 impl Reply {
@@ -60,6 +62,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Reply>, ReplyError> {
     let mut pos = 0;
     let mut code = None;
     let mut pipelining = false;
+    let mut chunking = false;
     loop {
         let rest = &buf[pos..];
         let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
@@ -76,7 +79,10 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Reply>, ReplyError> {
         match code {
             None => code = Some(line_code),
             Some(c) if c != line_code => return Err(ReplyError::CodeMismatch),
-            Some(_) => pipelining |= is_keyword(&line[4..], b"PIPELINING"),
+            Some(_) => {
+                pipelining |= is_keyword(&line[4..], b"PIPELINING");
+                chunking |= is_keyword(&line[4..], b"CHUNKING");
+            }
         }
         pos += nl + 1;
         if pos > MAX_REPLY {
@@ -87,6 +93,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Reply>, ReplyError> {
                 code: line_code,
                 len: pos,
                 pipelining,
+                chunking,
             }));
         }
     }
@@ -156,6 +163,9 @@ mod tests {
         let ehlo = b"250-mx.example\r\n250-SIZE 1000\r\n250-pipelining\r\n250 8BITMIME\r\n";
         let r = complete(ehlo);
         assert_eq!((r.code, r.len, r.pipelining), (250, ehlo.len(), true));
+        assert!(!r.chunking);
+        assert!(complete(b"250-mx\r\n250-CHUNKING\r\n250 SIZE\r\n").chunking);
+        assert!(!complete(b"250 CHUNKING\r\n").chunking);
         let no = b"250-mx.example\r\n250-PIPELININGX\r\n250 SIZE\r\n";
         assert!(!complete(no).pipelining);
         // The keyword on the greeting line (first line) is the domain, not a capability.

@@ -89,7 +89,7 @@ impl ConnErrors {
             Failure::Connect => self.connect += 1,
             Failure::Closed => self.closed += 1,
             Failure::Timeout => self.timeout += 1,
-            Failure::Protocol(_) | Failure::Tls => self.protocol += 1,
+            Failure::Protocol(_) | Failure::Tls | Failure::NoChunking => self.protocol += 1,
             Failure::Reply { .. } => self.refused_reply += 1,
         }
     }
@@ -150,6 +150,7 @@ impl Stats {
             Failure::Timeout => "timeout".into(),
             Failure::Protocol(_) => "protocol".into(),
             Failure::Tls => "tls".into(),
+            Failure::NoChunking => "no-chunking".into(),
         };
         *self.failed.entry(key).or_insert(0) += 1;
     }
@@ -259,10 +260,12 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "smtp-source: {} sessions to {}, {mode}, {pipe}, {} byte messages{}",
+            "smtp-source: {} sessions to {}, {mode}, {pipe}, {} byte messages{}{}{}",
             cfg.sessions,
             self.addr,
             self.message_bytes,
+            if cfg.bdat { " by BDAT" } else { "" },
+            cfg.proxy.map(|p| format!(", {p}")).unwrap_or_default(),
             cfg.rate
                 .map(|r| format!(", {r} msgs/s open loop"))
                 .unwrap_or_default()
@@ -366,6 +369,8 @@ impl Report {
             "message_bytes": self.message_bytes,
             "reuse_connections": cfg.keep,
             "pipelining": cfg.pipelining,
+            "bdat": cfg.bdat,
+            "proxy": cfg.proxy.map(|p| p.to_string()),
             "rate": cfg.rate,
             "acked": s.acked,
             "failed": s.failed_total(),
@@ -421,6 +426,7 @@ pub(crate) fn describe(why: Failure) -> String {
         Failure::Timeout => "timed out waiting for the server".into(),
         Failure::Protocol(e) => format!("protocol error: {e}"),
         Failure::Tls => "TLS handshake or record error".into(),
+        Failure::NoChunking => "the server does not offer CHUNKING (needed by --bdat)".into(),
     }
 }
 

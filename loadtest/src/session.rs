@@ -13,6 +13,11 @@
 //! With PIPELINING (RFC 2920) a transaction is one write of MAIL, every RCPT and DATA; the body
 //! follows the 354, and the next transaction's group goes in the same write as the body (RFC 2920
 //! §3.1 lets message content start a group). Without it, one command per round trip.
+//!
+//! With `--bdat` (CHUNKING, RFC 3030) the message goes as one `BDAT <n> LAST` and its content:
+//! with PIPELINING in the same write as MAIL and every RCPT, the next transaction starting
+//! once its reply is in (one round trip per message, like DATA); without, after the last RCPT's
+//! reply. With `--proxy` the connection starts with the PROXY header, before the greeting.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -51,6 +56,8 @@ pub(crate) enum Step {
     Rcpt,
     /// DATA (expects 354).
     Data,
+    /// `BDAT <n> LAST` with the message (expects 250).
+    Bdat,
     /// The end of the message data (expects 250).
     Dot,
 }
@@ -66,6 +73,7 @@ impl Step {
             Self::Mail => "MAIL",
             Self::Rcpt => "RCPT",
             Self::Data => "DATA",
+            Self::Bdat => "BDAT LAST",
             Self::Dot => "end of data",
         }
     }
@@ -93,6 +101,8 @@ pub(crate) enum Failure {
     Protocol(ReplyError),
     /// The TLS handshake failed, or a TLS record did not check out (`--starttls`).
     Tls,
+    /// `--bdat`, and the server does not offer CHUNKING.
+    NoChunking,
 }
 
 /// What a session tells its owner about messages and replies.
@@ -125,6 +135,8 @@ enum Seg {
     Static(&'static [u8]),
     /// The session's patched copy of the template head.
     Head,
+    /// The PROXY header of this connection.
+    Proxy,
 }
 
 /// A reply we wait for, in order.
@@ -138,6 +150,8 @@ enum Expect {
     Rcpt(u32),
     Data,
     Dot(DotWait),
+    /// The reply to `BDAT <n> LAST`; the envelope stays until it comes.
+    Bdat(DotWait),
     Rset,
     Quit,
 }
@@ -188,6 +202,8 @@ pub(crate) struct Session {
     out_off: usize,
     /// A body is queued but not all written: its DATA-end time is taken when the write ends.
     dot_unflushed: bool,
+    /// `--proxy`: the header to send first on the next connection (empty: none).
+    proxy: Vec<u8>,
     connected_at: Instant,
 }
 
@@ -214,6 +230,7 @@ impl Session {
             out_idx: 0,
             out_off: 0,
             dot_unflushed: false,
+            proxy: Vec::new(),
             connected_at: now,
         }
     }
@@ -222,6 +239,12 @@ impl Session {
     pub(crate) fn with_starttls(mut self, on: bool) -> Self {
         self.want_tls = on;
         self
+    }
+
+    /// The PROXY header to send first on the next connection, to be filled before
+    /// [`Session::connected`] (left empty: none).
+    pub(crate) fn proxy_header(&mut self) -> &mut Vec<u8> {
+        &mut self.proxy
     }
 
     /// The TCP connection is up: the greeting is next. Keeps a message already assigned.
@@ -237,6 +260,10 @@ impl Session {
         self.expect.push_back(Expect::Greeting);
         self.env = None;
         self.clear_out();
+        if !self.proxy.is_empty() {
+            // No reply to it: the server greets only after reading it.
+            self.out.push(Seg::Proxy);
+        }
         self.connected_at = now;
     }
 
@@ -292,6 +319,7 @@ impl Session {
             let bytes = match *seg {
                 Seg::Static(s) => s,
                 Seg::Head => &self.head,
+                Seg::Proxy => &self.proxy,
             };
             let skip = if i == 0 { self.out_off } else { 0 };
             iov[n] = IoSlice::new(&bytes[skip..]);
@@ -306,6 +334,7 @@ impl Session {
             let len = match self.out[self.out_idx] {
                 Seg::Static(s) => s.len(),
                 Seg::Head => self.head.len(),
+                Seg::Proxy => self.proxy.len(),
             } - self.out_off;
             if n >= len {
                 n -= len;
@@ -320,11 +349,11 @@ impl Session {
             self.clear_out();
             if self.dot_unflushed {
                 self.dot_unflushed = false;
-                if let Some(Expect::Dot(w)) = self
+                if let Some(Expect::Dot(w) | Expect::Bdat(w)) = self
                     .expect
                     .iter_mut()
                     .rev()
-                    .find(|e| matches!(e, Expect::Dot(_)))
+                    .find(|e| matches!(e, Expect::Dot(_) | Expect::Bdat(_)))
                 {
                     w.sent = now;
                 }
@@ -373,6 +402,9 @@ impl Session {
                     self.send(Seg::Static(message::STARTTLS), Expect::StartTls);
                 }
                 Expect::Ehlo if ok => {
+                    if self.tpl.bdat && !r.chunking {
+                        return Err(Failure::NoChunking);
+                    }
                     self.pipelining = self.want_pipelining && r.pipelining;
                     self.become_ready(now);
                 }
@@ -381,6 +413,8 @@ impl Session {
                     self.send(Seg::Static(&self.tpl.helo), Expect::Helo);
                 }
                 Expect::Ehlo => return Err(refusal(Step::Ehlo, r.code)),
+                // After HELO there are no extensions, CHUNKING neither.
+                Expect::Helo if ok && self.tpl.bdat => return Err(Failure::NoChunking),
                 Expect::Helo if ok => {
                     self.pipelining = false;
                     self.become_ready(now);
@@ -400,8 +434,9 @@ impl Session {
                 }
                 Expect::StartTls => return Err(refusal(Step::StartTls, r.code)),
                 Expect::Mail => self.on_mail(ok, r.code, obs),
-                Expect::Rcpt(i) => self.on_rcpt(i, ok, r.code, obs),
+                Expect::Rcpt(i) => self.on_rcpt(i, ok, r.code, now, obs),
                 Expect::Data => self.on_data(r.code, now, obs)?,
+                Expect::Bdat(w) => self.on_bdat(w, ok, r.code, now, obs),
                 Expect::Dot(w) => {
                     if ok {
                         obs.acked(w.index, w.start, w.sent, now);
@@ -436,6 +471,7 @@ impl Session {
 
     /// The connection is gone: every message on it fails with `why`.
     pub(crate) fn abandon(&mut self, why: Failure, obs: &mut impl Observer) {
+        // An outstanding BDAT's message is failed with its envelope, below.
         for e in self.expect.drain(..) {
             if let Expect::Dot(w) = e {
                 obs.failed(w.index, why);
@@ -459,7 +495,7 @@ impl Session {
         }
     }
 
-    fn start(&mut self, claim: Claim, _now: Instant) {
+    fn start(&mut self, claim: Claim, now: Instant) {
         self.used = true;
         self.env = Some(Envelope {
             index: claim.index,
@@ -477,7 +513,13 @@ impl Session {
             for i in 0..self.tpl.rcpts.len() {
                 self.expect.push_back(Expect::Rcpt(i as u32));
             }
-            self.expect.push_back(Expect::Data);
+            if self.tpl.bdat {
+                // The group ends with the BDAT line: its chunk follows at once. The previous
+                // message was answered, so its head has been written out.
+                self.push_chunk(claim.index, claim.start, now);
+            } else {
+                self.expect.push_back(Expect::Data);
+            }
         } else {
             self.send(Seg::Static(&self.tpl.mail), Expect::Mail);
         }
@@ -504,7 +546,7 @@ impl Session {
         }
     }
 
-    fn on_rcpt(&mut self, i: u32, ok: bool, code: u16, obs: &mut impl Observer) {
+    fn on_rcpt(&mut self, i: u32, ok: bool, code: u16, now: Instant, obs: &mut impl Observer) {
         let Some(env) = self.env.as_mut() else {
             return;
         };
@@ -525,6 +567,10 @@ impl Session {
                 Seg::Static(&self.tpl.rcpts[next]),
                 Expect::Rcpt(next as u32),
             );
+        } else if env.rcpt_ok > 0 && self.tpl.bdat {
+            let (index, start) = (env.index, env.start);
+            self.out.push(Seg::Static(&self.tpl.bdat_cmd));
+            self.push_chunk(index, start, now);
         } else if env.rcpt_ok > 0 {
             self.send(Seg::Static(message::DATA), Expect::Data);
         } else {
@@ -577,6 +623,43 @@ impl Session {
             self.after_message();
         }
         Ok(())
+    }
+
+    /// Queues the message as the chunk of the `BDAT <n> LAST` just queued, with its token.
+    fn push_chunk(&mut self, index: u64, start: Instant, now: Instant) {
+        for &at in &self.tpl.token_at {
+            message::write_index(&mut self.head[at..at + self.tpl.token_len], index);
+        }
+        self.out.push(Seg::Head);
+        self.out.push(Seg::Static(&self.tpl.tail));
+        self.dot_unflushed = true;
+        self.expect.push_back(Expect::Bdat(DotWait {
+            index,
+            start,
+            sent: now,
+        }));
+    }
+
+    /// The reply to `BDAT <n> LAST`: the message is acknowledged or failed, and its
+    /// transaction is over.
+    fn on_bdat(&mut self, w: DotWait, ok: bool, code: u16, now: Instant, obs: &mut impl Observer) {
+        let env = self.env.take();
+        if ok {
+            obs.acked(w.index, w.start, w.sent, now);
+        } else {
+            // Refused because MAIL or every RCPT was: report that, not the BDAT's 503/554.
+            let (step, code) = match env {
+                Some(e) if e.rcpt_ok == 0 => e.failure.unwrap_or((Step::Bdat, code)),
+                _ => (Step::Bdat, code),
+            };
+            obs.failed(w.index, Failure::Reply { step, code });
+            if self.pipelining {
+                self.need_rset = true;
+            } else {
+                self.send(Seg::Static(message::RSET), Expect::Rset);
+            }
+        }
+        self.after_message();
     }
 
     fn after_message(&mut self) {
@@ -643,6 +726,10 @@ mod tests {
     }
 
     fn template(recipients: u32) -> &'static Template {
+        make_template(recipients, false)
+    }
+
+    fn make_template(recipients: u32, bdat: bool) -> &'static Template {
         let shape = Shape {
             from: "s@b.test".into(),
             to: "r@b.test".into(),
@@ -651,7 +738,7 @@ mod tests {
             subject: None,
             size: 200,
         };
-        Box::leak(Box::new(Template::new(&shape, &RunId::new(1, 2, 3))))
+        Box::leak(Box::new(Template::new(&shape, &RunId::new(1, 2, 3), bdat)))
     }
 
     /// Takes everything the session wants to write, as text.
@@ -723,6 +810,124 @@ mod tests {
         assert_eq!(log.acked, vec![7, 8]);
         assert_eq!(log.greeted, 1);
         assert!(log.failed.is_empty());
+    }
+
+    const EHLO_CHUNKING: &str = "250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE\r\n";
+
+    #[test]
+    fn bdat_pipelined_after_rcpt_with_the_proxy_header_first() {
+        let now = Instant::now();
+        let mut log = Log::default();
+        let tpl = make_template(1, true);
+        let mut s = Session::new(tpl, true, true, now);
+        s.proxy_header()
+            .extend_from_slice(b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 25\r\n");
+        s.connected(now);
+        s.assign(claim(7), now);
+        assert_eq!(
+            drain(&mut s, now),
+            "PROXY TCP4 192.0.2.1 127.0.0.1 1234 25\r\n"
+        );
+        feed(&mut s, "220 hi\r\n", &mut log);
+        assert_eq!(drain(&mut s, now), "EHLO b.test\r\n");
+        assert!(!feed(&mut s, EHLO_CHUNKING, &mut log).free);
+        let wire = drain(&mut s, now);
+        let cmd = format!("BDAT {} LAST\r\n", tpl.message_len);
+        let group = format!("MAIL FROM:<s@b.test>\r\nRCPT TO:<r@b.test>\r\n{cmd}");
+        assert!(wire.starts_with(&group), "{wire}");
+        let msg = &wire[group.len()..];
+        assert_eq!(msg.len(), tpl.message_len);
+        assert!(msg.contains("Message-ID: <1-3-00000.0000000007@b.test>"));
+        assert!(msg.contains("\r\n.leading dot"), "not dot-stuffed");
+        assert!(!msg.ends_with("\r\n.\r\n"), "no terminator");
+        // Not free until the chunk is answered: one message in flight per connection.
+        assert!(!feed(&mut s, "250 ok\r\n250 ok\r\n", &mut log).free);
+        assert!(feed(&mut s, "250 queued\r\n", &mut log).free);
+        assert_eq!(log.acked, vec![7]);
+        s.assign(claim(8), now);
+        let wire = drain(&mut s, now);
+        assert!(wire.starts_with(&group));
+        assert!(wire.contains("token 1-3-00000.0000000008\r\n"));
+        // A refused recipient: the BDAT is refused too, and the failure names the RCPT.
+        feed(
+            &mut s,
+            "250 ok\r\n550 no\r\n503 no valid recipients\r\n",
+            &mut log,
+        );
+        assert_eq!(
+            log.failed,
+            vec![(
+                8,
+                Failure::Reply {
+                    step: Step::Rcpt,
+                    code: 550
+                }
+            )]
+        );
+        s.assign(claim(9), now);
+        assert!(drain(&mut s, now).starts_with("RSET\r\nMAIL FROM"));
+        feed(
+            &mut s,
+            "250 ok\r\n250 ok\r\n250 ok\r\n552 too big\r\n",
+            &mut log,
+        );
+        assert_eq!(
+            log.failed[1],
+            (
+                9,
+                Failure::Reply {
+                    step: Step::Bdat,
+                    code: 552
+                }
+            )
+        );
+        s.finish();
+        assert_eq!(drain(&mut s, now), "QUIT\r\n");
+        assert!(feed(&mut s, "221 bye\r\n", &mut log).done);
+    }
+
+    #[test]
+    fn bdat_without_pipelining_waits_for_rcpt_and_needs_chunking() {
+        let now = Instant::now();
+        let mut log = Log::default();
+        let tpl = make_template(2, true);
+        let mut s = Session::new(tpl, false, false, now);
+        s.connected(now);
+        s.assign(claim(3), now);
+        feed(&mut s, "220 hi\r\n", &mut log);
+        drain(&mut s, now);
+        feed(&mut s, EHLO_CHUNKING, &mut log);
+        assert_eq!(drain(&mut s, now), "MAIL FROM:<s@b.test>\r\n");
+        feed(&mut s, "250 ok\r\n", &mut log);
+        assert_eq!(drain(&mut s, now), "RCPT TO:<1r@b.test>\r\n");
+        feed(&mut s, "250 ok\r\n", &mut log);
+        assert_eq!(drain(&mut s, now), "RCPT TO:<2r@b.test>\r\n");
+        feed(&mut s, "250 ok\r\n", &mut log);
+        let wire = drain(&mut s, now);
+        let cmd = format!("BDAT {} LAST\r\n", tpl.message_len);
+        assert!(wire.starts_with(&cmd));
+        assert_eq!(wire.len(), cmd.len() + tpl.message_len);
+        feed(&mut s, "250 queued\r\n", &mut log);
+        assert_eq!(drain(&mut s, now), "QUIT\r\n");
+        assert!(feed(&mut s, "221 bye\r\n", &mut log).done);
+        assert_eq!(log.acked, vec![3]);
+
+        // A server without CHUNKING (or one that only takes HELO) cannot take --bdat.
+        let mut s = Session::new(tpl, true, true, now);
+        s.connected(now);
+        feed(&mut s, "220 hi\r\n", &mut log);
+        assert_eq!(
+            s.handle_input(EHLO_PIPE.as_bytes(), now, &mut log),
+            Err(Failure::NoChunking)
+        );
+        let mut s = Session::new(tpl, true, true, now);
+        s.connected(now);
+        feed(&mut s, "220 hi\r\n", &mut log);
+        feed(&mut s, "502 no\r\n", &mut log);
+        assert_eq!(
+            s.handle_input(b"250 hi\r\n", now, &mut log),
+            Err(Failure::NoChunking)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod bdat;
 mod clients;
 mod conformance;
+mod haproxy;
 mod postfix;
 mod proxy;
 mod server;

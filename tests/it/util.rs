@@ -513,7 +513,26 @@ impl Client {
 
     /// Connects, returning the error instead of panicking.
     pub(crate) fn try_connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Self::wrap(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?)
+    }
+
+    /// Connects from the local address `src` (port chosen by the kernel), e.g. `127.0.0.2`:
+    /// every 127.0.0.0/8 address is local on Linux, so tests can play several clients.
+    pub(crate) fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> Self {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        sock.bind(&SocketAddr::new(src, 0).into())
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        sock.connect_timeout(&addr.into(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect {addr} from {src}: {e}"));
+        Self::wrap(sock.into()).unwrap()
+    }
+
+    fn wrap(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
         let reader = BufReader::new(stream.try_clone()?);
