@@ -97,6 +97,7 @@ pub struct Config {
     idle_timeout: Duration,
     data_timeout: Duration,
     bare_lf: BareLf,
+    prepare_segments: bool,
     tls: Vec<TlsPair>,
     tls_min_version: TlsVersion,
     tls_handshake_timeout: Duration,
@@ -304,6 +305,7 @@ struct FileConfig {
     idle_timeout: Option<u64>,
     data_timeout: Option<u64>,
     bare_lf: Option<String>,
+    prepare_segments: Option<bool>,
     tls: Option<Vec<TlsPair>>,
     tls_min_version: Option<TlsVersion>,
     tls_handshake_timeout: Option<u64>,
@@ -479,6 +481,7 @@ impl Config {
             Some(s) => Duration::from_secs(s),
             None => DEFAULT_DATA_TIMEOUT,
         };
+        let prepare_segments = args.prepare_segments || file.prepare_segments.unwrap_or(false);
         let bare_lf = match (args.bare_lf, file.bare_lf) {
             (Some(p), _) => p,
             (None, Some(s)) => BareLf::from_name(&s).ok_or(ConfigError::BadBareLf(s))?,
@@ -540,6 +543,7 @@ impl Config {
             idle_timeout,
             data_timeout,
             bare_lf,
+            prepare_segments,
             tls,
             tls_min_version,
             tls_handshake_timeout,
@@ -644,6 +648,7 @@ impl Config {
     pub fn spool_config(&self, reactor: u16) -> SpoolConfig {
         let mut c = SpoolConfig::new(self.spool_dir.clone(), reactor, self.hostname.clone());
         c.sync = self.sync;
+        c.prepare = self.prepare_segments;
         c
     }
 

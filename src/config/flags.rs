@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// How long a client may take for the whole TLS handshake after STARTTLS, in seconds.
     #[arg(long, value_name = "SECS")]
     pub tls_handshake_timeout: Option<u64>,
+    /// Write zeros ahead of the spool's appends, so that each fdatasync only flushes data
+    /// (cheaper for many small messages, but every segment byte is written twice: costly for
+    /// bulk mail; see docs/spool.md, "Prepared space"). Off by default.
+    #[arg(long)]
+    pub prepare_segments: bool,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -395,7 +395,7 @@ fn haproxy_per_ip_limit_applies_to_the_original_client_address() {
     first.expect("NOOP", 250);
     first.expect("QUIT", 221);
     assert_eq!(counter(&server, "connections_refused_per_ip"), 1);
-    let log = server.log();
+    let log = server.log_when("reason=max-connections-per-ip", 1, Duration::from_secs(5));
     assert!(
         log.contains("reject from=127.0.0.2:") && log.contains("reason=max-connections-per-ip"),
         "{log}"

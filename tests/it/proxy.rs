@@ -79,7 +79,7 @@ fn v1_and_v2_headers_split_across_writes_set_the_client_address() {
         );
         assert!(stored.contains(addr), "{addr} not in {stored}");
     }
-    let log = server.log();
+    let log = server.log_when("client=192.0.2.9", 2, Duration::from_secs(5));
     for needle in [
         "client=192.0.2.9:40000 header=v1",
         "client=198.51.100.23:40001 header=v2",
@@ -105,7 +105,7 @@ fn header_and_first_command_in_one_write_and_local_health_checks() {
     c.expect("QUIT", 221);
     let mut c = proxied(&server, b"PROXY UNKNOWN\r\n");
     c.expect("QUIT", 221);
-    let log = server.log();
+    let log = server.log_when("client=127.0.0.1:", 2, Duration::from_secs(5));
     assert!(log.contains("client=192.0.2.44:1 header=v1"), "{log}");
     assert_eq!(log.matches("client=127.0.0.1:").count(), 2, "{log}");
 }
@@ -139,7 +139,7 @@ fn missing_malformed_or_late_headers_close_the_connection_and_are_counted() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(counter(&server, "connections_proxy_failed"), 3);
-    let log = server.log();
+    let log = server.log_when("closed: ", 3, Duration::from_secs(5));
     assert_eq!(log.matches("closed: ").count(), 3, "{log}");
     assert!(
         log.contains("no PROXY header within the idle timeout"),

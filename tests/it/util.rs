@@ -183,6 +183,20 @@ impl Server {
         false
     }
 
+    /// Waits until `needle` occurs at least `n` times in the log (the thread reading the
+    /// server's stderr may lag behind a client that already has its reply), then returns the
+    /// log as it is; the caller checks it.
+    pub(crate) fn log_when(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Message ids from its `accepted id=…` log lines.
     ///
     /// The server writes that line to stderr before the 250 goes out, but the thread reading

@@ -82,8 +82,9 @@ pub(super) struct Segment {
     pub(super) zeroing: Cell<Option<(u64, u64)>>,
     /// Woken when a zero write ends.
     pub(super) zeroed: Notify,
-    /// Whether to keep preparing zeroed space: off without group commit or preallocation, and
-    /// after the first error (then appends extend the file, as without it).
+    /// Whether to keep preparing zeroed space: off unless configured (`SpoolConfig::prepare`),
+    /// without group commit or preallocation, and after the first error (then appends extend
+    /// the file, as without it).
     pub(super) zero_on: Cell<bool>,
     /// The open group buffer: the final frames of committing messages, collected so that one
     /// write covers all of them (see `Shared::join_group`). Not yet reserved in the file.
@@ -133,7 +134,9 @@ impl Segment {
             zero_end: Cell::new(0),
             zeroing: Cell::new(None),
             zeroed: Notify::new(),
-            zero_on: Cell::new(config.preallocate > 0 && config.sync == SyncPolicy::Group),
+            zero_on: Cell::new(
+                config.prepare && config.preallocate > 0 && config.sync == SyncPolicy::Group,
+            ),
             group: RefCell::new(None),
         }
     }

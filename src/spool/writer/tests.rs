@@ -338,7 +338,8 @@ fn fsync_and_group_write_durations_are_reported() {
 #[test]
 fn appends_go_into_prepared_zeros_and_the_zero_tail_is_a_clean_end() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SpoolConfig::new(dir.path(), 0, "mx.test");
+    let mut cfg = SpoolConfig::new(dir.path(), 0, "mx.test");
+    cfg.prepare = true;
     let seg_path = dir
         .path()
         .join(SegmentName { reactor: 0, seq: 1 }.file_name());
