@@ -475,6 +475,10 @@ impl<'r> Conn<'r> {
                 match &result {
                     Ok(id) => {
                         self.messages += 1;
+                        // Durable now: hand it on (a lock-free channel push).
+                        if let (Some(d), Ok(id)) = (&self.r.delivery, id.parse()) {
+                            d.committed(id);
+                        }
                         stats.message(MessageOutcome::Accepted {
                             bytes: self.sink.size,
                         });

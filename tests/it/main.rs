@@ -4,6 +4,7 @@
 mod bdat;
 mod clients;
 mod conformance;
+mod deliver;
 mod proxy;
 mod server;
 mod shutdown;
