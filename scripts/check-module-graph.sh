@@ -13,9 +13,10 @@ declare -A allowed=(
   [buffers]="sys"
   [spool]="buffers sys"
   [stats]="smtp spool sys"
-  [config]="smtp spool sys"
-  [server]="sys data smtp buffers spool stats config"
-  [cmd]="sys data smtp buffers spool stats config server"
+  [relay]="stats smtp spool sys"
+  [config]="relay smtp spool sys"
+  [server]="sys data smtp buffers spool stats config relay"
+  [cmd]="sys data smtp buffers spool stats config server relay"
 )
 # Edges allowed for a while during a change (space-separated "from->to"); empty when none.
 temporary=""

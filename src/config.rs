@@ -30,7 +30,7 @@
 //! This module does not open sockets, create the spool directory or touch io_uring; it only
 //! checks what can be checked without side effects.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -40,6 +40,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
+use crate::relay::{DeliveryConfig, Route, RouteSpec, Routes};
 use crate::smtp::{
     BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
@@ -102,6 +104,10 @@ pub struct Config {
     tls_min_version: TlsVersion,
     tls_handshake_timeout: Duration,
     proxy_protocol_from: Vec<ipnet::IpNet>,
+    routes: Routes,
+    retry_first: Duration,
+    retry_max: Duration,
+    max_queue_lifetime: Duration,
 }
 
 /// One certificate chain and its private key, both PEM files.
@@ -205,6 +211,8 @@ pub enum ConfigError {
     },
     /// `--tls-handshake-timeout` above [`MAX_TLS_HANDSHAKE_TIMEOUT_SECS`].
     TlsHandshakeTimeoutTooLong(u64),
+    /// A route (`[routes]`, `--relay-to`) or a retry setting is unusable.
+    Route(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -269,6 +277,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "tls-handshake-timeout = {n} s is above the limit of {MAX_TLS_HANDSHAKE_TIMEOUT_SECS} s"
             ),
+            Self::Route(m) => f.write_str(m),
             Self::StatsPathTooLong(p) => write!(
                 f,
                 "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
@@ -311,6 +320,11 @@ struct FileConfig {
     tls_handshake_timeout: Option<u64>,
     #[serde(alias = "proxy_protocol_from")]
     proxy_protocol_from: Option<Vec<String>>,
+    routes: Option<BTreeMap<String, RouteSpec>>,
+    relay_to: Option<String>,
+    max_queue_lifetime: Option<u64>,
+    retry_first: Option<u64>,
+    retry_max: Option<u64>,
 }
 
 impl Config {
@@ -528,7 +542,55 @@ impl Config {
             None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         };
 
+        let mut routes = Vec::new();
+        for (name, spec) in file.routes.unwrap_or_default() {
+            routes.push(Route::from_spec(&name, &spec).map_err(ConfigError::Route)?);
+        }
+        if let Some(target) = args.relay_to.clone().or(file.relay_to) {
+            let spec = RouteSpec::Target(target);
+            for d in &domains_lc {
+                if !routes.iter().any(|r| &r.name == d) {
+                    routes.push(Route::from_spec(d, &spec).map_err(ConfigError::Route)?);
+                }
+            }
+        }
+        let secs = |v: Option<u64>, name: &str, default: Duration| match v {
+            Some(0) => Err(ConfigError::Zero(match name {
+                "retry-first" => "retry-first",
+                "retry-max" => "retry-max",
+                _ => "max-queue-lifetime",
+            })),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+        let retry_first = secs(
+            args.retry_first.or(file.retry_first),
+            "retry-first",
+            DEFAULT_RETRY_FIRST,
+        )?;
+        let retry_max = secs(
+            args.retry_max.or(file.retry_max),
+            "retry-max",
+            DEFAULT_RETRY_MAX,
+        )?;
+        let max_queue_lifetime = secs(
+            args.max_queue_lifetime.or(file.max_queue_lifetime),
+            "max-queue-lifetime",
+            DEFAULT_MAX_QUEUE_LIFETIME,
+        )?;
+        if retry_max < retry_first {
+            return Err(ConfigError::Route(format!(
+                "retry-max = {} s is below retry-first = {} s",
+                retry_max.as_secs(),
+                retry_first.as_secs()
+            )));
+        }
+
         Ok(Self {
+            routes: Routes::new(routes),
+            retry_first,
+            retry_max,
+            max_queue_lifetime,
             listen,
             domains: domains_lc,
             spool_dir,
@@ -641,6 +703,18 @@ impl Config {
             bare_lf: self.bare_lf,
             starttls: !self.tls.is_empty(),
             tls_handshake_timeout: self.tls_handshake_timeout,
+        })
+    }
+
+    /// The delivery stage's settings, or `None` without any route (store only).
+    pub fn delivery_config(&self) -> Option<DeliveryConfig> {
+        (!self.routes.is_empty()).then(|| DeliveryConfig {
+            spool_dir: self.spool_dir.clone(),
+            hostname: self.hostname.clone(),
+            routes: self.routes.clone(),
+            retry_first: self.retry_first,
+            retry_max: self.retry_max,
+            max_queue_lifetime: self.max_queue_lifetime,
         })
     }
 

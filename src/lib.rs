@@ -8,6 +8,7 @@
 //! - [`buffers`]: per-reactor registered buffers, sized against `RLIMIT_MEMLOCK`.
 //! - [`spool`]: the durable segment-log spool (writer with group commit, reader, tools).
 //! - [`stats`]: counters, HDR histograms and the unix stats socket.
+//! - [`relay`]: onward delivery (routes, queue state, the delivery thread, `queue` tools).
 //! - [`config`]: configuration from the `serve` flags and TOML, checked once.
 //! - [`server`]: the io_uring driver (one reactor per core, listeners, connections, shutdown).
 //! - [`cmd`]: the command line and the subcommand front ends (`serve`, `check-config`,
@@ -21,7 +22,8 @@
 //! ```text
 //!   cmd                       the top: nothing imports it
 //!    └─ server                drives everything below; imported only by cmd
-//!        ├─ config            smtp, spool, sys
+//!        ├─ config            relay, smtp, spool, sys
+//!        ├─ relay             stats, smtp, spool, sys
 //!        ├─ stats             smtp, spool, sys
 //!        ├─ spool             buffers, sys
 //!        │   └─ buffers       sys
@@ -39,6 +41,7 @@ pub mod buffers;
 pub mod cmd;
 pub mod config;
 pub mod data;
+pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod spool;

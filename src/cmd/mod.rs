@@ -1,5 +1,5 @@
 //! The command line (clap derive) and the front end of each subcommand: `serve`,
-//! `check-config`, `stats` and `spool`.
+//! `check-config`, `stats`, `spool` and `queue`.
 //!
 //! This is the top of the module graph: it parses arguments, calls into the library and turns
 //! the result into output and an exit code. Nothing below it imports it. It does not hold the
@@ -9,6 +9,7 @@
 //! Errors are printed as one line, `ringmx: <message>`, with exit status 1.
 
 pub mod check_config;
+pub mod queue;
 pub mod serve;
 pub mod spool;
 pub mod stats;
@@ -40,6 +41,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Read the spool without a server.
     Spool(spool::SpoolArgs),
+    /// The delivery queue (messages not yet delivered), from the spool and its journal.
+    Queue(queue::QueueArgs),
 }
 
 /// The command line with the defaults of the `serve` options in their help texts (see
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Stats(args) => stats::run(&args),
         Command::Spool(args) => spool::run(&args),
+        Command::Queue(args) => queue::run(&args),
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
     TlsVersion, DEFAULT_DATA_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_SPOOL_DIR,
     DEFAULT_STATS_NAME,
 };
+use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
 use crate::smtp::{
     BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
@@ -101,6 +102,20 @@ pub struct ServeArgs {
     /// logs, `Received:` and stats. Default: none.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Deliver mail for every --domain onward to this next hop: `smtp:[host]:port`,
+    /// `lmtp:[host]:port` or `lmtp:unix:/path` (more routes: `[routes]` in the config file).
+    /// Without any route, mail is only stored.
+    #[arg(long, value_name = "TARGET")]
+    pub relay_to: Option<String>,
+    /// A recipient not delivered this long after arrival fails (held, logged), in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub max_queue_lifetime: Option<u64>,
+    /// First retry after a deferred delivery, in seconds (then doubling up to --retry-max).
+    #[arg(long, value_name = "SECS")]
+    pub retry_first: Option<u64>,
+    /// Longest wait between delivery retries, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub retry_max: Option<u64>,
 }
 
 /// `--proxy-protocol-from`: an address or a CIDR block.
@@ -136,6 +151,12 @@ impl ServeArgs {
                 "tls_handshake_timeout",
                 DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs().to_string(),
             ),
+            (
+                "max_queue_lifetime",
+                DEFAULT_MAX_QUEUE_LIFETIME.as_secs().to_string(),
+            ),
+            ("retry_first", DEFAULT_RETRY_FIRST.as_secs().to_string()),
+            ("retry_max", DEFAULT_RETRY_MAX.as_secs().to_string()),
         ]
     }
 

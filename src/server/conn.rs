@@ -475,6 +475,13 @@ impl<'r> Conn<'r> {
                 match &result {
                     Ok(id) => {
                         self.messages += 1;
+                        // Durable now: hand it on (a lock-free channel push), only when
+                        // routes are configured.
+                        if let Some(d) = &self.r.delivery {
+                            if let Ok(id) = id.parse() {
+                                d.committed(id);
+                            }
+                        }
                         stats.message(MessageOutcome::Accepted {
                             bytes: self.sink.size,
                         });

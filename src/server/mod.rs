@@ -132,7 +132,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     let n = config.reactors();
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
-    let registry = Arc::new(Registry::new(n, config.sync()));
+    let mut registry = Registry::new(n, config.sync());
+    // Delivery (only with routes): read the spool and the journal before the reactors recover
+    // their segments; the stage's thread starts once they are ready.
+    let delivery = match config.delivery_config() {
+        Some(dc) => {
+            let stats = registry.enable_delivery();
+            let (notifier, prepared) = crate::relay::stage::prepare(dc)
+                .map_err(|e| ServerError::Setup("the delivery queue", e))?;
+            Some((notifier, prepared, stats))
+        }
+        None => None,
+    };
+    let registry = Arc::new(registry);
     let limits = ConnLimits::new(config.max_connections(), config.max_connections_per_ip());
     let session_config = config.session_config();
     let (stop_tx, stop_rx) = watch::channel(Stop::Running);
@@ -166,6 +178,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             tls: tls.clone(),
             stop: stop_rx.clone(),
             ready: ready_tx.clone(),
+            delivery: delivery.as_ref().map(|d| d.0.clone()),
         };
         let done = DoneGuard {
             index,
@@ -215,6 +228,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     } else {
         None
     };
+    let mut stage = None;
+    if first_error.is_none() {
+        if let Some((_, prepared, stats)) = delivery {
+            match crate::relay::stage::spawn(prepared, stats) {
+                Ok(h) => stage = Some(h),
+                Err(e) => first_error = Some(ServerError::Setup("the delivery thread", e)),
+            }
+        }
+    }
     if first_error.is_some() {
         stop_tx.send_replace(Stop::Now);
     } else {
@@ -271,6 +293,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(stage) = stage {
+        stage.stop();
     }
     drop(stats_server);
     drop(signals);

@@ -74,6 +74,8 @@ pub struct Reactor {
     pub tls: Option<Arc<super::tls::TlsAcceptor>>,
     /// Balancers whose connections begin with a PROXY header (`--proxy-protocol-from`).
     pub proxy_from: Vec<ipnet::IpNet>,
+    /// The delivery stage, told of every committed message (`None`: store only).
+    pub delivery: Option<crate::relay::Notifier>,
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -98,6 +100,8 @@ pub struct ReactorSetup {
     pub stop: watch::Receiver<Stop>,
     /// Start-up report to the main thread.
     pub ready: mpsc::Sender<(usize, Result<(), ServerError>)>,
+    /// The delivery stage's notifier, when routes are configured.
+    pub delivery: Option<crate::relay::Notifier>,
 }
 
 /// The body of a reactor thread. Returns after a clean shutdown or a start-up failure (which
@@ -199,6 +203,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         mut stop,
         ready,
         tls,
+        delivery,
         ..
     } = setup;
     #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
@@ -232,6 +237,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         deadlines: Rc::new(Sweep::new()),
         tls,
         proxy_from: config.proxy_protocol_from().to_vec(),
+        delivery,
     });
     // The ticker holds only the sweep, not the reactor; it ends with the runtime.
     tokio_uring::spawn(r.deadlines.clone().run());

@@ -19,6 +19,7 @@
 //! - `envelope`: reverse-/forward-path and parameter syntax, the relay check.
 //! - `reply`: reply texts with enhanced status codes (RFC 3463) and their encoding.
 //! - `bare_lf`: the opt-in `normalize` policy for bare LF ([`BareLf`]).
+//! - [`client`]: the outbound side: a sans-IO SMTP/LMTP client for delivery to a next hop.
 //! - `bdat`: CHUNKING (RFC 3030): BDAT arguments, chunk accounting, the line-ending check of
 //!   chunk content.
 //!
@@ -59,6 +60,7 @@
 
 mod bare_lf;
 mod bdat;
+pub mod client;
 mod command;
 mod envelope;
 mod reply;

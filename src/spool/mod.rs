@@ -8,6 +8,7 @@
 //! - [`segment`]: segment names, the CRC-verifying walker, start-up recovery (sync `std::fs`).
 //! - `writer` (re-exported here): [`Spool`] and [`MessageWriter`], the io_uring writer.
 //!   See its module docs for the files it is made of.
+//! - [`journal`]: the delivery journal (what became of each recipient), read and appended.
 //! - [`reader`]: reading stored messages and checking segments without a server.
 //! - [`tool`]: `ringmx spool ls|cat|export|check`.
 //!
@@ -26,7 +27,8 @@
 //!
 //! The spool stores an [`EnvelopeRecord`] of its own (the SMTP envelope plus the client address
 //! and arrival time); the connection driver builds it from the session's envelope. The spool
-//! does not parse SMTP, undo dot-stuffing or enforce size limits: it stores the bytes it is given. It does not deliver or delete mail: readers downstream consume the segments.
+//! does not parse SMTP, undo dot-stuffing or enforce size limits: it stores the bytes it is given. It does not deliver mail; the delivery stage (`relay`) reads the segments, records outcomes
+//! in the [`journal`] and deletes segments whose messages are all delivered.
 
 use std::fmt;
 use std::io;
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 pub mod frame;
 pub mod id;
+pub mod journal;
 pub mod reader;
 pub mod segment;
 pub mod tool;

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::frame::{CommitRecord, EnvelopeRecord, Kind, SegmentRecord, HEADER_LEN};
+use super::frame::{CommitRecord, EnvelopeRecord, FrameHeader, Kind, SegmentRecord, HEADER_LEN};
 use super::id::MessageId;
 use super::segment::{self, SegmentName, Step, Walker};
 
@@ -192,6 +192,7 @@ impl SegmentReport {
     }
 }
 
+#[derive(Debug)]
 struct Partial {
     envelope: EnvelopeRecord,
     extents: Vec<(u64, u32)>,
@@ -422,6 +423,127 @@ pub fn find_message(dir: &Path, id: MessageId) -> io::Result<Option<StoredMessag
         }
     }
     Ok(found)
+}
+
+/// Follows one segment as it grows: each [`Tail::poll`] reads the frames written since the
+/// last one and returns the messages whose Commit frame it reached. Used by the delivery stage
+/// to learn about new mail without a second copy of it. A frame that does not check out yet (a
+/// write in flight, prepared zeros) ends the poll; the next poll tries it again, so a torn frame
+/// is never trusted and a completed one is never missed. Reads with `pread` from a fresh file
+/// handle each poll (the writer may roll, seal or, after delivery, the file may be deleted).
+#[derive(Debug)]
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+    open: HashMap<u64, Partial>,
+    sealed: bool,
+}
+
+impl Tail {
+    /// A tail at the start of `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            offset: 0,
+            open: HashMap::new(),
+            sealed: false,
+        }
+    }
+
+    /// The segment followed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the Seal frame was read: no message will be added.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Reads what was written since the last poll, calling `each` for every newly committed
+    /// message (in commit order).
+    ///
+    /// # Errors
+    /// Opening or reading the file failed.
+    pub fn poll(&mut self, mut each: impl FnMut(StoredMessage)) -> io::Result<()> {
+        if self.sealed {
+            return Ok(());
+        }
+        let f = File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        let mut payload = Vec::new();
+        while self.offset + HEADER_LEN as u64 <= len {
+            let mut h = [0u8; HEADER_LEN];
+            f.read_exact_at(&mut h, self.offset)?;
+            let Ok(header) = FrameHeader::decode(&h) else {
+                break;
+            };
+            let body = self.offset + HEADER_LEN as u64;
+            if body + u64::from(header.len) > len {
+                break;
+            }
+            payload.resize(header.len as usize, 0);
+            f.read_exact_at(&mut payload, body)?;
+            if !header.verify(&payload) {
+                break;
+            }
+            let offset = self.offset;
+            self.offset = body + u64::from(header.len);
+            match header.kind {
+                Kind::Segment => {}
+                Kind::Envelope => {
+                    if let Ok(envelope) = EnvelopeRecord::decode(&payload) {
+                        self.open.insert(
+                            header.id,
+                            Partial {
+                                envelope,
+                                extents: Vec::new(),
+                                size: 0,
+                                crc: 0,
+                            },
+                        );
+                    }
+                }
+                Kind::Data => {
+                    if let Some(p) = self.open.get_mut(&header.id) {
+                        p.extents.push((body, header.len));
+                        p.size += u64::from(header.len);
+                        p.crc = crc32c::crc32c_append(p.crc, &payload);
+                    }
+                }
+                Kind::Commit => {
+                    let Some(p) = self.open.remove(&header.id) else {
+                        continue;
+                    };
+                    if let Ok(c) = CommitRecord::decode(&payload) {
+                        if c.size == p.size
+                            && c.frames as usize == p.extents.len()
+                            && c.crc == p.crc
+                        {
+                            each(StoredMessage {
+                                id: MessageId(header.id),
+                                envelope: p.envelope,
+                                size: p.size,
+                                segment: self.path.clone(),
+                                commit_offset: offset,
+                                extents: p.extents,
+                                crc: p.crc,
+                            });
+                        }
+                    }
+                }
+                Kind::Abort => {
+                    self.open.remove(&header.id);
+                }
+                Kind::Seal => {
+                    self.sealed = true;
+                    self.open.clear();
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The result of checking a whole spool.

@@ -121,6 +121,14 @@ pub fn text(snap: &Snapshot) -> String {
         c.tls_sessions_v13,
         c.tls_discarded_bytes
     );
+    if let Some(d) = &snap.delivery {
+        let figures: Vec<String> = d
+            .fields()
+            .iter()
+            .map(|(n, v, _)| format!("{} {v}", n.replace('_', "-")))
+            .collect();
+        let _ = writeln!(s, "delivery     {}", figures.join("  "));
+    }
     let sp = &snap.total.spool;
     let line = |n: u8| {
         sp.fields()
@@ -199,6 +207,17 @@ pub fn prometheus(snap: &Snapshot) -> String {
     );
     let _ = writeln!(s, "# TYPE ringmx_uptime_seconds gauge");
     let _ = writeln!(s, "ringmx_uptime_seconds {:.3}", snap.uptime_secs);
+    if let Some(d) = &snap.delivery {
+        for (name, v, gauge) in d.fields() {
+            let metric = if gauge {
+                format!("ringmx_delivery_{name}")
+            } else {
+                format!("ringmx_delivery_{name}_total")
+            };
+            let kind = if gauge { "gauge" } else { "counter" };
+            let _ = writeln!(s, "# TYPE {metric} {kind}\n{metric} {v}");
+        }
+    }
     let names: Vec<&'static str> = snap.total.counters.fields().iter().map(|f| f.0).collect();
     for (k, name) in names.iter().enumerate() {
         let gauge = matches!(*name, "connections_active");

@@ -331,12 +331,101 @@ impl Default for ReactorStats {
     }
 }
 
+/// The delivery stage's figures (one set for the server; only the delivery thread writes them).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Recipients delivered (2xx after the end of data).
+    pub delivered: AtomicU64,
+    /// Recipient attempts deferred (4xx, connection failures, timeouts).
+    pub deferred: AtomicU64,
+    /// Recipients failed (5xx or expired).
+    pub failed: AtomicU64,
+    /// Outbound connections opened.
+    pub connections_opened: AtomicU64,
+    /// Outbound connections open now.
+    pub connections_active: AtomicU64,
+    /// Segments deleted because every message in them was finished.
+    pub segments_deleted: AtomicU64,
+    /// Messages in the queue (not finished).
+    pub queue_messages: AtomicU64,
+    /// Recipients pending.
+    pub queue_recipients: AtomicU64,
+    /// Bytes of the queued messages.
+    pub queue_bytes: AtomicU64,
+    /// Age of the oldest queued message, seconds.
+    pub queue_oldest_secs: AtomicU64,
+}
+
+/// [`DeliveryStats`] at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliverySnapshot {
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Recipient attempts deferred.
+    pub deferred: u64,
+    /// Recipients failed.
+    pub failed: u64,
+    /// Outbound connections opened.
+    pub connections_opened: u64,
+    /// Outbound connections open now.
+    pub connections_active: u64,
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Messages queued.
+    pub queue_messages: u64,
+    /// Recipients pending.
+    pub queue_recipients: u64,
+    /// Bytes queued.
+    pub queue_bytes: u64,
+    /// Oldest queued message, seconds.
+    pub queue_oldest_secs: u64,
+}
+
+impl DeliveryStats {
+    /// Reads every figure (relaxed).
+    pub fn snapshot(&self) -> DeliverySnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DeliverySnapshot {
+            delivered: g(&self.delivered),
+            deferred: g(&self.deferred),
+            failed: g(&self.failed),
+            connections_opened: g(&self.connections_opened),
+            connections_active: g(&self.connections_active),
+            segments_deleted: g(&self.segments_deleted),
+            queue_messages: g(&self.queue_messages),
+            queue_recipients: g(&self.queue_recipients),
+            queue_bytes: g(&self.queue_bytes),
+            queue_oldest_secs: g(&self.queue_oldest_secs),
+        }
+    }
+}
+
+impl DeliverySnapshot {
+    /// `(name, value, is_gauge)` of every figure, for the text and Prometheus formats.
+    pub fn fields(&self) -> [(&'static str, u64, bool); 10] {
+        [
+            ("delivered", self.delivered, false),
+            ("deferred", self.deferred, false),
+            ("failed", self.failed, false),
+            ("connections_opened", self.connections_opened, false),
+            ("connections_active", self.connections_active, true),
+            ("segments_deleted", self.segments_deleted, false),
+            ("queue_messages", self.queue_messages, true),
+            ("queue_recipients", self.queue_recipients, true),
+            ("queue_bytes", self.queue_bytes, true),
+            ("queue_oldest_seconds", self.queue_oldest_secs, true),
+        ]
+    }
+}
+
 /// Everything the stats socket can see: each reactor's statistics plus server facts.
 #[derive(Debug)]
 pub struct Registry {
     started: Instant,
     sync: SyncPolicy,
     reactors: Vec<Arc<ReactorStats>>,
+    /// Set when the delivery stage runs (routes are configured).
+    delivery: Option<Arc<DeliveryStats>>,
 }
 
 /// A merged view at one moment.
@@ -352,6 +441,9 @@ pub struct Snapshot {
     pub reactors: Vec<ReactorSnapshot>,
     /// All reactors together.
     pub total: ReactorSnapshot,
+    /// The delivery stage, when routes are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySnapshot>,
 }
 
 /// One reactor's (or the total's) figures.
@@ -470,7 +562,13 @@ impl Registry {
             reactors: (0..reactors)
                 .map(|_| Arc::new(ReactorStats::new()))
                 .collect(),
+            delivery: None,
         }
+    }
+
+    /// Turns on the delivery figures; returns them for the delivery stage to update.
+    pub fn enable_delivery(&mut self) -> Arc<DeliveryStats> {
+        self.delivery.get_or_insert_with(Default::default).clone()
     }
 
     /// Reactor `i`'s statistics, for its thread.
@@ -497,6 +595,7 @@ impl Registry {
             sync: self.sync.name(),
             reactors,
             total: ReactorSnapshot::new(total_counters, &total),
+            delivery: self.delivery.as_ref().map(|d| d.snapshot()),
         }
     }
 }

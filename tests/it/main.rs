@@ -4,6 +4,7 @@
 mod bdat;
 mod clients;
 mod conformance;
+mod deliver;
 mod haproxy;
 mod postfix;
 mod proxy;

@@ -1,0 +1,914 @@
+//! The delivery stage: its own thread with a current-thread tokio runtime, beside the reactors.
+//!
+//! Why a thread of its own: delivery is outbound, long-lived and paced by other servers (a
+//! next hop may take minutes to answer), while a reactor's loop must stay short for the 250s
+//! it owes. A separate thread shares nothing with the reactors but an unbounded channel of
+//! message ids that a connection sends to after a successful commit (a lock-free push), so the
+//! ingress hot path takes no lock and never waits for delivery. Plain tokio (not tokio-uring)
+//! because outbound sockets are few and the code is simpler; reading a queued message is a
+//! synchronous `pread` on this thread, and journal appends run on tokio's blocking pool.
+//!
+//! How it learns about mail: at start ([`prepare`], before the reactors open their spools) it
+//! reads every committed message of every segment and the delivery journal; afterwards each
+//! notified id makes it follow ([`Tail`]) that reactor's segments to find the message. Only
+//! notified messages (whose 250 was earned) are delivered; those found by the tail before their
+//! notification wait for it.
+//!
+//! Per tick it hands due recipients, grouped by message and route, to the route's workers
+//! (`concurrency` tasks, each keeping one connection open while jobs keep coming), and applies
+//! their outcomes: a journal record per recipient, appended and fdatasynced in one batch before
+//! anything relies on it (at-least-once: a crash after the next hop's 2xx but before the record
+//! is durable delivers again, never loses). A sealed segment whose messages are all finished is
+//! then deleted.
+//!
+//! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, bounces,
+//! compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
+//! walks the queue), a control socket for `queue retry`/`delete`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Mutex;
+
+use super::queue::{self, backoff, QueuedMessage, RcptState};
+use super::route::{Route, Routes, Target, TlsMode};
+use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status};
+use crate::spool::frame::unix_us;
+use crate::spool::id::MessageId;
+use crate::spool::journal::{DeliveryRecord, Journal, RecordKind};
+use crate::spool::reader::{self, StoredMessage, Tail};
+use crate::spool::segment::{self, SegmentName};
+use crate::stats::DeliveryStats;
+
+/// How often the stage looks for due recipients and stops.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Longest wait for a TCP or unix connection to a next hop.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for any reply (RFC 5321 §4.5.3.2 asks for 5 minutes for most, 10 after the
+/// data; one limit for all).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// An idle outbound connection is closed (QUIT) after this long without a job.
+pub const CONN_IDLE: Duration = Duration::from_secs(5);
+/// Bytes of dot-stuffed body gathered before a write.
+pub const BODY_CHUNK: usize = 64 * 1024;
+/// Read buffer for replies.
+const READ_BUF: usize = 4096;
+/// The journal is rewritten (compacted) once it grows past this many bytes.
+pub const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What the delivery stage needs (built by `config`).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The spool directory.
+    pub spool_dir: PathBuf,
+    /// Our hostname (the default HELO name).
+    pub hostname: String,
+    /// The routes (non-empty: without routes there is no stage).
+    pub routes: Routes,
+    /// First retry after a deferral.
+    pub retry_first: Duration,
+    /// Longest retry interval.
+    pub retry_max: Duration,
+    /// A recipient still not delivered this long after arrival fails.
+    pub max_queue_lifetime: Duration,
+}
+
+/// The reactors' side: tells the stage that a message was committed (after its fdatasync,
+/// before its 250). Cloned into every reactor; sending never blocks.
+#[derive(Debug, Clone)]
+pub struct Notifier(UnboundedSender<MessageId>);
+
+impl Notifier {
+    /// `id` is durable and acknowledged.
+    pub fn committed(&self, id: MessageId) {
+        // The stage gone (stopping) is not the reactor's problem.
+        let _ = self.0.send(id);
+    }
+}
+
+#[derive(Debug)]
+struct SegState {
+    reactor: u16,
+    /// Sealed, or found at start: nothing more will be added.
+    closed: bool,
+    /// Following it (segments created after start).
+    tail: Option<Tail>,
+    /// Its messages not finished yet (unnotified ones included).
+    live: HashSet<MessageId>,
+}
+
+/// The stage's state from [`prepare`], ready for [`spawn`].
+#[derive(Debug)]
+pub struct Prepared {
+    cfg: DeliveryConfig,
+    queue: BTreeMap<MessageId, QueuedMessage>,
+    segments: HashMap<PathBuf, SegState>,
+    journal: Journal,
+    rx: UnboundedReceiver<MessageId>,
+}
+
+/// Reads the spool and the journal, compacts the journal, and returns the reactors'
+/// [`Notifier`]. Call before the reactors open their spools (their recovery then only seals
+/// and trims what this read: the valid prefixes are the same).
+///
+/// # Errors
+/// Reading the spool or the journal, or rewriting the journal, failed.
+pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
+    segment::ensure_dir(&cfg.spool_dir)?;
+    let mut messages = Vec::new();
+    let mut segments = HashMap::new();
+    for (name, path) in segment::list_segments(&cfg.spool_dir)? {
+        let mut live = HashSet::new();
+        reader::scan_segment(&path, false, |m| {
+            live.insert(m.id);
+            messages.push(m);
+            Ok(())
+        })?;
+        segments.insert(
+            path,
+            SegState {
+                reactor: name.reactor,
+                closed: true,
+                tail: None,
+                live,
+            },
+        );
+    }
+    let (_, records) = Journal::open(&cfg.spool_dir)?;
+    let mut queue = queue::build(messages, &records);
+    // Finished messages are forgotten (their segment goes once the others are finished too).
+    queue.retain(|id, m| {
+        let keep = !m.is_finished();
+        if !keep {
+            for s in segments.values_mut() {
+                s.live.remove(id);
+            }
+        }
+        keep
+    });
+    // The journal restarts with one record per tried recipient of each live message, so it
+    // never names a message that is gone (whose id a new message could in principle reuse).
+    let summary: Vec<DeliveryRecord> = queue.values().flat_map(|m| m.summary_records()).collect();
+    let journal = Journal::rewrite(&cfg.spool_dir, &summary)?;
+    let (tx, rx) = unbounded_channel();
+    Ok((
+        Notifier(tx),
+        Prepared {
+            cfg,
+            queue,
+            segments,
+            journal,
+            rx,
+        },
+    ))
+}
+
+/// The running stage.
+#[derive(Debug)]
+pub struct StageHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StageHandle {
+    /// Stops the stage (connections in progress are dropped; their recipients are tried again
+    /// at the next start) and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the stage's thread. Call once the reactors are ready.
+///
+/// # Errors
+/// The thread or its runtime could not be created.
+pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ringmx-deliver".into())
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, Stage::new(p, stats, stop2).run());
+        })?;
+    Ok(StageHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// A unit of work for a route's workers: some recipients of one message.
+#[derive(Debug)]
+struct Job {
+    msg: StoredMessage,
+    rcpts: Vec<usize>,
+    queued_at: Instant,
+}
+
+/// What a worker reports for a [`Job`].
+#[derive(Debug)]
+struct Outcome {
+    id: MessageId,
+    route: usize,
+    rcpts: Vec<usize>,
+    results: Vec<RcptOutcome>,
+    relay: String,
+    /// Waiting for a worker, connecting (and greeting), the transaction.
+    delays: [Duration; 3],
+}
+
+struct Stage {
+    cfg: DeliveryConfig,
+    queue: BTreeMap<MessageId, QueuedMessage>,
+    segments: HashMap<PathBuf, SegState>,
+    journal: Option<Journal>,
+    rx: UnboundedReceiver<MessageId>,
+    stats: Arc<DeliveryStats>,
+    stop: Arc<AtomicBool>,
+    /// Committed messages the tail found before their notification.
+    unnotified: HashMap<MessageId, StoredMessage>,
+    /// Notified ids the tail has not found yet.
+    notified: HashSet<MessageId>,
+    in_flight: HashSet<(MessageId, usize)>,
+    jobs: Vec<UnboundedSender<Job>>,
+    outcomes_tx: UnboundedSender<Outcome>,
+    outcomes_rx: UnboundedReceiver<Outcome>,
+}
+
+impl Stage {
+    fn new(p: Prepared, stats: Arc<DeliveryStats>, stop: Arc<AtomicBool>) -> Self {
+        let (outcomes_tx, outcomes_rx) = unbounded_channel();
+        Self {
+            cfg: p.cfg,
+            queue: p.queue,
+            segments: p.segments,
+            journal: Some(p.journal),
+            rx: p.rx,
+            stats,
+            stop,
+            unnotified: HashMap::new(),
+            notified: HashSet::new(),
+            in_flight: HashSet::new(),
+            jobs: Vec::new(),
+            outcomes_tx,
+            outcomes_rx,
+        }
+    }
+
+    async fn run(mut self) {
+        for (i, route) in self.cfg.routes.all().iter().enumerate() {
+            let (tx, rx) = unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            let route = Arc::new(route.clone());
+            let helo = route
+                .helo
+                .clone()
+                .unwrap_or_else(|| self.cfg.hostname.clone());
+            for _ in 0..route.concurrency {
+                tokio::task::spawn_local(worker(
+                    i,
+                    route.clone(),
+                    helo.clone(),
+                    rx.clone(),
+                    self.outcomes_tx.clone(),
+                    self.stats.clone(),
+                ));
+            }
+            self.jobs.push(tx);
+        }
+        tracing::info!(
+            "delivery: {} route(s), {} message(s) queued from before",
+            self.jobs.len(),
+            self.queue.len()
+        );
+        self.reclaim();
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut ids = Vec::new();
+            let mut outcomes = Vec::new();
+            tokio::select! {
+                n = self.rx.recv_many(&mut ids, 4096) => if n == 0 { break },
+                Some(o) = self.outcomes_rx.recv() => outcomes.push(o),
+                () = tokio::time::sleep(TICK) => {}
+            }
+            while let Ok(o) = self.outcomes_rx.try_recv() {
+                outcomes.push(o);
+            }
+            while let Ok(id) = self.rx.try_recv() {
+                ids.push(id);
+            }
+            if !ids.is_empty() {
+                self.learn(ids);
+            }
+            if !outcomes.is_empty() {
+                self.apply(outcomes).await;
+            }
+            self.schedule().await;
+            self.update_stats();
+        }
+        tracing::info!("delivery stopped: {} message(s) queued", self.queue.len());
+    }
+
+    /// Notified ids: find them in their reactors' segments.
+    fn learn(&mut self, ids: Vec<MessageId>) {
+        let mut reactors = HashSet::new();
+        for id in ids {
+            match self.unnotified.remove(&id) {
+                Some(m) => self.enqueue(m),
+                None => {
+                    self.notified.insert(id);
+                    reactors.insert(id.reactor());
+                }
+            }
+        }
+        if reactors.is_empty() {
+            return;
+        }
+        match segment::list_segments(&self.cfg.spool_dir) {
+            Ok(list) => {
+                for (SegmentName { reactor, .. }, path) in list {
+                    if reactors.contains(&reactor) && !self.segments.contains_key(&path) {
+                        self.segments.insert(
+                            path.clone(),
+                            SegState {
+                                reactor,
+                                closed: false,
+                                tail: Some(Tail::new(path)),
+                                live: HashSet::new(),
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("delivery: cannot list the spool: {e}"),
+        }
+        let mut found = Vec::new();
+        for s in self.segments.values_mut() {
+            if !reactors.contains(&s.reactor) || s.closed {
+                continue;
+            }
+            let Some(tail) = s.tail.as_mut() else {
+                continue;
+            };
+            if let Err(e) = tail.poll(|m| found.push(m)) {
+                tracing::warn!("delivery: reading {}: {e}", tail.path().display());
+            }
+            for m in &found {
+                s.live.insert(m.id);
+            }
+            s.closed = tail.is_sealed();
+        }
+        for m in found {
+            if self.notified.remove(&m.id) {
+                self.enqueue(m);
+            } else {
+                self.unnotified.insert(m.id, m);
+            }
+        }
+        self.reclaim();
+    }
+
+    fn enqueue(&mut self, m: StoredMessage) {
+        self.queue.insert(m.id, QueuedMessage::new(m));
+    }
+
+    /// Hands every due recipient to its route.
+    async fn schedule(&mut self) {
+        let now = unix_us(SystemTime::now());
+        let lifetime = u64::try_from(self.cfg.max_queue_lifetime.as_micros()).unwrap_or(u64::MAX);
+        let mut local = Vec::new();
+        for (id, m) in &self.queue {
+            if m.deleted {
+                continue;
+            }
+            let mut by_route: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+            for (i, r) in m.rcpts.iter().enumerate() {
+                if r.state != RcptState::Pending
+                    || r.next_us > now
+                    || self.in_flight.contains(&(*id, i))
+                {
+                    continue;
+                }
+                if now.saturating_sub(m.msg.envelope.received_us) > lifetime {
+                    local.push((*id, i, true));
+                    continue;
+                }
+                by_route
+                    .entry(self.cfg.routes.for_rcpt(&r.addr))
+                    .or_default()
+                    .push(i);
+            }
+            for (route, rcpts) in by_route {
+                for &i in &rcpts {
+                    self.in_flight.insert((*id, i));
+                }
+                match route {
+                    Some(route) => {
+                        let job = Job {
+                            msg: m.msg.clone(),
+                            rcpts,
+                            queued_at: Instant::now(),
+                        };
+                        let _ = self.jobs[route].send(job);
+                    }
+                    None => local.extend(rcpts.into_iter().map(|i| (*id, i, false))),
+                }
+            }
+        }
+        if local.is_empty() {
+            return;
+        }
+        // Expired recipients fail; recipients without a route are deferred (a route may be
+        // added by a restart with another configuration).
+        let mut outcomes = Vec::new();
+        for (id, i, expired) in local {
+            let reply = if expired {
+                Reply::local(
+                    550,
+                    format!(
+                        "5.4.7 delivery time expired after {} s in the queue",
+                        self.cfg.max_queue_lifetime.as_secs()
+                    ),
+                )
+            } else {
+                Reply::local(451, "4.3.5 no route for this recipient's domain")
+            };
+            outcomes.push(Outcome {
+                id,
+                route: usize::MAX,
+                rcpts: vec![i],
+                results: vec![RcptOutcome {
+                    status: if expired {
+                        Status::Failed
+                    } else {
+                        Status::Deferred
+                    },
+                    reply,
+                }],
+                relay: "none".into(),
+                delays: [Duration::ZERO; 3],
+            });
+        }
+        self.apply(outcomes).await;
+    }
+
+    /// Records outcomes durably, then updates the queue and frees finished segments.
+    async fn apply(&mut self, outcomes: Vec<Outcome>) {
+        let now = SystemTime::now();
+        let now_us = unix_us(now);
+        let mut records = Vec::new();
+        for o in &outcomes {
+            let route_name = self
+                .cfg
+                .routes
+                .all()
+                .get(o.route)
+                .map_or_else(|| "none".to_string(), |r| r.name.clone());
+            for (&i, res) in o.rcpts.iter().zip(&o.results) {
+                self.in_flight.remove(&(o.id, i));
+                let Some(m) = self.queue.get(&o.id) else {
+                    continue;
+                };
+                let Some(r) = m.rcpts.get(i) else { continue };
+                let attempts = r.attempts + 1;
+                let (kind, next_us) = match res.status {
+                    Status::Delivered => (RecordKind::Delivered, 0),
+                    Status::Failed => (RecordKind::Failed, 0),
+                    Status::Deferred => {
+                        let wait = backoff(attempts, self.cfg.retry_first, self.cfg.retry_max);
+                        (RecordKind::Deferred, unix_us(now + wait))
+                    }
+                };
+                let counter = match res.status {
+                    Status::Delivered => &self.stats.delivered,
+                    Status::Deferred => &self.stats.deferred,
+                    Status::Failed => &self.stats.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let age = now
+                    .duration_since(m.msg.received_at())
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                tracing::info!(
+                    "delivery id={} to=<{}> route={} relay={} delay={:.2} delays={:.2}/{:.2}/{:.2} dsn={} status={} ({})",
+                    o.id,
+                    r.addr,
+                    route_name,
+                    o.relay,
+                    age,
+                    o.delays[0].as_secs_f64(),
+                    o.delays[1].as_secs_f64(),
+                    o.delays[2].as_secs_f64(),
+                    res.reply.dsn(),
+                    res.status.name(),
+                    res.reply
+                );
+                records.push(queue::record(
+                    kind,
+                    o.id,
+                    i as u32,
+                    now_us,
+                    next_us,
+                    attempts,
+                    res.reply.to_string(),
+                ));
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append(records.clone()).await {
+            // Without a durable record nothing may rely on the outcome: leave the recipients
+            // pending, so they are tried again (at-least-once).
+            tracing::error!(
+                "delivery journal: {e}; the outcomes are not recorded and will be retried"
+            );
+            return;
+        }
+        let mut finished = Vec::new();
+        for r in &records {
+            if let Some(m) = self.queue.get_mut(&r.id) {
+                m.apply(r);
+                if m.is_finished() {
+                    finished.push(r.id);
+                }
+            }
+        }
+        for id in finished {
+            self.queue.remove(&id);
+            for s in self.segments.values_mut() {
+                s.live.remove(&id);
+            }
+        }
+        self.reclaim();
+        self.compact_journal().await;
+    }
+
+    /// Appends records and fdatasyncs them on the blocking pool.
+    async fn append(&mut self, records: Vec<DeliveryRecord>) -> io::Result<()> {
+        let Some(mut j) = self.journal.take() else {
+            return Err(io::Error::other("journal unavailable"));
+        };
+        let res = tokio::task::spawn_blocking(move || {
+            let r = j.append(&records);
+            (j, r)
+        })
+        .await;
+        match res {
+            Ok((j, r)) => {
+                self.journal = Some(j);
+                r
+            }
+            Err(e) => Err(io::Error::other(format!("journal task: {e}"))),
+        }
+    }
+
+    async fn compact_journal(&mut self) {
+        if self
+            .journal
+            .as_ref()
+            .is_none_or(|j| j.len() < JOURNAL_COMPACT_BYTES)
+        {
+            return;
+        }
+        let summary: Vec<DeliveryRecord> = self
+            .queue
+            .values()
+            .flat_map(|m| m.summary_records())
+            .collect();
+        let dir = self.cfg.spool_dir.clone();
+        match tokio::task::spawn_blocking(move || Journal::rewrite(&dir, &summary)).await {
+            Ok(Ok(j)) => self.journal = Some(j),
+            Ok(Err(e)) => tracing::warn!("delivery journal: compaction failed: {e}"),
+            Err(e) => tracing::warn!("delivery journal: compaction task: {e}"),
+        }
+    }
+
+    /// Deletes closed segments with nothing left to deliver.
+    fn reclaim(&mut self) {
+        let done: Vec<PathBuf> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.closed && s.live.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in done {
+            self.segments.remove(&path);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "delivery: deleted segment {}: every message in it is delivered",
+                        file_name(&path)
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("delivery: cannot delete {}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn update_stats(&self) {
+        let s = &self.stats;
+        let now = SystemTime::now();
+        s.queue_messages
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        s.queue_recipients.store(
+            self.queue.values().map(|m| m.pending() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        s.queue_bytes.store(
+            self.queue.values().map(|m| m.msg.size).sum(),
+            Ordering::Relaxed,
+        );
+        let oldest = self
+            .queue
+            .values()
+            .map(|m| {
+                now.duration_since(m.msg.received_at())
+                    .unwrap_or_default()
+                    .as_secs()
+            })
+            .max()
+            .unwrap_or(0);
+        s.queue_oldest_secs.store(oldest, Ordering::Relaxed);
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// One of a route's `concurrency` workers: takes jobs, keeps one connection while they come.
+async fn worker(
+    index: usize,
+    route: Arc<Route>,
+    helo: String,
+    jobs: Arc<Mutex<UnboundedReceiver<Job>>>,
+    done: UnboundedSender<Outcome>,
+    stats: Arc<DeliveryStats>,
+) {
+    let mut conn: Option<Conn> = None;
+    loop {
+        let job = {
+            let mut rx = jobs.lock().await;
+            if conn.is_some() {
+                match tokio::time::timeout(CONN_IDLE, rx.recv()).await {
+                    Ok(Some(j)) => Some(j),
+                    Ok(None) => return,
+                    Err(_) => None,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(j) => Some(j),
+                    None => return,
+                }
+            }
+        };
+        let Some(job) = job else {
+            if let Some(c) = conn.take() {
+                c.quit(&stats).await;
+            }
+            continue;
+        };
+        let waited = job.queued_at.elapsed();
+        let t0 = Instant::now();
+        let mut relay = route.target.to_string();
+        let mut connect_time = Duration::ZERO;
+        let results = if route.tls == TlsMode::Encrypt {
+            // Outbound STARTTLS is not implemented: never send in clear under `encrypt`.
+            deferred(&job, &Reply::local(451, "4.7.4 tls = encrypt: outbound STARTTLS is not implemented yet; not sending in clear"))
+        } else {
+            if conn.is_none() {
+                match Conn::open(&route, &helo).await {
+                    Ok(c) => {
+                        connect_time = t0.elapsed();
+                        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+                        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                        conn = Some(c);
+                    }
+                    Err(reply) => {
+                        let _ = done.send(Outcome {
+                            id: job.msg.id,
+                            route: index,
+                            results: deferred(&job, &reply),
+                            rcpts: job.rcpts,
+                            relay,
+                            delays: [waited, t0.elapsed(), Duration::ZERO],
+                        });
+                        continue;
+                    }
+                }
+            }
+            match conn.as_mut() {
+                Some(c) => {
+                    relay = c.relay.clone();
+                    c.transact(&job).await
+                }
+                None => deferred(&job, &Reply::local(451, "4.4.1 no connection")),
+            }
+        };
+        let transaction = t0.elapsed().saturating_sub(connect_time);
+        if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            conn = None;
+            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        let _ = done.send(Outcome {
+            id: job.msg.id,
+            route: index,
+            results,
+            rcpts: job.rcpts,
+            relay,
+            delays: [waited, connect_time, transaction],
+        });
+    }
+}
+
+fn deferred(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
+    job.rcpts
+        .iter()
+        .map(|_| RcptOutcome {
+            status: Status::Deferred,
+            reply: reply.clone(),
+        })
+        .collect()
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// One outbound connection: the socket, the sans-IO client and its buffers.
+struct Conn {
+    io: Box<dyn Io>,
+    client: Client,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    /// `host[addr]:port` or the socket path, for the log.
+    relay: String,
+}
+
+impl Conn {
+    /// Connects and reads the greeting and the EHLO/LHLO reply.
+    async fn open(route: &Route, helo: &str) -> Result<Self, Reply> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Reply::local(451, format!("4.4.1 connect to {}: {what}{e}", route.target))
+        };
+        let (io, relay, protocol): (Box<dyn Io>, String, Protocol) = match &route.target {
+            Target::Smtp(host, port) | Target::Lmtp(host, port) => {
+                let s = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| fail("timed out", &""))?
+                .map_err(|e| fail("", &e))?;
+                let _ = s.set_nodelay(true);
+                let peer = s.peer_addr().map_or_else(
+                    |_| format!("{host}:{port}"),
+                    |a| format!("{host}[{}]:{}", a.ip(), a.port()),
+                );
+                let proto = if route.target.is_lmtp() {
+                    Protocol::Lmtp
+                } else {
+                    Protocol::Smtp
+                };
+                (Box::new(s), peer, proto)
+            }
+            Target::LmtpUnix(path) => {
+                let s =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                        .await
+                        .map_err(|_| fail("timed out", &""))?
+                        .map_err(|e| fail("", &e))?;
+                (Box::new(s), path.display().to_string(), Protocol::Lmtp)
+            }
+        };
+        let mut c = Self {
+            io,
+            client: Client::new(protocol, helo),
+            out: Vec::new(),
+            buf: vec![0; READ_BUF],
+            relay,
+        };
+        loop {
+            match c.next_event().await {
+                Event::Ready(_) => return Ok(c),
+                Event::Closed(r) => {
+                    c.flush().await;
+                    return Err(r);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let res = tokio::time::timeout(REPLY_TIMEOUT, self.io.write_all(&self.out)).await;
+        self.out.clear();
+        let err = match res {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+        self.client.lose(&Reply::local(
+            451,
+            format!("4.4.2 write to {}: {err}", self.relay),
+        ));
+    }
+
+    /// Writes what the client queued, then reads until it has an event.
+    async fn next_event(&mut self) -> Event {
+        loop {
+            self.flush().await;
+            if let Some(e) = self.client.poll_event() {
+                return e;
+            }
+            if self.client.is_closed() {
+                return Event::Closed(Reply::local(451, "4.4.2 connection closed"));
+            }
+            let why = match tokio::time::timeout(REPLY_TIMEOUT, self.io.read(&mut self.buf)).await {
+                Ok(Ok(0)) => format!("4.4.2 connection closed by {}", self.relay),
+                Ok(Ok(n)) => {
+                    let (client, buf, out) = (&mut self.client, &self.buf, &mut self.out);
+                    client.feed(&buf[..n], out);
+                    continue;
+                }
+                Ok(Err(e)) => format!("4.4.2 read from {}: {e}", self.relay),
+                Err(_) => format!("4.4.2 timeout waiting for a reply from {}", self.relay),
+            };
+            self.client.lose(&Reply::local(451, why));
+        }
+    }
+
+    /// Runs one transaction for `job`.
+    async fn transact(&mut self, job: &Job) -> Vec<RcptOutcome> {
+        while !self.client.is_ready() {
+            if let Event::Closed(r) = self.next_event().await {
+                return deferred(job, &r);
+            }
+        }
+        // Stale Ready events of the previous transaction.
+        while self.client.poll_event().is_some() {}
+        let data = match job.msg.read_data() {
+            Ok(d) => d,
+            Err(e) => {
+                return deferred(
+                    job,
+                    &Reply::local(451, format!("4.3.0 reading the spool: {e}")),
+                );
+            }
+        };
+        let env = &job.msg.envelope;
+        let rcpts: Vec<String> = job.rcpts.iter().map(|&i| env.rcpts[i].clone()).collect();
+        if self
+            .client
+            .start(
+                &env.mail_from,
+                &rcpts,
+                Some(data.len() as u64),
+                &mut self.out,
+            )
+            .is_err()
+        {
+            return deferred(job, &Reply::local(451, "4.3.0 connection not ready"));
+        }
+        loop {
+            match self.next_event().await {
+                Event::SendBody => {
+                    for chunk in data.chunks(BODY_CHUNK) {
+                        self.client.body(chunk, &mut self.out);
+                        self.flush().await;
+                    }
+                    self.client.end_body(&mut self.out);
+                }
+                Event::Done(o) => return o,
+                Event::Closed(r) => return deferred(job, &r),
+                Event::Ready(_) => {}
+            }
+        }
+    }
+
+    async fn quit(mut self, stats: &DeliveryStats) {
+        stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        self.client.quit(&mut self.out);
+        self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.next_event()).await;
+    }
+}

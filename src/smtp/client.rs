@@ -1,0 +1,994 @@
+//! The sans-IO SMTP/LMTP client: the outbound side of a connection to a next hop.
+//!
+//! Bytes in ([`Client::feed`]), commands out (appended to the caller's buffer) and events out
+//! ([`Client::poll_event`]). It does no I/O, keeps no clock and spawns nothing, so every
+//! transcript and every byte split is testable without a socket; the driver (`relay`) owns the
+//! socket, the timeouts and the message bytes.
+//!
+//! What it does: greeting; EHLO (LHLO for LMTP, RFC 2033) with a fallback to HELO when an SMTP
+//! server refuses EHLO with 5xx; multi-line replies; the EHLO keywords PIPELINING, SIZE (with
+//! its limit), CHUNKING, STARTTLS, 8BITMIME, SMTPUTF8; MAIL FROM / RCPT TO / DATA sent as one
+//! group when PIPELINING is offered (RFC 2920 §3.1), one by one otherwise; the body dot-stuffed
+//! as it streams ([`Client::body`], [`Client::end_body`]); the reply after the end of data
+//! (SMTP: one for the transaction; LMTP: one per accepted recipient, in RCPT order); RSET and
+//! QUIT; one [`RcptOutcome`] per recipient (2xx delivered, 4xx deferred, 5xx failed, the reply
+//! kept). Several transactions may follow each other on one connection.
+//!
+//! What it does not do (yet): BDAT (CHUNKING is recognised but the body always goes with DATA),
+//! the STARTTLS hand-off (the keyword is recognised, the command never sent), AUTH, DSN
+//! parameters, and 8BITMIME/SMTPUTF8 parameters on MAIL (the caller adds none).
+
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Longest reply line accepted (RFC 5321 §4.5.3.1.5 says 512 with the CRLF; servers exceed it).
+pub const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one multi-line reply (an EHLO reply has one per extension).
+pub const MAX_REPLY_LINES: usize = 256;
+
+/// SMTP (RFC 5321) or LMTP (RFC 2033).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// EHLO, one reply after the end of data.
+    Smtp,
+    /// LHLO, one reply per accepted recipient after the end of data.
+    Lmtp,
+}
+
+/// A server reply: the code and each line's text (without the code and separator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit code.
+    pub code: u16,
+    /// The text of each line.
+    pub lines: Vec<String>,
+}
+
+/// What a reply code means for a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    /// 2xx.
+    Positive,
+    /// 3xx (354).
+    Intermediate,
+    /// 4xx: try again later.
+    Transient,
+    /// 5xx (and anything unknown): do not try again.
+    Permanent,
+}
+
+impl Reply {
+    /// A reply made up locally (a lost connection, a timeout), with a 4xx code so it defers.
+    pub fn local(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            lines: vec![text.into()],
+        }
+    }
+
+    /// The class of the code.
+    pub fn class(&self) -> ReplyClass {
+        match self.code / 100 {
+            2 => ReplyClass::Positive,
+            3 => ReplyClass::Intermediate,
+            4 => ReplyClass::Transient,
+            _ => ReplyClass::Permanent,
+        }
+    }
+
+    /// The enhanced status code (RFC 3463) at the start of the first line, if any: `5.1.1`.
+    pub fn enhanced(&self) -> Option<&str> {
+        let first = self.lines.first()?;
+        let word = first.split(' ').next()?;
+        let mut parts = word.split('.');
+        let class = parts.next()?;
+        let ok = matches!(class, "2" | "4" | "5")
+            && parts.clone().count() == 2
+            && parts
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then_some(word)
+    }
+
+    /// The DSN status: the enhanced code, or `X.0.0` from the code's class.
+    pub fn dsn(&self) -> String {
+        self.enhanced().map_or_else(
+            || format!("{}.0.0", (self.code / 100).clamp(2, 5)),
+            str::to_string,
+        )
+    }
+}
+
+impl fmt::Display for Reply {
+    /// `250 2.0.0 Ok`: the code and the lines joined by spaces (one log line).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        for l in &self.lines {
+            write!(f, " {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The EHLO (LHLO) keywords this client uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 1870: `Some(limit)` (0: no limit given).
+    pub size: Option<u64>,
+    /// RFC 3030 (recognised only; the body goes with DATA).
+    pub chunking: bool,
+    /// RFC 3207 (recognised only).
+    pub starttls: bool,
+    /// RFC 6152.
+    pub eightbitmime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+}
+
+impl Extensions {
+    fn parse(reply: &Reply) -> Self {
+        let mut e = Self::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => e.pipelining = true,
+                "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "CHUNKING" => e.chunking = true,
+                "STARTTLS" => e.starttls = true,
+                "8BITMIME" => e.eightbitmime = true,
+                "SMTPUTF8" => e.smtputf8 = true,
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 2xx after the end of data: the next hop has it.
+    Delivered,
+    /// 4xx, or the connection failed: try again later.
+    Deferred,
+    /// 5xx: do not try again.
+    Failed,
+}
+
+impl Status {
+    /// `sent` / `deferred` / `failed`, as the log says it (Postfix's `status=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "sent",
+            Self::Deferred => "deferred",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn of(reply: &Reply) -> Self {
+        match reply.class() {
+            ReplyClass::Positive => Self::Delivered,
+            ReplyClass::Transient => Self::Deferred,
+            ReplyClass::Intermediate | ReplyClass::Permanent => Self::Failed,
+        }
+    }
+}
+
+/// The outcome of one recipient of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptOutcome {
+    /// Delivered, deferred or failed.
+    pub status: Status,
+    /// The reply that decided it.
+    pub reply: Reply,
+}
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Greeting and EHLO/LHLO done: a transaction may start ([`Client::start`]).
+    Ready(Extensions),
+    /// The server answered DATA with 354: stream the body with [`Client::body`], then
+    /// [`Client::end_body`].
+    SendBody,
+    /// The transaction is over; one outcome per recipient, in the order given to `start`.
+    Done(Vec<RcptOutcome>),
+    /// The connection is no longer usable (greeting or EHLO refused, 421, a protocol error,
+    /// the reply to QUIT): close it. A transaction in progress was reported by `Done` first.
+    Closed(Reply),
+}
+
+/// Why [`Client::start`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// Not ready: before [`Event::Ready`], during a transaction, or closed.
+    NotReady,
+    /// No recipients.
+    NoRecipients,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    /// SMTP: the transaction; LMTP: the recipient with this index.
+    EndOfData(Option<usize>),
+    Rset,
+    Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Opening,
+    Ready,
+    Transaction,
+    Body,
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Txn {
+    rcpts: Vec<String>,
+    outcomes: Vec<Option<RcptOutcome>>,
+    /// Recipients the server accepted at RCPT, in order.
+    accepted: Vec<usize>,
+    /// MAIL was refused: its reply decides every recipient.
+    mail_refused: Option<Reply>,
+    /// RCPTs not yet sent (without PIPELINING).
+    next_rcpt: usize,
+    /// DATA sent.
+    data_sent: bool,
+    /// Body with no recipient accepted (a server that said 354 anyway): send only the dot.
+    empty_body: bool,
+    /// Dot-stuffing state: the next body byte starts a line.
+    bol: bool,
+    /// The last body byte sent (for the final CRLF).
+    last: Option<u8>,
+    /// The one before it.
+    prev: Option<u8>,
+}
+
+/// The client state machine of one connection. See the module docs.
+#[derive(Debug)]
+pub struct Client {
+    protocol: Protocol,
+    helo: String,
+    state: State,
+    expect: VecDeque<Expect>,
+    events: VecDeque<Event>,
+    ext: Extensions,
+    txn: Option<Txn>,
+    /// Lines of the reply being read.
+    lines: Vec<String>,
+    /// A partial line held between feeds.
+    partial: Vec<u8>,
+}
+
+impl Client {
+    /// A client that waits for the greeting, then sends EHLO (LHLO) `helo`.
+    pub fn new(protocol: Protocol, helo: impl Into<String>) -> Self {
+        Self {
+            protocol,
+            helo: helo.into(),
+            state: State::Opening,
+            expect: VecDeque::from([Expect::Greeting]),
+            events: VecDeque::new(),
+            ext: Extensions::default(),
+            txn: None,
+            lines: Vec::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// The extensions the server offered (empty before [`Event::Ready`]).
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
+    }
+
+    /// Whether the connection is closed (no more commands).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether a transaction may start now.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Consumes server bytes; appends the commands they lead to to `out`. Every byte is
+    /// consumed (a partial line is kept until the next call).
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() && self.state != State::Closed {
+            let Some(nl) = memchr::memchr(b'\n', input) else {
+                self.partial.extend_from_slice(input);
+                if self.partial.len() > MAX_REPLY_LINE {
+                    self.protocol_error("reply line too long");
+                }
+                return;
+            };
+            self.partial.extend_from_slice(&input[..nl]);
+            input = &input[nl + 1..];
+            let mut line = std::mem::take(&mut self.partial);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.len() > MAX_REPLY_LINE {
+                self.protocol_error("reply line too long");
+                return;
+            }
+            self.line(&line, out);
+        }
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let code = line
+            .get(..3)
+            .filter(|c| c.iter().all(u8::is_ascii_digit) && (b'2'..=b'5').contains(&c[0]))
+            .map(|c| c.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')));
+        let sep = line.get(3).copied();
+        let (Some(code), Some(b' ' | b'-') | None) = (code, sep) else {
+            self.protocol_error("malformed reply line");
+            return;
+        };
+        let text = String::from_utf8_lossy(line.get(4..).unwrap_or_default()).into_owned();
+        self.lines.push(text);
+        if sep == Some(b'-') {
+            if self.lines.len() > MAX_REPLY_LINES {
+                self.protocol_error("reply has too many lines");
+            }
+            return;
+        }
+        let reply = Reply {
+            code,
+            lines: std::mem::take(&mut self.lines),
+        };
+        self.reply(reply, out);
+    }
+
+    fn protocol_error(&mut self, why: &str) {
+        self.lose(&Reply::local(451, format!("4.5.0 protocol error: {why}")));
+    }
+
+    /// The connection failed (closed by the server, a timeout, an I/O error): a transaction in
+    /// progress ends with `why` for every recipient not yet decided, then [`Event::Closed`].
+    pub fn lose(&mut self, why: &Reply) {
+        if self.state == State::Closed {
+            return;
+        }
+        if let Some(mut t) = self.txn.take() {
+            for o in &mut t.outcomes {
+                if o.is_none() {
+                    *o = Some(RcptOutcome {
+                        status: Status::Deferred,
+                        reply: why.clone(),
+                    });
+                }
+            }
+            self.events.push_back(Event::Done(finish(t)));
+        }
+        self.state = State::Closed;
+        self.expect.clear();
+        self.events.push_back(Event::Closed(why.clone()));
+    }
+
+    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        let Some(expect) = self.expect.pop_front() else {
+            // A reply nobody asked for; 421 is allowed at any time (RFC 5321 §3.8).
+            let r = if reply.code == 421 {
+                reply
+            } else {
+                Reply::local(451, "4.5.0 protocol error: unexpected reply")
+            };
+            self.lose(&r);
+            return;
+        };
+        if reply.code == 421 && expect != Expect::Quit {
+            self.lose(&reply);
+            return;
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.class() == ReplyClass::Positive {
+                    let verb = match self.protocol {
+                        Protocol::Smtp => "EHLO",
+                        Protocol::Lmtp => "LHLO",
+                    };
+                    command(out, &format!("{verb} {}", self.helo));
+                    self.expect.push_back(Expect::Ehlo);
+                } else {
+                    self.quit_after(reply, out);
+                }
+            }
+            Expect::Ehlo => {
+                if reply.class() == ReplyClass::Positive {
+                    self.ext = Extensions::parse(&reply);
+                    self.ready();
+                } else if self.protocol == Protocol::Smtp && reply.class() == ReplyClass::Permanent
+                {
+                    command(out, &format!("HELO {}", self.helo));
+                    self.expect.push_back(Expect::Helo);
+                } else {
+                    self.quit_after(reply, out);
+                }
+            }
+            Expect::Helo => {
+                if reply.class() == ReplyClass::Positive {
+                    self.ext = Extensions::default();
+                    self.ready();
+                } else {
+                    self.quit_after(reply, out);
+                }
+            }
+            Expect::Mail => self.mail_reply(reply, out),
+            Expect::Rcpt(i) => self.rcpt_reply(i, reply, out),
+            Expect::Data => self.data_reply(reply, out),
+            Expect::EndOfData(which) => self.end_reply(which, &reply),
+            Expect::Rset => {
+                if reply.class() == ReplyClass::Positive {
+                    self.ready();
+                } else {
+                    self.quit_after(reply, out);
+                }
+            }
+            Expect::Quit => {
+                self.state = State::Closed;
+                self.expect.clear();
+                self.events.push_back(Event::Closed(reply));
+            }
+        }
+    }
+
+    fn ready(&mut self) {
+        self.state = State::Ready;
+        self.events.push_back(Event::Ready(self.ext.clone()));
+    }
+
+    /// Sends QUIT because of `reply`; the connection ends with `Closed(reply)`.
+    fn quit_after(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        command(out, "QUIT");
+        self.state = State::Closed;
+        self.expect.clear();
+        self.events.push_back(Event::Closed(reply));
+    }
+
+    /// Starts a transaction: MAIL FROM:<`from`> (with `SIZE=` when the server offers SIZE and
+    /// `size` is known) and RCPT TO for each of `rcpts`, pipelined with DATA when the server
+    /// offers PIPELINING.
+    ///
+    /// # Errors
+    /// [`StartError`]: not ready, or no recipients.
+    pub fn start(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        size: Option<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StartError> {
+        if self.state != State::Ready {
+            return Err(StartError::NotReady);
+        }
+        if rcpts.is_empty() {
+            return Err(StartError::NoRecipients);
+        }
+        let mut mail = format!("MAIL FROM:<{from}>");
+        if let (Some(_), Some(n)) = (self.ext.size, size) {
+            mail.push_str(&format!(" SIZE={n}"));
+        }
+        command(out, &mail);
+        self.expect.push_back(Expect::Mail);
+        let mut t = Txn {
+            rcpts: rcpts.to_vec(),
+            outcomes: vec![None; rcpts.len()],
+            bol: true,
+            ..Txn::default()
+        };
+        if self.ext.pipelining {
+            for (i, r) in rcpts.iter().enumerate() {
+                command(out, &format!("RCPT TO:<{r}>"));
+                self.expect.push_back(Expect::Rcpt(i));
+            }
+            t.next_rcpt = rcpts.len();
+            command(out, "DATA");
+            self.expect.push_back(Expect::Data);
+            t.data_sent = true;
+        }
+        self.txn = Some(t);
+        self.state = State::Transaction;
+        Ok(())
+    }
+
+    fn mail_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if reply.class() != ReplyClass::Positive {
+            t.mail_refused = Some(reply);
+            if !t.data_sent {
+                self.end_transaction(out);
+            }
+            return;
+        }
+        if !t.data_sent {
+            self.send_next_rcpt(out);
+        }
+    }
+
+    fn send_next_rcpt(&mut self, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.next_rcpt < t.rcpts.len() {
+            command(out, &format!("RCPT TO:<{}>", t.rcpts[t.next_rcpt]));
+            self.expect.push_back(Expect::Rcpt(t.next_rcpt));
+            t.next_rcpt += 1;
+        } else if t.accepted.is_empty() {
+            self.end_transaction(out);
+        } else {
+            command(out, "DATA");
+            self.expect.push_back(Expect::Data);
+            t.data_sent = true;
+        }
+    }
+
+    fn rcpt_reply(&mut self, i: usize, reply: Reply, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.mail_refused.is_some() {
+            // MAIL decides; RCPT replies after a refused MAIL (pipelined) say nothing new.
+        } else if reply.class() == ReplyClass::Positive {
+            t.accepted.push(i);
+        } else {
+            t.outcomes[i] = Some(RcptOutcome {
+                status: Status::of(&reply),
+                reply,
+            });
+        }
+        if !t.data_sent {
+            self.send_next_rcpt(out);
+        }
+    }
+
+    fn data_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if reply.code == 354 {
+            if t.mail_refused.is_some() || t.accepted.is_empty() {
+                // RFC 2920 §3.1: a server should refuse DATA without a valid recipient; if
+                // it did not, end the empty data at once; nothing can be delivered.
+                t.empty_body = true;
+                out.extend_from_slice(b".\r\n");
+                self.expect.push_back(Expect::EndOfData(None));
+                self.state = State::Transaction;
+                return;
+            }
+            self.state = State::Body;
+            self.events.push_back(Event::SendBody);
+            return;
+        }
+        // DATA refused: it decides every recipient accepted at RCPT (a refused MAIL or
+        // unaccepted recipients are decided by their own replies).
+        if t.mail_refused.is_none() {
+            for &i in &t.accepted {
+                t.outcomes[i] = Some(RcptOutcome {
+                    status: Status::of(&reply),
+                    reply: reply.clone(),
+                });
+            }
+        }
+        self.end_transaction(out);
+    }
+
+    /// Streams body bytes (the stored message, CRLF line ends), dot-stuffed (RFC 5321
+    /// §4.5.2), into `out`. Call after [`Event::SendBody`], any number of times.
+    pub fn body(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        if self.state != State::Body {
+            return;
+        }
+        let Some(t) = self.txn.as_mut() else { return };
+        if bytes.is_empty() {
+            return;
+        }
+        t.prev = if bytes.len() >= 2 {
+            Some(bytes[bytes.len() - 2])
+        } else {
+            t.last
+        };
+        t.last = bytes.last().copied();
+        out.reserve(bytes.len() + 8);
+        while !bytes.is_empty() {
+            if t.bol && bytes[0] == b'.' {
+                out.push(b'.');
+            }
+            match memchr::memchr(b'\n', bytes) {
+                Some(nl) => {
+                    out.extend_from_slice(&bytes[..=nl]);
+                    bytes = &bytes[nl + 1..];
+                    t.bol = true;
+                }
+                None => {
+                    out.extend_from_slice(bytes);
+                    t.bol = false;
+                    bytes = &[];
+                }
+            }
+        }
+    }
+
+    /// Ends the body: a CRLF if it did not end with one, then `.` CRLF.
+    pub fn end_body(&mut self, out: &mut Vec<u8>) {
+        if self.state != State::Body {
+            return;
+        }
+        let Some(t) = self.txn.as_mut() else { return };
+        let ends_crlf = t.last.is_none() || (t.prev == Some(b'\r') && t.last == Some(b'\n'));
+        if !ends_crlf {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        match self.protocol {
+            Protocol::Smtp => self.expect.push_back(Expect::EndOfData(None)),
+            Protocol::Lmtp => {
+                for &i in &t.accepted {
+                    self.expect.push_back(Expect::EndOfData(Some(i)));
+                }
+            }
+        }
+        self.state = State::Transaction;
+    }
+
+    fn end_reply(&mut self, which: Option<usize>, reply: &Reply) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.empty_body {
+            // Nothing was accepted: the outcomes are already decided.
+        } else {
+            let targets: Vec<usize> = match which {
+                Some(i) => vec![i],
+                None => t.accepted.clone(),
+            };
+            for i in targets {
+                t.outcomes[i] = Some(RcptOutcome {
+                    status: Status::of(reply),
+                    reply: reply.clone(),
+                });
+            }
+        }
+        if !self
+            .expect
+            .iter()
+            .any(|e| matches!(e, Expect::EndOfData(_)))
+        {
+            if let Some(t) = self.txn.take() {
+                self.events.push_back(Event::Done(finish(t)));
+            }
+            self.ready();
+        }
+    }
+
+    /// Ends a transaction that never reached the body (every reply to it has come): reports
+    /// it and sends RSET.
+    fn end_transaction(&mut self, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.take() else { return };
+        self.events.push_back(Event::Done(finish(t)));
+        command(out, "RSET");
+        self.expect.push_back(Expect::Rset);
+        self.state = State::Transaction;
+    }
+
+    /// Sends QUIT (when ready); the connection then ends with [`Event::Closed`].
+    pub fn quit(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Ready {
+            command(out, "QUIT");
+            self.expect.push_back(Expect::Quit);
+            self.state = State::Transaction;
+        }
+    }
+}
+
+fn finish(mut t: Txn) -> Vec<RcptOutcome> {
+    if let Some(r) = t.mail_refused.take() {
+        for o in &mut t.outcomes {
+            *o = Some(RcptOutcome {
+                status: Status::of(&r),
+                reply: r.clone(),
+            });
+        }
+    }
+    t.outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| RcptOutcome {
+                status: Status::Deferred,
+                reply: Reply::local(451, "4.3.0 no reply for this recipient"),
+            })
+        })
+        .collect()
+}
+
+fn command(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rcpts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    /// Feeds `server` in pieces split at `splits`, collecting everything the client sent and
+    /// every event; calls `on_event` so a test can react (start, body).
+    fn run(
+        c: &mut Client,
+        server: &[u8],
+        splits: &[usize],
+        mut on_event: impl FnMut(&mut Client, &Event, &mut Vec<u8>),
+    ) -> (Vec<u8>, Vec<Event>) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = splits.to_vec();
+        cuts.push(server.len());
+        // A real server answers only what was sent: hand the client one line (or the part
+        // of it inside this piece) at a time and let the test react in between.
+        for cut in cuts {
+            for piece in server[at..cut].split_inclusive(|&b| b == b'\n') {
+                c.feed(piece, &mut out);
+                while let Some(e) = c.poll_event() {
+                    on_event(c, &e, &mut out);
+                    events.push(e);
+                }
+            }
+            at = cut;
+        }
+        (out, events)
+    }
+
+    fn smtp_driver(body: &'static [u8]) -> impl FnMut(&mut Client, &Event, &mut Vec<u8>) {
+        let mut started = false;
+        move |c, e, out| match e {
+            Event::Ready(_) if !started => {
+                started = true;
+                c.start("s@a.test", &rcpts(&["x@b.test", "y@b.test"]), Some(5), out)
+                    .unwrap();
+            }
+            Event::Ready(_) => c.quit(out),
+            Event::SendBody => {
+                c.body(body, out);
+                c.end_body(out);
+            }
+            _ => {}
+        }
+    }
+
+    const PIPELINED: &[u8] = b"220 hop.test ESMTP\r\n\
+        250-hop.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 STARTTLS\r\n\
+        250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n450 4.2.0 <y@b.test>: mailbox busy\r\n354 go\r\n\
+        250 2.0.0 Ok: queued as X\r\n221 2.0.0 Bye\r\n";
+
+    #[test]
+    fn pipelined_transaction_at_every_split() {
+        let expect_out = b"EHLO mx.test\r\nMAIL FROM:<s@a.test> SIZE=5\r\nRCPT TO:<x@b.test>\r\nRCPT TO:<y@b.test>\r\nDATA\r\n..hi\r\nyo\r\n.\r\nQUIT\r\n";
+        for split in 0..=PIPELINED.len() {
+            let mut c = Client::new(Protocol::Smtp, "mx.test");
+            let (out, events) = run(&mut c, PIPELINED, &[split], smtp_driver(b".hi\r\nyo"));
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(expect_out),
+                "split {split}"
+            );
+            let Event::Ready(ext) = &events[0] else {
+                panic!("{events:?}")
+            };
+            assert_eq!(
+                *ext,
+                Extensions {
+                    pipelining: true,
+                    size: Some(1000),
+                    chunking: true,
+                    starttls: true,
+                    eightbitmime: true,
+                    smtputf8: true
+                }
+            );
+            let done: Vec<_> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Done(o) => Some(o.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(done.len(), 1);
+            assert_eq!(done[0][0].status, Status::Delivered);
+            assert_eq!(done[0][0].reply.to_string(), "250 2.0.0 Ok: queued as X");
+            assert_eq!(done[0][1].status, Status::Deferred);
+            assert_eq!(done[0][1].reply.dsn(), "4.2.0");
+            assert!(matches!(events.last(), Some(Event::Closed(r)) if r.code == 221));
+            assert!(c.is_closed());
+        }
+    }
+
+    #[test]
+    fn without_pipelining_commands_go_one_by_one_and_refused_rcpt_is_failed() {
+        let server = b"220 hi\r\n250 hop\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n354 go\r\n250 ok\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx.test");
+        let mut out = Vec::new();
+        let mut log = Vec::new();
+        let mut started = false;
+        // Feed one reply line at a time and record what the client sent after each.
+        for line in server.split_inclusive(|&b| b == b'\n') {
+            c.feed(line, &mut out);
+            log.push(String::from_utf8_lossy(&out).into_owned());
+            out.clear();
+            while let Some(e) = c.poll_event() {
+                match e {
+                    Event::Ready(_) if !started => {
+                        started = true;
+                        c.start("", &rcpts(&["x@b", "y@b"]), Some(3), &mut out)
+                            .unwrap();
+                    }
+                    Event::SendBody => {
+                        c.body(b"abc\r\n", &mut out);
+                        c.end_body(&mut out);
+                    }
+                    Event::Done(o) => {
+                        assert_eq!(o[0].status, Status::Failed);
+                        assert_eq!(o[0].reply.dsn(), "5.1.1");
+                        assert_eq!(o[1].status, Status::Delivered);
+                    }
+                    _ => {}
+                }
+            }
+            if !out.is_empty() {
+                log.push(String::from_utf8_lossy(&out).into_owned());
+                out.clear();
+            }
+        }
+        let all: String = log.concat();
+        // No SIZE= without the SIZE keyword; RCPT waits for MAIL's reply.
+        assert_eq!(
+            all,
+            "EHLO mx.test\r\nMAIL FROM:<>\r\nRCPT TO:<x@b>\r\nRCPT TO:<y@b>\r\nDATA\r\nabc\r\n.\r\n"
+        );
+        assert!(c.is_ready());
+    }
+
+    #[test]
+    fn lmtp_has_one_reply_per_accepted_recipient() {
+        let server = b"220 lmtp\r\n250-lmtp\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n250 2.0.0 <a> saved\r\n452 4.2.2 over quota\r\n";
+        for split in 0..=server.len() {
+            let mut c = Client::new(Protocol::Lmtp, "mx");
+            let mut done = None;
+            let (out, _) = run(&mut c, server, &[split], |c, e, out| match e {
+                Event::Ready(_) if done.is_none() => {
+                    c.start("s@x", &rcpts(&["a", "b", "c"]), None, out).unwrap();
+                    done = Some(Vec::new());
+                }
+                Event::SendBody => {
+                    c.body(b"m\r\n", out);
+                    c.end_body(out);
+                }
+                Event::Done(o) => done = Some(o.clone()),
+                _ => {}
+            });
+            assert!(String::from_utf8_lossy(&out).starts_with("LHLO mx\r\n"));
+            let o = done.unwrap();
+            assert_eq!(
+                o.iter().map(|o| o.status).collect::<Vec<_>>(),
+                [Status::Delivered, Status::Failed, Status::Deferred],
+                "split {split}"
+            );
+            assert_eq!(o[2].reply.to_string(), "452 4.2.2 over quota");
+        }
+    }
+
+    #[test]
+    fn refused_mail_decides_every_recipient_and_rset_follows() {
+        let server = b"220 x\r\n250-x\r\n250 PIPELINING\r\n451 4.3.0 try later\r\n503 5.5.1 no\r\n554 5.5.1 no valid recipients\r\n250 reset\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let mut outcomes = None;
+        let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
+            Event::Ready(_) if outcomes.is_none() => {
+                c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+                outcomes = Some(Vec::new());
+            }
+            Event::Done(o) => outcomes = Some(o.clone()),
+            _ => {}
+        });
+        assert!(String::from_utf8_lossy(&out).ends_with("DATA\r\nRSET\r\n"));
+        let o = outcomes.unwrap();
+        assert_eq!(o[0].status, Status::Deferred);
+        assert_eq!(o[0].reply.code, 451);
+        assert!(matches!(events.last(), Some(Event::Ready(_))));
+    }
+
+    #[test]
+    fn connection_lost_defers_the_undecided_and_closes() {
+        let server = b"220 x\r\n250 x\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let (_, _) = run(&mut c, server, &[], |c, e, out| match e {
+            Event::Ready(_) => c.start("s@x", &rcpts(&["a@y", "b@y"]), None, out).unwrap(),
+            Event::SendBody => c.body(b"partial", out),
+            _ => {}
+        });
+        c.lose(&Reply::local(451, "4.4.2 lost connection"));
+        let Some(Event::Done(o)) = c.poll_event() else {
+            panic!()
+        };
+        assert_eq!(o[0].status, Status::Failed);
+        assert_eq!(o[1].status, Status::Deferred);
+        assert_eq!(o[1].reply.to_string(), "451 4.4.2 lost connection");
+        assert!(matches!(c.poll_event(), Some(Event::Closed(_))));
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn greeting_refused_421_and_garbage_close() {
+        for (server, code) in [
+            (&b"554 5.7.1 go away\r\n"[..], 554),
+            (b"220 x\r\n421 4.3.2 shutting down\r\n", 421),
+            (b"220 x\r\nhello there\r\n", 451),
+        ] {
+            let mut c = Client::new(Protocol::Smtp, "mx");
+            let (_, events) = run(&mut c, server, &[], |_, _, _| {});
+            assert!(
+                matches!(events.last(), Some(Event::Closed(r)) if r.code == code),
+                "{events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ehlo_refused_falls_back_to_helo() {
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let (out, events) = run(
+            &mut c,
+            b"220 x\r\n502 no ehlo\r\n250 hi\r\n",
+            &[],
+            |_, _, _| {},
+        );
+        assert_eq!(out, b"EHLO mx\r\nHELO mx\r\n");
+        assert_eq!(events, [Event::Ready(Extensions::default())]);
+    }
+
+    #[test]
+    fn dot_stuffing_across_chunks_and_final_crlf() {
+        let body: &[u8] = b".a\r\n.\r\nb\r\n..c\r\nend";
+        let want: &[u8] = b"..a\r\n..\r\nb\r\n...c\r\nend\r\n.\r\n";
+        for split in 0..=body.len() {
+            let mut c = Client::new(Protocol::Smtp, "mx");
+            let mut out = Vec::new();
+            c.feed(b"220 x\r\n250 x\r\n", &mut out);
+            c.start("s", &rcpts(&["r"]), None, &mut out).unwrap();
+            c.feed(b"250 ok\r\n250 ok\r\n354 go\r\n", &mut out);
+            out.clear();
+            c.body(&body[..split], &mut out);
+            c.body(&body[split..], &mut out);
+            c.end_body(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_helpers() {
+        let r = Reply {
+            code: 550,
+            lines: vec!["5.7.1 denied".into(), "more".into()],
+        };
+        assert_eq!(r.class(), ReplyClass::Permanent);
+        assert_eq!(r.enhanced(), Some("5.7.1"));
+        assert_eq!(r.to_string(), "550 5.7.1 denied more");
+        assert_eq!(Reply::local(421, "busy").dsn(), "4.0.0");
+        assert_eq!(Status::of(&Reply::local(250, "")), Status::Delivered);
+    }
+}
