@@ -10,38 +10,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The quick crash test takes about 10 s; allow for a slow, busy machine.
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn io_uring_available() -> bool {
-    // struct io_uring_params is 120 bytes; zeroed means "no flags".
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup reads and writes only the 120-byte params buffer we own; the fd it
-    // returns is closed right away.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: fd is the descriptor io_uring_setup just returned to us.
-    unsafe { libc::close(fd as libc::c_int) };
-    true
-}
-
 #[test]
 fn kill_9_loses_no_acknowledged_mail() {
-    let source = Path::new(env!("CARGO_BIN_EXE_smtp-source"));
-    let ringmx = source.with_file_name("ringmx");
-    if !ringmx.exists() {
-        eprintln!(
-            "SKIPPED: {} is not built (cargo build --workspace --bins)",
-            ringmx.display()
-        );
+    let source = common::source();
+    let Some(ringmx) = common::ringmx() else {
         return;
-    }
-    if !io_uring_available() {
-        eprintln!("SKIPPED: io_uring is not available on this machine (io_uring_setup failed)");
-        return;
-    }
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("crash-test.sh");
     // Output goes to files: a pipe nobody reads could fill up and stall the script. They go in
     // Cargo's scratch directory for this package's tests (under `target/`).

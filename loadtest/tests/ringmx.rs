@@ -13,63 +13,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+use common::{ringmx, source, Scratch};
+
 /// Longest a server may take to start, a run to finish, a server to stop.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn io_uring_available() -> bool {
-    // struct io_uring_params is 120 bytes; zeroed means "no flags".
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup reads and writes only the 120-byte params buffer we own; the fd it
-    // returns is closed right away.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: fd is the descriptor io_uring_setup just returned to us.
-    unsafe { libc::close(fd as libc::c_int) };
-    true
-}
-
-fn source() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_smtp-source"))
-}
-
-/// The `ringmx` binary next to `smtp-source`, if it is built and io_uring works.
-fn ringmx() -> Option<PathBuf> {
-    let ringmx = source().with_file_name("ringmx");
-    if !ringmx.exists() {
-        eprintln!(
-            "SKIPPED: {} is not built (cargo build --workspace --bins)",
-            ringmx.display()
-        );
-        return None;
-    }
-    if !io_uring_available() {
-        eprintln!("SKIPPED: io_uring is not available on this machine (io_uring_setup failed)");
-        return None;
-    }
-    Some(ringmx)
-}
-
-/// A scratch directory of this test process under Cargo's `target/` scratch space, removed when
-/// dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("smtp-source-ringmx-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("scratch dir");
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `ringmx serve`, killed when dropped.
 struct Ringmx {
@@ -239,7 +187,7 @@ fn verify(eml: &Path, acks: &Path, size: &str, messages: u64) {
 #[test]
 fn bdat_with_proxy_headers_is_stored_byte_exact_under_the_claimed_addresses() {
     let Some(bin) = ringmx() else { return };
-    let dir = Scratch::new("bdat-proxy");
+    let dir = Scratch::new("smtp-source-ringmx", "bdat-proxy");
     let mut server = Ringmx::start(bin, &dir.0);
     // Pipelined BDAT, reused connections, 100 KiB, a v2 header from a new 192.0.2.0/24
     // address per connection.

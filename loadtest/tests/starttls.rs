@@ -13,61 +13,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+use common::{ringmx, source, Scratch};
+
 const DOMAIN: &str = "example.test";
-
-fn io_uring_available() -> bool {
-    // struct io_uring_params is 120 bytes; zeroed means "no flags".
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup reads and writes only the 120-byte params buffer we own; the fd it
-    // returns is closed right away.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: fd is the descriptor io_uring_setup just returned to us.
-    unsafe { libc::close(fd as libc::c_int) };
-    true
-}
-
-fn source() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_smtp-source"))
-}
-
-/// The ringmx binary of this build, if it can run here.
-fn ringmx() -> Option<PathBuf> {
-    let ringmx = source().with_file_name("ringmx");
-    if !ringmx.exists() {
-        eprintln!(
-            "SKIPPED: {} is not built (cargo build --workspace --bins)",
-            ringmx.display()
-        );
-        return None;
-    }
-    if !io_uring_available() {
-        eprintln!("SKIPPED: io_uring is not available on this machine (io_uring_setup failed)");
-        return None;
-    }
-    Some(ringmx)
-}
-
-/// A scratch directory of this test under Cargo's target tmp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("starttls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("scratch dir");
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -237,7 +186,7 @@ fn smtp_source(args: &[&str], target: SocketAddr) -> (Output, serde_json::Value)
 #[test]
 fn starttls_delivers_over_tls_and_never_falls_back() {
     let Some(ringmx) = ringmx() else { return };
-    let dir = Scratch::new("deliver");
+    let dir = Scratch::new("starttls", "deliver");
     let d = &dir.0;
     make_certs(d);
     let cert = d.join("mx.pem").display().to_string();
