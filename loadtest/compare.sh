@@ -17,6 +17,11 @@
 # --source postfix drives every server with Postfix's own smtp-source (/usr/sbin/smtp-source,
 # no PIPELINING, as most senders): a fixed message count per run (about DURATION seconds at the
 # first server's rate), timed from outside; the client p99 is then not known ("-").
+# --tls: every session does STARTTLS (our smtp-source with --starttls --tls-insecure; a
+# self-signed ECDSA P-256 certificate made with openssl): ringmx gets --tls-cert/--tls-key,
+# the private Postfix smtpd_tls_security_level = may with the same certificate. smtp-sink and
+# ringmx-base (which may predate STARTTLS) are skipped. With --modes new, every message pays a
+# handshake: msgs/s are handshakes/s and the CPU per message includes one handshake.
 # The server "ringmx-base" is a second ringmx binary (RINGMX_BASE, e.g. an earlier build), run
 # exactly like "ringmx", so a change can be measured against its baseline in the same run.
 # Environment: RINGMX (default target/release/ringmx), SMTP_SOURCE (default
@@ -42,6 +47,7 @@ PASSES=2
 BYTES_PER_RUN=$((1024 * 1024 * 1024)) # cap on message bytes per run (disk space)
 QUICK=0
 SOURCE_KIND=ours
+TLS=0
 PF_SOURCE=${PF_SOURCE:-/usr/sbin/smtp-source}
 RINGMX_BASE=${RINGMX_BASE:-}
 
@@ -53,6 +59,7 @@ while (($#)); do
     --duration) DURATION=$2; shift ;;
     --passes) PASSES=$2; shift ;;
     --source) SOURCE_KIND=$2; shift ;;
+    --tls) TLS=1 ;;
     --sizes) SIZES=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
     --modes) MODES=$2; shift ;;
@@ -68,6 +75,18 @@ command -v jq >/dev/null || { echo "compare: jq is needed (apt install jq)" >&2;
 work=$(mktemp -d "${TMPDIR:-/tmp}/ringmx-compare.XXXXXX")
 chmod 755 "$work" # Postfix's unprivileged daemons must reach their queue inside it
 declare -A PID=() PORT=()
+TLS_ARGS=()
+SOURCE_TLS=()
+if ((TLS)); then
+    [[ $SOURCE_KIND == ours ]] || { echo "compare: --tls needs --source ours" >&2; exit 2; }
+    command -v openssl >/dev/null || { echo "compare: --tls needs openssl" >&2; exit 2; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=mx.$DOMAIN" -addext "subjectAltName=DNS:mx.$DOMAIN" \
+        -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+    chmod 644 "$work/key.pem" # Postfix's smtpd reads it as its own user
+    TLS_ARGS=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+    SOURCE_TLS=(--starttls --tls-insecure)
+fi
 PORT[ringmx]=$PORT_BASE
 PORT[sink]=$((PORT_BASE + 1))
 PORT[postfix]=$((PORT_BASE + 2))
@@ -77,7 +96,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 cleanup() {
     for s in "${!PID[@]}"; do stop_server "$s"; done
-    rm -rf "$work"
+    if [[ -n ${COMPARE_KEEP:-} ]]; then echo "compare: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -143,6 +162,15 @@ in_flow_delay = 0
 maillog_file_prefixes = $PF
 maillog_file = $PF/maillog
 EOF
+    if ((TLS)); then
+        echo "tlsmgr    unix - - n 1000? 1 tlsmgr" >>"$PF/etc/master.cf"
+        cat >>"$PF/etc/main.cf" <<EOF
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $work/cert.pem
+smtpd_tls_key_file = $work/key.pem
+smtpd_tls_session_cache_database =
+EOF
+    fi
     postfix -c "$PF/etc" check >"$PF/setup.log" 2>&1
 }
 
@@ -181,7 +209,7 @@ start_server() { # server
         mkdir -p "$work/$s-spool"
         "$bin" serve --listen "127.0.0.1:${PORT[$s]}" --domain "$DOMAIN" \
             --spool "$work/$s-spool" --stats "$work/$s.stats" --reactors "$REACTORS" \
-            --sync group >>"$work/$s.log" 2>&1 &
+            --sync group "${TLS_ARGS[@]}" >>"$work/$s.log" 2>&1 &
         PID[$s]=$!
         ;;
     sink)
@@ -264,6 +292,10 @@ postfix_source() { # server sessions size mode cap
 
 active=()
 for s in $SERVERS; do
+    if ((TLS)) && [[ $s == sink || $s == ringmx-base ]]; then
+        echo "compare: --tls: skipping $s (no STARTTLS)" >&2
+        continue
+    fi
     if start_server "$s"; then active+=("$s"); fi
 done
 ((${#active[@]})) || { echo "compare: no server could be started" >&2; exit 1; }
@@ -284,7 +316,7 @@ for size in $SIZES; do
                         out=$(postfix_source "$s" "$sessions" "$size" "$mode" "$cap")
                     else
                         out=$("$SOURCE" -s "$sessions" -m "$cap" --duration "$DURATION" -l "$size" \
-                            "${conn[@]}" -M src.test -f sender@src.test -t "rcpt@$DOMAIN" --timeout 10 \
+                            "${conn[@]}" "${SOURCE_TLS[@]}" -M src.test -f sender@src.test -t "rcpt@$DOMAIN" --timeout 10 \
                             --json "127.0.0.1:${PORT[$s]}" 2>/dev/null) || true
                     fi
                     t1=$(server_ticks "$s")
@@ -340,6 +372,7 @@ stamp=$(date +%F)
 result=loadtest/results/$stamp.md
 ((QUICK)) && result=loadtest/results/$stamp-quick.md
 [[ $SOURCE_KIND == postfix ]] && result=${result%.md}-postfix-source.md
+((TLS)) && result=${result%.md}-tls.md
 [[ -e $result ]] && result=${result%.md}-$(date +%H%M).md
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
@@ -352,6 +385,7 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
         echo "generator (smtp-source from this repository) shares the cores with the server."
     fi
     echo
+    ((TLS)) && echo "- STARTTLS on every session (TLS 1.3 negotiated by ringmx; Postfix: its default), self-signed ECDSA P-256 certificate."
     echo "- ringmx: \`ringmx serve --sync group --reactors $REACTORS\` (durable: 250 after the spool's group fsync), fresh spool per run."
     [[ -n $RINGMX_BASE ]] && echo "- ringmx-base: the same, with the baseline binary ($(basename "$RINGMX_BASE"): $("$RINGMX_BASE" --version 2>/dev/null))."
     echo "- sink: Postfix \`smtp-sink -m 1024\` (stores nothing, one process)."
