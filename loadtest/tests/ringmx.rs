@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::{ringmx, source, Scratch};
+use common::{json_report, ringmx, source, Scratch};
 
 /// Longest a server may take to start, a run to finish, a server to stop.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -138,20 +138,12 @@ impl Drop for Ringmx {
 const SHAPE: [&str; 6] = ["-M", "src.test", "-f", "s@src.test", "-t", "r@example.test"];
 
 fn smtp_source(args: &[&str]) -> (Output, serde_json::Value) {
-    let out = Command::new(source())
-        .args(args)
-        .args(SHAPE)
-        .args(["--json", "--timeout", "30"])
-        .output()
-        .expect("run smtp-source");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, json)
+    json_report(
+        Command::new(source())
+            .args(args)
+            .args(SHAPE)
+            .args(["--json", "--timeout", "30"]),
+    )
 }
 
 /// Runs `args` with an ack log against `server`; every message must be acknowledged.

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+use common::json_report;
+
 /// How the sink behaves.
 #[derive(Clone, Copy, Default)]
 struct Behaviour {
@@ -129,28 +132,20 @@ fn temp(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> (Output, serde_json::Value) {
-    let out = Command::new(bin())
-        .args(args)
-        .args([
-            "--json",
-            "--timeout",
-            "10",
-            "-M",
-            "src.test",
-            "-f",
-            "s@src.test",
-        ])
-        .args(["-t", "r@sink.test"])
-        .output()
-        .expect("run smtp-source");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, json)
+    json_report(
+        Command::new(bin())
+            .args(args)
+            .args([
+                "--json",
+                "--timeout",
+                "10",
+                "-M",
+                "src.test",
+                "-f",
+                "s@src.test",
+            ])
+            .args(["-t", "r@sink.test"]),
+    )
 }
 
 fn token_of(msg: &[u8]) -> String {

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
-use common::{ringmx, source, Scratch};
+use common::{json_report, ringmx, source, Scratch};
 
 const DOMAIN: &str = "example.test";
 
@@ -166,21 +166,13 @@ const SHAPE: [&str; 6] = [
 ];
 
 fn smtp_source(args: &[&str], target: SocketAddr) -> (Output, serde_json::Value) {
-    let out = Command::new(source())
-        .args(args)
-        .args(SHAPE)
-        .args(["--json", "--timeout", "10"])
-        .arg(target.to_string())
-        .output()
-        .expect("run smtp-source");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, json)
+    json_report(
+        Command::new(source())
+            .args(args)
+            .args(SHAPE)
+            .args(["--json", "--timeout", "10"])
+            .arg(target.to_string()),
+    )
 }
 
 #[test]

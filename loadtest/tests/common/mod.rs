@@ -64,3 +64,19 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs `cmd` (an `smtp-source … --json` command line) and parses its JSON report; panics with
+/// its output when the report is not JSON.
+pub(crate) fn json_report(
+    cmd: &mut std::process::Command,
+) -> (std::process::Output, serde_json::Value) {
+    let out = cmd.output().expect("run smtp-source");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
