@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::require_io_uring;
-use crate::util::{assert_stored, require_tool, run_tool, spool_ls, Server, DOMAIN};
+use crate::util::{assert_stored, require_tool, run_tool, spool_ls, swaks, Server, DOMAIN};
 
 /// A message with CRLF line endings, a line that needs dot-stuffing and 8-bit text.
 fn message(client: &str) -> Vec<u8> {
@@ -99,25 +99,7 @@ fn swaks_delivers() {
     let body = message("swaks");
     let path = server.dir.path().join("swaks.eml");
     std::fs::write(&path, &body[..body.len() - 2]).unwrap();
-    let out = run_tool(
-        Command::new("swaks")
-            .args(["--server", "127.0.0.1"])
-            .args(["--port", &server.addr.port().to_string()])
-            .args(["--helo", "swaks.example.org"])
-            .args(["--from", "swaks@example.org"])
-            .args(["--to", &format!("rcpt@{DOMAIN}")])
-            .args(["--timeout", "20"])
-            .arg("--data")
-            .arg(&path),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    swaks(&server, &path, &[]);
     assert_single_delivery(&server, &body, "delivered by swaks");
 }
 

@@ -16,7 +16,7 @@ use crate::postfix::{postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{
     assert_stored, assert_stored_bytes, body_with_subject, require_tool, run_tool, spool_cat,
-    Client, Server, DOMAIN, RINGMX,
+    swaks, Client, Server, DOMAIN, RINGMX,
 };
 
 /// A test CA and the certificates it signs.
@@ -318,25 +318,7 @@ fn swaks_tls_delivers_esmtps() {
     let body = body_with_subject("swaks tls", "Hello from swaks over TLS.");
     let path = dir.path().join("swaks.eml");
     std::fs::write(&path, &body[..body.len() - 2]).unwrap();
-    let out = run_tool(
-        Command::new("swaks")
-            .args(["--server", "127.0.0.1"])
-            .args(["--port", &server.addr.port().to_string()])
-            .args(["--helo", "swaks.example.org", "--tls"])
-            .args(["--from", "swaks@example.org"])
-            .args(["--to", &format!("rcpt@{DOMAIN}")])
-            .args(["--timeout", "20"])
-            .arg("--data")
-            .arg(&path),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    swaks(&server, &path, &["--tls"]);
     assert_esmtps(&server, &body);
 }
 

@@ -409,6 +409,31 @@ fn searchable_by_all(dir: &Path) -> bool {
     })
 }
 
+/// Sends the message in `data` (without its final CRLF: swaks adds one) to `server` with
+/// swaks, as `swaks.example.org`, with `extra` options (`--tls`), and asserts that it succeeded.
+pub(crate) fn swaks(server: &Server, data: &Path, extra: &[&str]) {
+    let out = run_tool(
+        Command::new("swaks")
+            .args(["--server", "127.0.0.1"])
+            .args(["--port", &server.addr.port().to_string()])
+            .args(["--helo", "swaks.example.org"])
+            .args(extra)
+            .args(["--from", "swaks@example.org"])
+            .args(["--to", &format!("rcpt@{DOMAIN}")])
+            .args(["--timeout", "20"])
+            .arg("--data")
+            .arg(data),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
 /// Runs `cmd`, killing it after `timeout`; returns its output.
 pub(crate) fn run_tool(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
