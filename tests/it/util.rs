@@ -173,14 +173,7 @@ impl Server {
 
     /// Waits until a log line contains `needle`.
     pub(crate) fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.log_when(needle, 1, timeout).contains(needle)
     }
 
     /// Waits until `needle` occurs at least `n` times in the log (the thread reading the
