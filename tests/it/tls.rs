@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::postfix::{postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{
-    assert_stored, assert_stored_bytes, body_with_subject, require_tool, run_tool, spool_cat,
+    self, assert_stored, assert_stored_bytes, body_with_subject, require_tool, run_tool, spool_cat,
     swaks, Client, Server, DOMAIN, RINGMX,
 };
 
@@ -163,6 +163,10 @@ impl Plain {
         self.reply()
     }
 
+    fn closed_within(&mut self, timeout: Duration) -> bool {
+        util::closed_within(&self.stream, &mut self.reader, timeout)
+    }
+
     /// Runs the handshake (the 220 to STARTTLS already read) as `sni`.
     fn into_tls(
         self,
@@ -200,23 +204,6 @@ fn tls_cmd<S: Read + Write>(s: &mut S, line: &str) -> (u16, String) {
     s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
     s.flush().unwrap();
     tls_reply(s)
-}
-
-fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    let deadline = std::time::Instant::now() + timeout;
-    let mut buf = [0u8; 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-    }
 }
 
 fn counter(server: &Server, name: &str) -> u64 {
@@ -413,7 +400,7 @@ fn a_stalled_handshake_is_cut_off() {
     assert_eq!(c.cmd("STARTTLS").0, 220);
     // Half a ClientHello record header, then silence.
     c.stream.write_all(&[0x16, 0x03]).unwrap();
-    assert!(closed_within(&mut c.stream, Duration::from_secs(5)));
+    assert!(c.closed_within(Duration::from_secs(5)));
     assert_eq!(counter(&server, "tls_failed_timeout"), 1);
     assert!(server.wait_log("reason=tls-timeout", Duration::from_secs(5)));
 }
@@ -426,7 +413,7 @@ fn garbage_instead_of_a_client_hello_closes() {
     c.cmd("EHLO client.example");
     assert_eq!(c.cmd("STARTTLS").0, 220);
     c.stream.write_all(b"EHLO not-tls.example\r\n").unwrap();
-    assert!(closed_within(&mut c.stream, Duration::from_secs(5)));
+    assert!(c.closed_within(Duration::from_secs(5)));
     assert!(server.wait_log("reason=tls-protocol-error", Duration::from_secs(5)));
     assert_eq!(counter(&server, "tls_failed_protocol"), 1);
     // The reactor is fine: the next client is served.

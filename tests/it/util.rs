@@ -644,19 +644,37 @@ impl Client {
     /// Waits for the server to close the connection: true if it did within `timeout`
     /// (whatever it sent before the close is discarded).
     pub(crate) fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 1024];
-        loop {
-            match self.reader.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                // A read with SO_RCVTIMEO is not restarted after a signal (signal(7)): retry.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-            if Instant::now() > deadline {
+        closed_within(&self.stream, &mut self.reader, timeout)
+    }
+}
+
+/// Waits for the peer to close `stream`, reading through `reader` (a reader of `stream`, e.g. a
+/// `BufReader` over a clone, so nothing it buffered is missed): true if the peer closed or reset
+/// it within `timeout`; whatever the peer sent before is discarded. A read interrupted by a
+/// signal is retried (a read with `SO_RCVTIMEO` is not restarted, signal(7)); any other error,
+/// or the timeout, is reported on stderr and gives false.
+pub(crate) fn closed_within(stream: &TcpStream, reader: &mut impl Read, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!("closed_within: still open after {timeout:?}");
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                eprintln!("closed_within: read failed: {e}");
                 return false;
             }
         }
