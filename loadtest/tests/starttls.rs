@@ -89,6 +89,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     spool: PathBuf,
+    /// The server's log lines after start-up.
+    log: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -135,7 +137,26 @@ impl Server {
             child,
             addr: addr.expect("a listening line"),
             spool,
+            log: rx,
         }
+    }
+
+    /// Waits (at most 10 s) until the log has `n` lines containing `needle` since the last
+    /// call; returns every line read meanwhile.
+    fn log_until(&self, needle: &str, n: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut lines = String::new();
+        let mut seen = 0;
+        while seen < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.log.recv_timeout(left) else {
+                break;
+            };
+            seen += usize::from(line.contains(needle));
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        lines
     }
 
     fn stats(&self, ringmx: &Path) -> serde_json::Value {
@@ -232,6 +253,10 @@ fn starttls_delivers_over_tls_and_never_falls_back() {
     let stats = server.stats(&ringmx);
     let c = &stats["total"]["counters"];
     assert_eq!(c["tls_handshakes"], 24, "{stats}");
+    // X25519, not the P-384 that ring's provider lists first (and that costs ~1 ms a handshake).
+    let log = server.log_until("starttls from=", 24);
+    assert_eq!(log.matches("starttls from=").count(), 24, "{log}");
+    assert_eq!(log.matches(" kx=X25519 ").count(), 24, "{log}");
     assert_eq!(c["tls_sessions_v13"], 24, "{stats}");
     assert_eq!(c["messages_accepted"], 220, "{stats}");
 

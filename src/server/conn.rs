@@ -674,10 +674,11 @@ impl<'r> Conn<'r> {
             duration: started.elapsed(),
         });
         tracing::info!(
-            "starttls from={} version={} cipher={} sni={} ms={}",
+            "starttls from={} version={} cipher={} kx={} sni={} ms={}",
             self.peer,
             info.version,
             info.cipher,
+            tls.kx_group(),
             tls.sni().unwrap_or("-"),
             started.elapsed().as_millis()
         );
