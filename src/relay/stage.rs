@@ -468,7 +468,12 @@ impl Stage {
         let now = SystemTime::now();
         let now_us = unix_us(now);
         let mut records = Vec::new();
+        let mut hist = self.stats.histograms();
         for o in &outcomes {
+            if o.route != usize::MAX {
+                // A real attempt (not a local "no route" or expiry outcome).
+                hist.record_attempt(o.delays[1] + o.delays[2]);
+            }
             let route_name = self
                 .cfg
                 .routes
@@ -496,10 +501,11 @@ impl Stage {
                     Status::Failed => &self.stats.failed,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let age = now
-                    .duration_since(m.msg.received_at())
-                    .unwrap_or_default()
-                    .as_secs_f64();
+                let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
+                if res.status == Status::Delivered {
+                    hist.record_delivered(age);
+                }
+                let age = age.as_secs_f64();
                 tracing::info!(
                     "delivery id={} to=<{}> route={} relay={} delay={:.2} delays={:.2}/{:.2}/{:.2} dsn={} status={} ({})",
                     o.id,
@@ -525,6 +531,7 @@ impl Stage {
                 ));
             }
         }
+        drop(hist);
         if records.is_empty() {
             return;
         }

@@ -128,6 +128,13 @@ pub fn text(snap: &Snapshot) -> String {
             .map(|(n, v, _)| format!("{} {v}", n.replace('_', "-")))
             .collect();
         let _ = writeln!(s, "delivery     {}", figures.join("  "));
+        let _ = writeln!(
+            s,
+            "\n{:<24}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "delivery (us)", "count", "mean", "p50", "p90", "p99", "p99.9", "max"
+        );
+        summary_row(&mut s, "  accepted->delivered", &d.delivered_latency_us);
+        summary_row(&mut s, "  attempt", &d.attempt_us);
     }
     let sp = &snap.total.spool;
     let line = |n: u8| {
@@ -173,6 +180,30 @@ pub fn text(snap: &Snapshot) -> String {
     s
 }
 
+/// One Prometheus summary's quantile, `_sum` and `_count` lines; `labels` (e.g.
+/// `reactor="0"`, or empty) go before the quantile label; values are divided by `per_second`.
+fn prometheus_quantiles(s: &mut String, metric: &str, labels: &str, m: &Summary, per_second: f64) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (q, v) in [
+        ("0.5", m.p50),
+        ("0.9", m.p90),
+        ("0.99", m.p99),
+        ("0.999", m.p999),
+        ("1", m.max),
+    ] {
+        #[allow(clippy::cast_precision_loss)] // latencies far below 2^52
+        let v = v as f64 / per_second;
+        let _ = writeln!(s, "{metric}{{{labels}{sep}quantile=\"{q}\"}} {v}");
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(s, "{metric}_sum{braces} {}", m.sum / per_second);
+    let _ = writeln!(s, "{metric}_count{braces} {}", m.count);
+}
+
 fn summary_row(s: &mut String, label: &str, m: &Summary) {
     let _ = writeln!(
         s,
@@ -216,6 +247,13 @@ pub fn prometheus(snap: &Snapshot) -> String {
             };
             let kind = if gauge { "gauge" } else { "counter" };
             let _ = writeln!(s, "# TYPE {metric} {kind}\n{metric} {v}");
+        }
+        for (metric, m) in [
+            ("ringmx_delivery_latency_seconds", &d.delivered_latency_us),
+            ("ringmx_delivery_attempt_seconds", &d.attempt_us),
+        ] {
+            let _ = writeln!(s, "# TYPE {metric} summary");
+            prometheus_quantiles(&mut s, metric, "", m, 1e6);
         }
     }
     let names: Vec<&'static str> = snap.total.counters.fields().iter().map(|f| f.0).collect();
@@ -282,20 +320,8 @@ pub fn prometheus(snap: &Snapshot) -> String {
     for (metric, per_second, pick) in summaries {
         let _ = writeln!(s, "# TYPE {metric} summary");
         for (i, r) in snap.reactors.iter().enumerate() {
-            let m = pick(r);
-            for (q, v) in [
-                ("0.5", m.p50),
-                ("0.9", m.p90),
-                ("0.99", m.p99),
-                ("0.999", m.p999),
-                ("1", m.max),
-            ] {
-                #[allow(clippy::cast_precision_loss)] // latencies far below 2^52
-                let v = v as f64 / per_second;
-                let _ = writeln!(s, "{metric}{{reactor=\"{i}\",quantile=\"{q}\"}} {v}");
-            }
-            let _ = writeln!(s, "{metric}_sum{{reactor=\"{i}\"}} {}", m.sum / per_second);
-            let _ = writeln!(s, "{metric}_count{{reactor=\"{i}\"}} {}", m.count);
+            let label = format!("reactor=\"{i}\"");
+            prometheus_quantiles(&mut s, metric, &label, pick(r), per_second);
         }
     }
     s
@@ -349,6 +375,44 @@ mod tests {
         );
         assert!(
             p.contains("ringmx_tls_handshake_seconds_count{reactor=\"0\"} 1\n"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn delivery_histograms_in_all_three_formats() {
+        let mut reg = Registry::new(1, SyncPolicy::Group);
+        let d = reg.enable_delivery();
+        {
+            let mut h = d.histograms();
+            h.record_delivered(Duration::from_millis(40));
+            h.record_delivered(Duration::from_millis(60));
+            h.record_attempt(Duration::from_millis(3));
+        }
+        let snap = reg.snapshot();
+        let t = text(&snap);
+        assert!(t.contains("accepted->delivered"), "{t}");
+        let row = t.lines().find(|l| l.contains("  attempt ")).unwrap();
+        assert_eq!(row.split_whitespace().nth(1), Some("1"), "{row}");
+        let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
+        assert_eq!(v["delivery"]["delivered_latency_us"]["count"], 2);
+        assert_eq!(v["delivery"]["attempt_us"]["count"], 1);
+        let p = prometheus(&snap);
+        assert!(
+            p.contains("# TYPE ringmx_delivery_latency_seconds summary"),
+            "{p}"
+        );
+        assert!(p.contains("ringmx_delivery_latency_seconds_count 2"), "{p}");
+        let p99 = p
+            .lines()
+            .find(|l| l.starts_with("ringmx_delivery_latency_seconds{quantile=\"0.99\"}"))
+            .unwrap();
+        let secs: f64 = p99.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0.059..0.061).contains(&secs), "{p99}");
+        assert!(p.contains("ringmx_delivery_attempt_seconds_count 1"), "{p}");
+        // The reactor summaries keep their labels.
+        assert!(
+            p.contains("ringmx_ack_latency_seconds_count{reactor=\"0\"} 0"),
             "{p}"
         );
     }

@@ -19,6 +19,8 @@ const ACK_LATENCY_MAX_US: u64 = 600_000_000;
 const SPOOL_OP_MAX_US: u64 = 600_000_000;
 /// Largest session duration recorded exactly: one day in ms.
 const SESSION_DURATION_MAX_MS: u64 = 86_400_000;
+/// Largest delivery latency recorded exactly: 30 days in µs (longer than any queue lifetime).
+const DELIVERY_MAX_US: u64 = 30 * 86_400 * 1_000_000;
 
 /// The histograms one reactor keeps.
 #[derive(Debug, Clone)]
@@ -103,6 +105,41 @@ impl Histograms {
         let _ = self.tls_handshake_us.add(&other.tls_handshake_us);
         let _ = self.fsync_us.add(&other.fsync_us);
         let _ = self.group_write_us.add(&other.group_write_us);
+    }
+}
+
+/// The delivery stage's histograms (one set for the server, written by the delivery thread).
+#[derive(Debug, Clone)]
+pub struct DeliveryHistograms {
+    /// Accepted (the message's arrival in the spool) → the next hop's 2xx for a recipient; µs.
+    pub delivered_us: Histogram<u64>,
+    /// One delivery attempt: connecting (or taking a cached connection) → the outcome; µs.
+    pub attempt_us: Histogram<u64>,
+}
+
+impl DeliveryHistograms {
+    /// Empty histograms.
+    pub fn new() -> Self {
+        Self {
+            delivered_us: new_histogram(DELIVERY_MAX_US),
+            attempt_us: new_histogram(DELIVERY_MAX_US),
+        }
+    }
+
+    /// Records one recipient's accept-to-delivered latency.
+    pub fn record_delivered(&mut self, latency: Duration) {
+        self.delivered_us.saturating_record(micros(latency));
+    }
+
+    /// Records one attempt's duration.
+    pub fn record_attempt(&mut self, took: Duration) {
+        self.attempt_us.saturating_record(micros(took));
+    }
+}
+
+impl Default for DeliveryHistograms {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

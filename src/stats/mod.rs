@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use histogram::{Histograms, Summary};
+pub use histogram::{DeliveryHistograms, Histograms, Summary};
 
 use crate::smtp::ReplyTally;
 use crate::spool::{SpoolStats, SyncPolicy, Timings, BATCH_BUCKETS};
@@ -354,6 +354,9 @@ pub struct DeliveryStats {
     pub queue_bytes: AtomicU64,
     /// Age of the oldest queued message, seconds.
     pub queue_oldest_secs: AtomicU64,
+    /// Accept-to-delivered and attempt durations; locked by the delivery thread once per
+    /// outcome batch and by the stats thread per snapshot.
+    pub histograms: Mutex<DeliveryHistograms>,
 }
 
 /// [`DeliveryStats`] at one moment.
@@ -379,12 +382,20 @@ pub struct DeliverySnapshot {
     pub queue_bytes: u64,
     /// Oldest queued message, seconds.
     pub queue_oldest_secs: u64,
+    /// Accepted → delivered to the next hop, per recipient, µs.
+    pub delivered_latency_us: Summary,
+    /// One delivery attempt (connect or reuse → outcome), µs.
+    pub attempt_us: Summary,
 }
 
 impl DeliveryStats {
     /// Reads every figure (relaxed).
     pub fn snapshot(&self) -> DeliverySnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (delivered_latency_us, attempt_us) = {
+            let h = self.histograms();
+            (Summary::of(&h.delivered_us), Summary::of(&h.attempt_us))
+        };
         DeliverySnapshot {
             delivered: g(&self.delivered),
             deferred: g(&self.deferred),
@@ -396,7 +407,17 @@ impl DeliveryStats {
             queue_recipients: g(&self.queue_recipients),
             queue_bytes: g(&self.queue_bytes),
             queue_oldest_secs: g(&self.queue_oldest_secs),
+            delivered_latency_us,
+            attempt_us,
         }
+    }
+
+    /// The histograms, locked. A panic while holding the lock can only come from hdrhistogram
+    /// itself; the data is still usable, so a poisoned lock is taken as is.
+    pub fn histograms(&self) -> MutexGuard<'_, DeliveryHistograms> {
+        self.histograms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -150,6 +150,15 @@ fn relays_each_message_exactly_once_and_deletes_finished_segments() {
     wait_for("delivered counter", || {
         server.stats_json()["delivery"]["delivered"].as_u64() == Some(n as u64)
     });
+    // One accept-to-delivered latency per delivered recipient, and at least one attempt.
+    let d = &server.stats_json()["delivery"];
+    assert_eq!(
+        d["delivered_latency_us"]["count"].as_u64(),
+        Some(n as u64),
+        "{d}"
+    );
+    assert!(d["delivered_latency_us"]["p50"].as_u64() > Some(0), "{d}");
+    assert!(d["attempt_us"]["count"].as_u64() >= Some(1), "{d}");
     assert_eq!(queue(&server.spool(), &["ls"]), "");
     // After a clean stop the old segments are sealed; the next start deletes them.
     let before = segments(&server.spool());
