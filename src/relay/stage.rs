@@ -468,11 +468,14 @@ impl Stage {
         let now = SystemTime::now();
         let now_us = unix_us(now);
         let mut records = Vec::new();
-        let mut hist = self.stats.histograms();
+        // Durations for the histograms, recorded after the loop (one lock, never held across
+        // the journal append's await).
+        let mut attempts_took = Vec::new();
+        let mut delivered_after = Vec::new();
         for o in &outcomes {
             if o.route != usize::MAX {
                 // A real attempt (not a local "no route" or expiry outcome).
-                hist.record_attempt(o.delays[1] + o.delays[2]);
+                attempts_took.push(o.delays[1] + o.delays[2]);
             }
             let route_name = self
                 .cfg
@@ -503,7 +506,7 @@ impl Stage {
                 counter.fetch_add(1, Ordering::Relaxed);
                 let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
                 if res.status == Status::Delivered {
-                    hist.record_delivered(age);
+                    delivered_after.push(age);
                 }
                 let age = age.as_secs_f64();
                 tracing::info!(
@@ -531,7 +534,15 @@ impl Stage {
                 ));
             }
         }
-        drop(hist);
+        {
+            let mut hist = self.stats.histograms();
+            for took in attempts_took {
+                hist.record_attempt(took);
+            }
+            for age in delivered_after {
+                hist.record_delivered(age);
+            }
+        }
         if records.is_empty() {
             return;
         }
