@@ -6,7 +6,8 @@
 //! message is *finished* when every recipient is delivered or the message was deleted; only
 //! finished messages free their segment.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -136,6 +137,19 @@ impl QueuedMessage {
                 .any(|r| r.state == RcptState::Pending && r.attempts > 0)
     }
 
+    /// When the earliest pending recipient is due (µs since the epoch), `None` if none is
+    /// pending (or the message is deleted).
+    pub fn next_due(&self) -> Option<u64> {
+        if self.deleted {
+            return None;
+        }
+        self.rcpts
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| r.next_us)
+            .min()
+    }
+
     /// Recipients still pending.
     pub fn pending(&self) -> usize {
         if self.deleted {
@@ -219,9 +233,79 @@ pub fn build(
     q
 }
 
+/// Which messages are due when: a min-heap of `(due µs, id)`, so the scheduler looks only at
+/// messages with something due instead of walking the whole queue (a queue of a million
+/// deferred messages costs nothing until they come due).
+///
+/// Entries are hints, not the truth: a message may have several entries, or a stale one (its
+/// recipient was delivered meanwhile, or retried earlier). The scheduler checks each popped
+/// message's recipients and pushes the message again at its next due time
+/// ([`QueuedMessage::next_due`]) if something is left for later.
+#[derive(Debug, Default)]
+pub struct DueQueue {
+    heap: BinaryHeap<Reverse<(u64, MessageId)>>,
+}
+
+impl DueQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `id` due at `at_us` (µs since the epoch; 0: now).
+    pub fn push(&mut self, at_us: u64, id: MessageId) {
+        self.heap.push(Reverse((at_us, id)));
+    }
+
+    /// Takes every id due at or before `now_us`, each once, earliest first.
+    pub fn pop_due(&mut self, now_us: u64) -> Vec<MessageId> {
+        let mut out: Vec<MessageId> = Vec::new();
+        while let Some(Reverse((at, id))) = self.heap.peek().copied() {
+            if at > now_us {
+                break;
+            }
+            self.heap.pop();
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Entries held (stale ones included).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_queue_pops_due_ids_once_in_time_order() {
+        let (a, b, c) = (
+            MessageId::new(1, 0, 1),
+            MessageId::new(1, 0, 2),
+            MessageId::new(2, 1, 3),
+        );
+        let mut q = DueQueue::new();
+        q.push(50, b);
+        q.push(10, a);
+        q.push(30, a); // a second (stale) entry for a
+        q.push(100, c);
+        assert_eq!(q.pop_due(5), vec![]);
+        assert_eq!(q.pop_due(50), vec![a, b]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop_due(99), vec![]);
+        assert_eq!(q.pop_due(u64::MAX), vec![c]);
+        assert!(q.is_empty());
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
-use super::queue::{self, backoff, QueuedMessage, RcptState};
+use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target, TlsMode};
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status};
 use crate::spool::frame::unix_us;
@@ -48,6 +48,9 @@ use crate::stats::DeliveryStats;
 
 /// How often the stage looks for due recipients and stops.
 pub const TICK: Duration = Duration::from_millis(100);
+/// When the delivery journal could not record outcomes, how long before those recipients are
+/// tried again.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for a TCP or unix connection to a next hop.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for any reply (RFC 5321 §4.5.3.2 asks for 5 minutes for most, 10 after the
@@ -242,6 +245,10 @@ struct Stage {
     /// Notified ids the tail has not found yet.
     notified: HashSet<MessageId>,
     in_flight: HashSet<(MessageId, usize)>,
+    /// When each message with pending recipients is next due.
+    due: DueQueue,
+    /// When the queue gauges were last computed (they walk the queue).
+    stats_at: Option<Instant>,
     jobs: Vec<UnboundedSender<Job>>,
     outcomes_tx: UnboundedSender<Outcome>,
     outcomes_rx: UnboundedReceiver<Outcome>,
@@ -250,6 +257,12 @@ struct Stage {
 impl Stage {
     fn new(p: Prepared, stats: Arc<DeliveryStats>, stop: Arc<AtomicBool>) -> Self {
         let (outcomes_tx, outcomes_rx) = unbounded_channel();
+        let mut due = DueQueue::new();
+        for (id, m) in &p.queue {
+            if let Some(at) = m.next_due() {
+                due.push(at, *id);
+            }
+        }
         Self {
             cfg: p.cfg,
             queue: p.queue,
@@ -261,6 +274,8 @@ impl Stage {
             unnotified: HashMap::new(),
             notified: HashSet::new(),
             in_flight: HashSet::new(),
+            due,
+            stats_at: None,
             jobs: Vec::new(),
             outcomes_tx,
             outcomes_rx,
@@ -335,6 +350,27 @@ impl Stage {
         if reactors.is_empty() {
             return;
         }
+        // The segments already followed usually hold the new mail; the spool directory is
+        // listed only when some notified id is not found in them (a reactor rolled to a new
+        // segment, or this is its first message).
+        let mut found = self.poll_tails(&reactors);
+        let found_ids: HashSet<MessageId> = found.iter().map(|m| m.id).collect();
+        if self.notified.iter().any(|id| !found_ids.contains(id)) {
+            self.follow_new_segments(&reactors);
+            found.extend(self.poll_tails(&reactors));
+        }
+        for m in found {
+            if self.notified.remove(&m.id) {
+                self.enqueue(m);
+            } else {
+                self.unnotified.insert(m.id, m);
+            }
+        }
+        self.reclaim();
+    }
+
+    /// Adds the spool's segments of `reactors` that are not followed yet.
+    fn follow_new_segments(&mut self, reactors: &HashSet<u16>) {
         match segment::list_segments(&self.cfg.spool_dir) {
             Ok(list) => {
                 for (SegmentName { reactor, .. }, path) in list {
@@ -353,6 +389,10 @@ impl Stage {
             }
             Err(e) => tracing::warn!("delivery: cannot list the spool: {e}"),
         }
+    }
+
+    /// Reads what was committed since the last poll in the open segments of `reactors`.
+    fn poll_tails(&mut self, reactors: &HashSet<u16>) -> Vec<StoredMessage> {
         let mut found = Vec::new();
         for s in self.segments.values_mut() {
             if !reactors.contains(&s.reactor) || s.closed {
@@ -361,25 +401,20 @@ impl Stage {
             let Some(tail) = s.tail.as_mut() else {
                 continue;
             };
+            let before = found.len();
             if let Err(e) = tail.poll(|m| found.push(m)) {
                 tracing::warn!("delivery: reading {}: {e}", tail.path().display());
             }
-            for m in &found {
+            for m in &found[before..] {
                 s.live.insert(m.id);
             }
             s.closed = tail.is_sealed();
         }
-        for m in found {
-            if self.notified.remove(&m.id) {
-                self.enqueue(m);
-            } else {
-                self.unnotified.insert(m.id, m);
-            }
-        }
-        self.reclaim();
+        found
     }
 
     fn enqueue(&mut self, m: StoredMessage) {
+        self.due.push(0, m.id);
         self.queue.insert(m.id, QueuedMessage::new(m));
     }
 
@@ -388,9 +423,24 @@ impl Stage {
         let now = unix_us(SystemTime::now());
         let lifetime = u64::try_from(self.cfg.max_queue_lifetime.as_micros()).unwrap_or(u64::MAX);
         let mut local = Vec::new();
-        for (id, m) in &self.queue {
+        for id in self.due.pop_due(now) {
+            let Some(m) = self.queue.get(&id) else {
+                continue;
+            };
+            let id = &id;
             if m.deleted {
                 continue;
+            }
+            // Recipients not due yet (or in flight: their outcome pushes them again) bring
+            // the message back when the earliest of them is due.
+            if let Some(later) = m
+                .rcpts
+                .iter()
+                .filter(|r| r.state == RcptState::Pending && r.next_us > now)
+                .map(|r| r.next_us)
+                .min()
+            {
+                self.due.push(later, *id);
             }
             let mut by_route: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
             for (i, r) in m.rcpts.iter().enumerate() {
@@ -552,12 +602,19 @@ impl Stage {
             tracing::error!(
                 "delivery journal: {e}; the outcomes are not recorded and will be retried"
             );
+            let again = unix_us(now + JOURNAL_RETRY);
+            for o in &outcomes {
+                self.due.push(again, o.id);
+            }
             return;
         }
         let mut finished = Vec::new();
         for r in &records {
             if let Some(m) = self.queue.get_mut(&r.id) {
                 m.apply(r);
+                if r.kind == RecordKind::Deferred {
+                    self.due.push(r.next_us, r.id);
+                }
                 if m.is_finished() {
                     finished.push(r.id);
                 }
@@ -637,7 +694,12 @@ impl Stage {
         }
     }
 
-    fn update_stats(&self) {
+    /// Computes the queue gauges, at most once per [`TICK`] (they walk the queue).
+    fn update_stats(&mut self) {
+        if self.stats_at.is_some_and(|t| t.elapsed() < TICK) {
+            return;
+        }
+        self.stats_at = Some(Instant::now());
         let s = &self.stats;
         let now = SystemTime::now();
         s.queue_messages
