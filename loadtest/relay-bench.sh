@@ -101,6 +101,10 @@ start_ringmx() { # relay|store
         >>"$work/ringmx.log" 2>&1 &
     RPID=$!
     wait_port "$RPORT" "$RPID" || { echo "relay-bench: ringmx did not start" >&2; tail "$work/ringmx.log" >&2; exit 1; }
+    # The stats socket comes up after the listeners.
+    for _ in $(seq 100); do [[ -S $work/stats.sock ]] && return 0; sleep 0.1; done
+    echo "relay-bench: no stats socket" >&2
+    exit 1
 }
 
 stop_ringmx() {
