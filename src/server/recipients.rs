@@ -83,8 +83,8 @@ pub fn read_table(path: &Path) -> Result<(RecipientTable, Loaded), RecipientsErr
         return Err(RecipientsError::TooLarge(path.to_path_buf(), len));
     }
     let text = std::fs::read(path).map_err(|e| RecipientsError::Read(path.to_path_buf(), e))?;
-    let table =
-        RecipientTable::parse(&text).map_err(|e| RecipientsError::Parse(path.to_path_buf(), e))?;
+    let table = RecipientTable::from_bytes(text)
+        .map_err(|e| RecipientsError::Parse(path.to_path_buf(), e))?;
     let loaded = Loaded {
         entries: table.len(),
         domains: table.domain_entries(),
