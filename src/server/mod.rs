@@ -136,6 +136,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let tls = tls::TlsAcceptor::from_config(&config).map_err(ServerError::Tls)?;
 
     let n = config.reactors();
+    // Before binding: a client must not wait in the backlog while a large table loads.
+    let abuse = abuse_controls(&config)?;
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
     let mut registry = Registry::new(n, config.sync());
     // Delivery (only with routes): read the spool and the journal before the reactors recover
@@ -155,7 +157,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     let signals = SignalWatcher::start(stop_tx.clone())
         .map_err(|e| ServerError::Setup("signal handlers", e))?;
-    let abuse = abuse_controls(&config)?;
     let reload = tls::ReloadWatcher::start(tls.clone(), abuse.recipients.clone())
         .map_err(|e| ServerError::Setup("the SIGHUP handler", e))?;
 

@@ -22,6 +22,9 @@
 //! - [`client`]: the outbound side: a sans-IO SMTP/LMTP client for delivery to a next hop.
 //! - `bdat`: CHUNKING (RFC 3030): BDAT arguments, chunk accounting, the line-ending check of
 //!   chunk content.
+//! - `recipients`: the recipient table ([`RecipientTable`]: parsing, allocation-free lookup).
+//! - `policy`: what the driver hands a session per connection ([`Policy`]: the table snapshot,
+//!   the [`RateCheck`] for MAIL and RCPT), set with [`Session::set_policy`].
 //!
 //! # Flow
 //!
