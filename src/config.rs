@@ -1011,6 +1011,52 @@ mod tests {
     }
 
     #[test]
+    fn abuse_controls_from_file_and_flags_and_their_limits() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(c.abuse(), &AbuseConfig::default());
+        let toml = r#"
+            recipients = "/etc/ringmx/recipients"
+            max-connect-rate = 60
+            max-message-rate = 100
+            max-recipient-rate = 500
+            greet-pause = 6
+            trusted-networks = ["10.0.0.0/8", "192.0.2.25", "2001:db8::/32"]
+        "#;
+        let c = merge(&args(), toml).unwrap();
+        let a = c.abuse();
+        assert_eq!(
+            a.recipients.as_deref(),
+            Some(Path::new("/etc/ringmx/recipients"))
+        );
+        assert_eq!(
+            (a.max_connect_rate, a.max_message_rate, a.max_recipient_rate),
+            (60, 100, 500)
+        );
+        assert_eq!(a.greet_pause, Duration::from_secs(6));
+        assert_eq!(a.trusted_networks.len(), 3);
+        assert!(c.summary().contains("max-connect-rate=60 max-message-rate=100 max-recipient-rate=500 greet-pause=6s trusted-networks=10.0.0.0/8,192.0.2.25/32,2001:db8::/32"), "{}", c.summary());
+        let flags = ServeArgs {
+            max_message_rate: Some(7),
+            greet_pause: Some(0),
+            trusted_networks: vec![parse_cidr("127.0.0.0/8").unwrap()],
+            ..args()
+        };
+        let c = merge(&flags, toml).unwrap();
+        assert_eq!(c.abuse().max_message_rate, 7);
+        assert_eq!(c.abuse().max_connect_rate, 60);
+        assert!(c.abuse().greet_pause.is_zero());
+        assert_eq!(
+            c.abuse().trusted_networks,
+            [parse_cidr("127.0.0.0/8").unwrap()]
+        );
+        let e = |toml| merge(&args(), toml).unwrap_err().to_string();
+        assert!(e("max-recipient-rate = 1000001").contains("above the limit of 1000000"));
+        assert!(e("greet-pause = 61").contains("above the limit of 60 s"));
+        assert!(e("trusted-networks = [\"10.0.0.0/33\"]").contains("trusted-networks"));
+        assert!(e("max-connect-rate = -1").contains("config file"));
+    }
+
+    #[test]
     fn data_timeout_from_file_and_flag_and_its_limits() {
         let c = merge(&args(), "data-timeout = 1200").unwrap();
         assert_eq!(c.data_timeout(), Duration::from_secs(1200));

@@ -97,6 +97,47 @@ fn a_missing_or_bad_table_stops_the_start_and_check_config_names_the_line() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 2"), "{err}");
+    // The server does not start on it either, and says why in one line.
+    let spool = files.path().join("spool");
+    let out = run_tool(
+        Command::new(crate::util::RINGMX)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--domain",
+                DOMAIN,
+                "--spool",
+            ])
+            .arg(&spool)
+            .arg("--recipients")
+            .arg(&bad),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("recipient table") && err.contains("line 2") && !err.contains("ready:"),
+        "{err}"
+    );
+    let missing = files.path().join("missing");
+    let out = run_tool(
+        Command::new(crate::util::RINGMX)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--domain",
+                DOMAIN,
+                "--spool",
+            ])
+            .arg(&spool)
+            .arg("--recipients")
+            .arg(&missing),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
     let good = write_table(files.path(), "good", &format!("ok@{DOMAIN}\n@{DOMAIN}\n"));
     let out = run_tool(
         Command::new(crate::util::RINGMX)
@@ -480,4 +521,31 @@ print('sent')
     assert!(out.status.success(), "{out:?}\n{}", server.log());
     assert_eq!(counter(&server, "messages_accepted"), 2, "{}", server.log());
     assert_eq!(counter(&server, "refused_pregreet"), 0);
+}
+
+#[test]
+fn a_shutdown_during_the_greet_pause_ends_it_with_220_then_421() {
+    require_io_uring!();
+    let mut server = Server::start(&["--greet-pause", "30"]);
+    let mut c = Client::connect_from(ip("127.0.0.10"), server.addr);
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(c.stream.try_clone().unwrap());
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert_eq!(first, "220-mx.example.test ESMTP ringmx\r\n");
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let mut rest = String::new();
+    for _ in 0..2 {
+        std::io::BufRead::read_line(&mut reader, &mut rest).unwrap();
+    }
+    assert!(
+        rest.starts_with("220 mx.example.test ESMTP ringmx\r\n421 4.3.2 "),
+        "{rest:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the pause was not cut short"
+    );
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
