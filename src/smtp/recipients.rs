@@ -324,6 +324,34 @@ mod tests {
         assert!(t.accepts("x@c.example", "c.example") && t.accepts("a@b.example", "b.example"));
     }
 
+    proptest::proptest! {
+        /// Against a set of lower-cased strings: every address is found in any case, and an
+        /// address is accepted exactly when it or its `@domain` is in the set.
+        #[test]
+        fn agrees_with_a_set(
+            entries in proptest::collection::vec("[a-cA-C]{0,3}@[a-bA-B]{1,2}", 0..40),
+            probes in proptest::collection::vec("[a-cA-C]{1,3}@[a-bA-B]{1,2}", 0..40),
+            crlf in proptest::bool::ANY,
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let text: String = entries.iter().map(|e| format!("  {e}{eol}# c{eol}")).collect();
+            let t = RecipientTable::parse(text.as_bytes()).unwrap();
+            let set: std::collections::HashSet<String> =
+                entries.iter().map(|e| e.to_ascii_lowercase()).collect();
+            proptest::prop_assert_eq!(t.len(), set.len());
+            for p in entries.iter().chain(&probes) {
+                if p.starts_with('@') {
+                    continue;
+                }
+                let domain = &p[p.rfind('@').unwrap() + 1..];
+                let want = set.contains(&p.to_ascii_lowercase())
+                    || set.contains(&format!("@{}", domain.to_ascii_lowercase()));
+                proptest::prop_assert_eq!(t.accepts(p, domain), want, "{}", p);
+                proptest::prop_assert_eq!(t.accepts(&p.to_ascii_uppercase(), domain), want);
+            }
+        }
+    }
+
     #[test]
     fn every_entry_of_a_large_table_is_found() {
         let mut text = String::new();
