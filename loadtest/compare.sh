@@ -27,7 +27,9 @@
 # Environment: RINGMX (default target/release/ringmx), SMTP_SOURCE (default
 # target/release/smtp-source), SMTP_SINK (default /usr/sbin/smtp-sink), PORT_BASE (default
 # 2650: ringmx, +1 sink, +2 postfix, +3 ringmx-base), REACTORS (default: number of cores),
-# RINGMX_BASE (the binary of the server "ringmx-base").
+# RINGMX_BASE (the binary of the server "ringmx-base"), RINGMX_ARGS (more `serve` flags for the
+# server "ringmx" only, split on blanks: e.g. RINGMX_BASE=target/release/ringmx and
+# RINGMX_ARGS="--recipients FILE --max-message-rate 1000000" measure a feature's cost).
 # Needs: jq; Postfix (apt install postfix) for the sink and smtpd; root for the smtpd instance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,7 @@ SOURCE_KIND=ours
 TLS=0
 PF_SOURCE=${PF_SOURCE:-/usr/sbin/smtp-source}
 RINGMX_BASE=${RINGMX_BASE:-}
+read -r -a RINGMX_EXTRA <<<"${RINGMX_ARGS:-}"
 
 ARGS="$*"
 while (($#)); do
@@ -205,11 +208,13 @@ start_server() { # server
         local bin=$RINGMX
         [[ $s == ringmx-base ]] && bin=$RINGMX_BASE
         [[ -n $bin && -x $bin ]] || { echo "compare: no binary for $s (${bin:-set RINGMX_BASE})" >&2; return 1; }
+        local extra=()
+        [[ $s == ringmx ]] && extra=("${RINGMX_EXTRA[@]}")
         rm -rf "$work/$s-spool"
         mkdir -p "$work/$s-spool"
         "$bin" serve --listen "127.0.0.1:${PORT[$s]}" --domain "$DOMAIN" \
             --spool "$work/$s-spool" --stats "$work/$s.stats" --reactors "$REACTORS" \
-            --sync group "${TLS_ARGS[@]}" >>"$work/$s.log" 2>&1 &
+            --sync group "${TLS_ARGS[@]}" "${extra[@]}" >>"$work/$s.log" 2>&1 &
         PID[$s]=$!
         ;;
     sink)
@@ -386,7 +391,7 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     fi
     echo
     ((TLS)) && echo "- STARTTLS on every session (TLS 1.3 negotiated by ringmx; Postfix: its default), self-signed ECDSA P-256 certificate."
-    echo "- ringmx: \`ringmx serve --sync group --reactors $REACTORS\` (durable: 250 after the spool's group fsync), fresh spool per run."
+    echo "- ringmx: \`ringmx serve --sync group --reactors $REACTORS${RINGMX_ARGS:+ $RINGMX_ARGS}\` (durable: 250 after the spool's group fsync), fresh spool per run."
     [[ -n $RINGMX_BASE ]] && echo "- ringmx-base: the same, with the baseline binary ($(basename "$RINGMX_BASE"): $("$RINGMX_BASE" --version 2>/dev/null))."
     echo "- sink: Postfix \`smtp-sink -m 1024\` (stores nothing, one process)."
     echo "- postfix: Postfix smtpd + cleanup, private instance, every message fsync'ed into the hold queue."

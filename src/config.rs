@@ -73,6 +73,11 @@ pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_DATA_TIMEOUT_SECS: u64 = 86_400;
 /// Upper bound for `--tls-handshake-timeout` (ten minutes).
 pub const MAX_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
+/// Highest `--max-connect-rate`, `--max-message-rate`, `--max-recipient-rate` (per minute).
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// Upper bound for `--greet-pause` (postscreen's default is 6 s; clients wait 5 minutes for a
+/// greeting, RFC 5321 §4.5.3.2.1, but some give up sooner).
+pub const MAX_GREET_PAUSE_SECS: u64 = 60;
 /// Upper bound for `--reactors`.
 pub const MAX_REACTORS: usize = 1024;
 /// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
@@ -108,6 +113,25 @@ pub struct Config {
     retry_first: Duration,
     retry_max: Duration,
     max_queue_lifetime: Duration,
+    abuse: AbuseConfig,
+}
+
+/// The door's abuse controls (`--recipients`, the rate limits, `--greet-pause`,
+/// `--trusted-networks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AbuseConfig {
+    /// The recipient table file.
+    pub recipients: Option<PathBuf>,
+    /// New connections per minute per client (0: off).
+    pub max_connect_rate: u32,
+    /// MAIL commands per minute per client (0: off).
+    pub max_message_rate: u32,
+    /// RCPT commands per minute per client (0: off).
+    pub max_recipient_rate: u32,
+    /// The greet pause (zero: off).
+    pub greet_pause: Duration,
+    /// Clients exempt from the greet pause and the rate limits.
+    pub trusted_networks: Vec<ipnet::IpNet>,
 }
 
 /// One certificate chain and its private key, both PEM files.
@@ -213,6 +237,12 @@ pub enum ConfigError {
     TlsHandshakeTimeoutTooLong(u64),
     /// A route (`[routes]`, `--relay-to`) or a retry setting is unusable.
     Route(String),
+    /// A rate limit above [`MAX_RATE_LIMIT`] (name, value).
+    RateTooHigh(&'static str, u32),
+    /// `--greet-pause` above [`MAX_GREET_PAUSE_SECS`].
+    GreetPauseTooLong(u64),
+    /// An entry of `trusted-networks` in the file is not an address or CIDR block.
+    BadTrustedNetwork(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -278,6 +308,18 @@ impl fmt::Display for ConfigError {
                 "tls-handshake-timeout = {n} s is above the limit of {MAX_TLS_HANDSHAKE_TIMEOUT_SECS} s"
             ),
             Self::Route(m) => f.write_str(m),
+            Self::RateTooHigh(name, n) => write!(
+                f,
+                "{name} = {n} per minute is above the limit of {MAX_RATE_LIMIT}"
+            ),
+            Self::GreetPauseTooLong(n) => write!(
+                f,
+                "greet-pause = {n} s is above the limit of {MAX_GREET_PAUSE_SECS} s"
+            ),
+            Self::BadTrustedNetwork(s) => write!(
+                f,
+                "trusted-networks {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
+            ),
             Self::StatsPathTooLong(p) => write!(
                 f,
                 "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
@@ -325,6 +367,12 @@ struct FileConfig {
     max_queue_lifetime: Option<u64>,
     retry_first: Option<u64>,
     retry_max: Option<u64>,
+    recipients: Option<PathBuf>,
+    max_connect_rate: Option<u32>,
+    max_message_rate: Option<u32>,
+    max_recipient_rate: Option<u32>,
+    greet_pause: Option<u64>,
+    trusted_networks: Option<Vec<String>>,
 }
 
 impl Config {
@@ -586,7 +634,49 @@ impl Config {
             )));
         }
 
+        let rate = |flag: Option<u32>, file: Option<u32>, name: &'static str| match flag
+            .or(file)
+            .unwrap_or(0)
+        {
+            n if n > MAX_RATE_LIMIT => Err(ConfigError::RateTooHigh(name, n)),
+            n => Ok(n),
+        };
+        let greet_pause = match args.greet_pause.or(file.greet_pause).unwrap_or(0) {
+            s if s > MAX_GREET_PAUSE_SECS => return Err(ConfigError::GreetPauseTooLong(s)),
+            s => Duration::from_secs(s),
+        };
+        let trusted_networks = if args.trusted_networks.is_empty() {
+            let mut nets = Vec::new();
+            for s in file.trusted_networks.unwrap_or_default() {
+                nets.push(parse_cidr(&s).ok_or(ConfigError::BadTrustedNetwork(s))?);
+            }
+            nets
+        } else {
+            args.trusted_networks.clone()
+        };
+        let abuse = AbuseConfig {
+            recipients: args.recipients.clone().or(file.recipients),
+            max_connect_rate: rate(
+                args.max_connect_rate,
+                file.max_connect_rate,
+                "max-connect-rate",
+            )?,
+            max_message_rate: rate(
+                args.max_message_rate,
+                file.max_message_rate,
+                "max-message-rate",
+            )?,
+            max_recipient_rate: rate(
+                args.max_recipient_rate,
+                file.max_recipient_rate,
+                "max-recipient-rate",
+            )?,
+            greet_pause,
+            trusted_networks,
+        };
+
         Ok(Self {
+            abuse,
             routes: Routes::new(routes),
             retry_first,
             retry_max,
@@ -611,6 +701,11 @@ impl Config {
             tls_handshake_timeout,
             proxy_protocol_from,
         })
+    }
+
+    /// The abuse controls: recipient table, rate limits, greet pause, trusted networks.
+    pub fn abuse(&self) -> &AbuseConfig {
+        &self.abuse
     }
 
     /// Peers (load balancers) that must start each connection with a PROXY protocol header;
@@ -733,7 +828,9 @@ impl Config {
             "listen={} domains={} hostname={} spool={} stats={} reactors={} sync={} \
              max-message-size={} max-recipients={} max-connections={} max-connections-per-ip={} \
              idle-timeout={}s data-timeout={}s bare-lf={} tls-pairs={} tls-min-version={} \
-             tls-handshake-timeout={}s proxy-protocol-from={}",
+             tls-handshake-timeout={}s proxy-protocol-from={} recipients={} \
+             max-connect-rate={} max-message-rate={} max-recipient-rate={} greet-pause={}s \
+             trusted-networks={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -757,6 +854,25 @@ impl Config {
             } else {
                 let nets: Vec<String> = self
                     .proxy_protocol_from
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                nets.join(",")
+            },
+            self.abuse
+                .recipients
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
+            self.abuse.max_connect_rate,
+            self.abuse.max_message_rate,
+            self.abuse.max_recipient_rate,
+            self.abuse.greet_pause.as_secs(),
+            if self.abuse.trusted_networks.is_empty() {
+                "none".to_string()
+            } else {
+                let nets: Vec<String> = self
+                    .abuse
+                    .trusted_networks
                     .iter()
                     .map(|n| n.to_string())
                     .collect();
@@ -892,6 +1008,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"reject\" or \"normalize\""), "{e}");
+    }
+
+    #[test]
+    fn abuse_controls_from_file_and_flags_and_their_limits() {
+        let c = merge(&args(), "").unwrap();
+        assert_eq!(c.abuse(), &AbuseConfig::default());
+        let toml = r#"
+            recipients = "/etc/ringmx/recipients"
+            max-connect-rate = 60
+            max-message-rate = 100
+            max-recipient-rate = 500
+            greet-pause = 6
+            trusted-networks = ["10.0.0.0/8", "192.0.2.25", "2001:db8::/32"]
+        "#;
+        let c = merge(&args(), toml).unwrap();
+        let a = c.abuse();
+        assert_eq!(
+            a.recipients.as_deref(),
+            Some(Path::new("/etc/ringmx/recipients"))
+        );
+        assert_eq!(
+            (a.max_connect_rate, a.max_message_rate, a.max_recipient_rate),
+            (60, 100, 500)
+        );
+        assert_eq!(a.greet_pause, Duration::from_secs(6));
+        assert_eq!(a.trusted_networks.len(), 3);
+        assert!(c.summary().contains("max-connect-rate=60 max-message-rate=100 max-recipient-rate=500 greet-pause=6s trusted-networks=10.0.0.0/8,192.0.2.25/32,2001:db8::/32"), "{}", c.summary());
+        let flags = ServeArgs {
+            max_message_rate: Some(7),
+            greet_pause: Some(0),
+            trusted_networks: vec![parse_cidr("127.0.0.0/8").unwrap()],
+            ..args()
+        };
+        let c = merge(&flags, toml).unwrap();
+        assert_eq!(c.abuse().max_message_rate, 7);
+        assert_eq!(c.abuse().max_connect_rate, 60);
+        assert!(c.abuse().greet_pause.is_zero());
+        assert_eq!(
+            c.abuse().trusted_networks,
+            [parse_cidr("127.0.0.0/8").unwrap()]
+        );
+        let e = |toml| merge(&args(), toml).unwrap_err().to_string();
+        assert!(e("max-recipient-rate = 1000001").contains("above the limit of 1000000"));
+        assert!(e("greet-pause = 61").contains("above the limit of 60 s"));
+        assert!(e("trusted-networks = [\"10.0.0.0/33\"]").contains("trusted-networks"));
+        assert!(e("max-connect-rate = -1").contains("config file"));
     }
 
     #[test]

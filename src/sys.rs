@@ -1,5 +1,6 @@
 //! Thin wrappers over the few libc calls the server makes outside io_uring: CPU affinity,
-//! resource limits, the host name, the spool's per-reactor lock and free disk space.
+//! resource limits, the host name, the spool's per-reactor lock, free disk space, and a
+//! non-blocking peek at a socket (the greet pause).
 //!
 //! A leaf module: it imports nothing from the crate, so every layer may use it. Each section
 //! below is one concern with its own `unsafe` blocks and their safety notes; the functions keep
@@ -174,6 +175,26 @@ pub fn free_bytes(fd: &impl AsRawFd) -> Option<u64> {
     // SAFETY: fstatvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Looks at what a socket has received without taking it and without waiting
+/// (`recv(MSG_PEEK | MSG_DONTWAIT)`): `Ok(0)` if the peer closed, `Ok(n)` bytes copied into
+/// `buf`, `Err` with [`io::ErrorKind::WouldBlock`] if nothing has arrived.
+///
+/// # Errors
+/// The `recv` error, `WouldBlock` included.
+pub fn peek_nonblocking(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes and recv(2) writes at most
+    // that many; a descriptor that is not (or no longer) a socket only makes recv fail.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]

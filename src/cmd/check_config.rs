@@ -2,7 +2,8 @@
 //!
 //! Only the front end: the checks are [`crate::config::Config::load`]'s, and for STARTTLS
 //! [`crate::server::tls::load_pairs`]'s (unreadable file, key that does not match its
-//! certificate, expired certificate: one line, exit 1; expiring within 14 days: a warning).
+//! certificate, expired certificate: one line, exit 1; expiring within 14 days: a warning),
+//! and the recipient table's ([`crate::server::recipients::read_table`]).
 //! Opens no sockets.
 
 use std::process::ExitCode;
@@ -23,6 +24,12 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 &mut warnings,
             ) {
                 return super::fail(e);
+            }
+            if let Some(path) = &config.abuse().recipients {
+                match crate::server::recipients::read_table(path) {
+                    Ok((_, loaded)) => eprintln!("recipient table {}: {loaded}", path.display()),
+                    Err(e) => return super::fail(e),
+                }
             }
             for w in &warnings {
                 eprintln!("warning: {w}");

@@ -116,6 +116,30 @@ pub struct ServeArgs {
     /// Longest wait between delivery retries, in seconds.
     #[arg(long, value_name = "SECS")]
     pub retry_max: Option<u64>,
+    /// The recipient table: one address per line, or `@domain` for a whole domain, `#`
+    /// comments, case-insensitive. A recipient of a local domain not in it gets `550 5.1.1`
+    /// at RCPT; SIGHUP reloads it (a bad file keeps the old table) [default: none, every
+    /// address of a --domain is accepted].
+    #[arg(long, value_name = "FILE")]
+    pub recipients: Option<PathBuf>,
+    /// New connections per minute from one client (an IPv4 address, an IPv6 /64), over all
+    /// reactors; more get `421 4.7.0`. 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_connect_rate: Option<u32>,
+    /// MAIL commands per minute from one client; more get `450 4.7.1`. 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_message_rate: Option<u32>,
+    /// RCPT commands per minute from one client; more get `450 4.7.1`. 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_recipient_rate: Option<u32>,
+    /// Send `220-` first, wait this long, then the final `220 ` line; a client that talks
+    /// before it gets `554 5.5.1` and is disconnected (pregreet). 0: off.
+    #[arg(long, value_name = "SECS")]
+    pub greet_pause: Option<u64>,
+    /// A client address or CIDR block exempt from the greet pause and the rate limits
+    /// (repeatable). Default: none.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
+    pub trusted_networks: Vec<ipnet::IpNet>,
 }
 
 /// `--proxy-protocol-from`: an address or a CIDR block.
@@ -157,6 +181,10 @@ impl ServeArgs {
             ),
             ("retry_first", DEFAULT_RETRY_FIRST.as_secs().to_string()),
             ("retry_max", DEFAULT_RETRY_MAX.as_secs().to_string()),
+            ("max_connect_rate", "0".to_string()),
+            ("max_message_rate", "0".to_string()),
+            ("max_recipient_rate", "0".to_string()),
+            ("greet_pause", "0".to_string()),
         ]
     }
 

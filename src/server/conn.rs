@@ -32,6 +32,12 @@
 //! test per read and write; no copy). A failed or timed-out handshake closes the connection
 //! like an idle client, `shutdown(Both)` included.
 //!
+//! Greet pause (`--greet-pause`, not for trusted clients): `220-` is written, the connection
+//! sleeps (no read in flight, no buffer held), then peeks at the socket without blocking; a
+//! client that sent anything gets `554 5.5.1` and is closed (`pregreet`), else the final
+//! `220 ` line follows. A tokio-uring read raced against the pause would stay in flight after
+//! it and swallow the client's first command, hence the peek.
+//!
 //! This module does not parse SMTP, decide replies or know the spool format.
 
 use std::io;
@@ -69,6 +75,8 @@ pub const BULK_READ: usize = COMMAND_READ_SIZE;
 /// line and caps a partial one at the RFC 5321 §4.5.3.1.4 limit (512) or the text-line limit
 /// (1000), so anything near this is a broken promise, answered by closing the connection.
 pub const MAX_PENDING: usize = DATA_READ_SIZE + 4 * 1024;
+/// Bytes of a pregreet client's early input looked at (and logged, made printable).
+pub const PREGREET_PEEK: usize = 64;
 
 /// Serves one admitted connection until it ends; logs and counts the outcome.
 pub async fn serve(
@@ -111,8 +119,10 @@ pub async fn refuse(
 ) {
     tracing::info!("reject from={peer} reason={} reply=421", why.name());
     let mut reply = Vec::with_capacity(64);
-    r.stats
-        .replies(crate::smtp::refuse_connection(&mut reply, &r.hostname));
+    r.stats.replies(match why {
+        Refusal::ConnectRate => crate::smtp::refuse_connection_rate(&mut reply, &r.hostname),
+        Refusal::Total | Refusal::PerIp => crate::smtp::refuse_connection(&mut reply, &r.hostname),
+    });
     let deadline = r.deadlines.register();
     let _ = deadline
         .within(write_deadline(r.idle_timeout), stream.write_all(reply))
@@ -138,6 +148,8 @@ enum End {
     TlsTimeout,
     /// TLS failed (handshake or later).
     Tls(TlsFailure),
+    /// The client talked before the end of the greet pause (554 5.5.1 written).
+    Pregreet,
 }
 
 impl End {
@@ -156,6 +168,7 @@ impl End {
             Self::TlsTimeout => "tls-timeout",
             Self::Tls(TlsFailure::Protocol) => "tls-protocol-error",
             Self::Tls(TlsFailure::ClientAlert) => "tls-client-alert",
+            Self::Pregreet => "pregreet",
         }
     }
 
@@ -172,6 +185,7 @@ impl End {
             Self::Closed(Closed::NotSmtp) => SessionEnd::NotSmtp,
             Self::Eof => SessionEnd::Disconnected,
             Self::Io(_) | Self::Overflow | Self::Tls(_) => SessionEnd::IoError,
+            Self::Pregreet => SessionEnd::Pregreet,
         }
     }
 }
@@ -207,19 +221,25 @@ struct Conn<'r> {
     messages: u64,
     rejected: u64,
     bytes_in: u64,
+    /// The client is in `--trusted-networks`: no greet pause, no rate limits (and for checks
+    /// such as DNSBL: none).
+    trusted: bool,
 }
 
 impl<'r> Conn<'r> {
     fn new(r: &'r Reactor, stream: TcpStream, peer: SocketAddr) -> Self {
         let now = Instant::now();
+        let trusted = r.abuse.is_trusted(peer.ip());
+        let mut session = Session::new(r.session_config.clone(), peer.ip(), now);
+        session.set_policy(r.abuse.policy(trusted));
         Self {
             r,
             stream,
             peer,
-            session: Session::new(r.session_config.clone(), peer.ip(), now),
+            session,
             out: Vec::with_capacity(512),
             pending: Vec::new(),
-            sink: SpoolSink::new(&r.spool, peer.ip()),
+            sink: SpoolSink::new(&r.spool, &r.stats, peer.ip()),
             deadline: r.deadlines.register(),
             stop: r.stop.clone(),
             watch_stop: true,
@@ -228,10 +248,16 @@ impl<'r> Conn<'r> {
             messages: 0,
             rejected: 0,
             bytes_in: 0,
+            trusted,
         }
     }
 
     async fn run(&mut self) -> End {
+        if !self.trusted && !self.r.abuse.greet_pause.is_zero() {
+            if let Err(end) = self.greet_pause().await {
+                return end;
+            }
+        }
         self.session.greeting(&mut self.out);
         if let Err(end) = self.write_out().await {
             return end;
@@ -300,6 +326,57 @@ impl<'r> Conn<'r> {
                 ReadEvent::Stop => return self.close_for_shutdown().await,
             }
         }
+    }
+
+    /// `--greet-pause`: writes `220-`, sleeps (cut short if the server stops), then looks
+    /// without reading whether the client has sent anything: if so, `554 5.5.1` and
+    /// [`End::Pregreet`]. The first input of a PROXY connection (sent after its header but
+    /// before our greeting) counts too.
+    async fn greet_pause(&mut self) -> Result<(), End> {
+        crate::smtp::greeting_first_line(&mut self.out, &self.r.hostname);
+        self.write_out().await?;
+        let pause = self.r.abuse.greet_pause;
+        if self.pending.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // Stopping: end the pause; the loop then closes with 421 after the greeting.
+                _ = self.stop.changed(), if self.watch_stop => {}
+            }
+        }
+        let mut peek = [0u8; PREGREET_PEEK];
+        let n = if self.pending.is_empty() {
+            match crate::sys::peek_nonblocking(&self.stream, &mut peek) {
+                Ok(0) => return Err(End::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(End::Io(e)),
+            }
+        } else {
+            let n = self.pending.len().min(PREGREET_PEEK);
+            peek[..n].copy_from_slice(&self.pending[..n]);
+            n
+        };
+        let seen: String = peek[..n]
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    char::from(b)
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        tracing::info!(
+            "reject from={} reason=pregreet reply=554 5.5.1 sent=\"{seen}\"",
+            self.peer
+        );
+        self.r.stats.replies(crate::smtp::refuse_pregreet(
+            &mut self.out,
+            &self.r.hostname,
+        ));
+        let out = std::mem::take(&mut self.out);
+        let _ = self.write_raw(out).await;
+        Err(End::Pregreet)
     }
 
     /// Reads into `buf`, racing the session deadline and the stop state. On `Timeout`/`Stop`
@@ -738,6 +815,8 @@ impl<'r> Conn<'r> {
 /// The [`BodySink`] of one connection: streams body segments into the spool writer.
 struct SpoolSink<'r> {
     spool: &'r Spool,
+    /// For the refusal counters.
+    stats: &'r ReactorStats,
     client_ip: IpAddr,
     /// The message being received, from `begin` until commit/abort.
     writer: Option<MessageWriter>,
@@ -758,9 +837,10 @@ struct SpoolSink<'r> {
 }
 
 impl<'r> SpoolSink<'r> {
-    fn new(spool: &'r Spool, client_ip: IpAddr) -> Self {
+    fn new(spool: &'r Spool, stats: &'r ReactorStats, client_ip: IpAddr) -> Self {
         Self {
             spool,
+            stats,
             client_ip,
             writer: None,
             failed: None,
@@ -802,12 +882,36 @@ impl BodySink for SpoolSink<'_> {
     }
 
     fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
+        match why {
+            RecipientRefusal::UnknownUser => {
+                ReactorStats::inc(&self.stats.counters.refused_unknown_recipient);
+            }
+            RecipientRefusal::RateLimited => {
+                ReactorStats::inc(&self.stats.counters.refused_recipient_rate);
+            }
+            _ => {}
+        }
         let (code, status) = why.reply();
         tracing::info!(
             "reject rcpt=<{address}> from=<{}> client={} reason={} reply={code} {status}",
             envelope.mail_from,
             self.client_ip,
             why.name()
+        );
+    }
+
+    fn message_rate_limited(&mut self, from: &str) {
+        self.count_message_rate(from);
+    }
+}
+
+impl SpoolSink<'_> {
+    /// See [`BodySink::message_rate_limited`] (kept out of the trait impl above for merges).
+    fn count_message_rate(&self, from: &str) {
+        ReactorStats::inc(&self.stats.counters.refused_message_rate);
+        tracing::info!(
+            "reject mail from=<{from}> client={} reason=message-rate reply=450 4.7.1",
+            self.client_ip
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Connection limits shared by all reactors: `--max-connections` (a global atomic count) and
-//! `--max-connections-per-ip` (a sharded map of counts per client address).
+//! `--max-connections-per-ip` (a sharded map of counts per client: an IPv4 address or an IPv6
+//! /64, see [`client_key`]).
 //!
 //! Both are touched only at connect and disconnect, never per read, so sharing them across
 //! reactors costs one atomic add and, with a per-IP limit, one short uncontended lock per
@@ -8,12 +9,25 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Shards of the per-IP map: enough that reactors rarely meet on one lock.
 const SHARDS: usize = 16;
+
+/// The client a per-client limit counts: an IPv4 address, or the /64 of an IPv6 address (one
+/// site's subnet: a host given a /64 can use any of its 2^64 addresses). An IPv4-mapped IPv6
+/// address (`::ffff:192.0.2.1`, from a dual-stack listener) is its IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
 
 /// The limits and the current counts.
 #[derive(Debug)]
@@ -31,6 +45,8 @@ pub enum Refusal {
     Total,
     /// `--max-connections-per-ip`.
     PerIp,
+    /// `--max-connect-rate` (checked by the accept path before these limits).
+    ConnectRate,
 }
 
 impl Refusal {
@@ -39,6 +55,7 @@ impl Refusal {
         match self {
             Self::Total => "max-connections",
             Self::PerIp => "max-connections-per-ip",
+            Self::ConnectRate => "max-connect-rate",
         }
     }
 }
@@ -61,11 +78,13 @@ impl ConnLimits {
         })
     }
 
-    /// Takes a slot for a connection from `ip`, or says which limit is reached.
+    /// Takes a slot for a connection from `ip` (counted by its [`client_key`]), or says which
+    /// limit is reached.
     ///
     /// # Errors
     /// [`Refusal`] when a limit is reached (nothing is taken then).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        let ip = client_key(ip);
         if self.active.fetch_add(1, Ordering::Relaxed) >= self.max {
             self.active.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::Total);
@@ -148,6 +167,22 @@ mod tests {
         }
         assert!(l.shards.iter().all(|s| s.lock().unwrap().is_empty()));
         assert_eq!(l.active(), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_64() {
+        let l = ConnLimits::new(10, Some(1));
+        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:8000::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        let _p = l.admit(a).unwrap();
+        assert_eq!(l.admit(b).unwrap_err(), Refusal::PerIp);
+        let _q = l.admit(c).unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let _r = l.admit(v4).unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(l.admit(mapped).unwrap_err(), Refusal::PerIp);
+        assert_eq!(client_key(b), "2001:db8:0:1::".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub mod listener;
 pub mod notify;
 pub mod probe;
 pub mod proxy;
+pub mod rate;
 pub mod reactor;
+pub mod recipients;
 pub mod shutdown;
 pub mod tls;
 
@@ -57,6 +59,8 @@ pub enum ServerError {
     ReactorPanicked(usize),
     /// The TLS certificates could not be loaded.
     Tls(tls::TlsLoadError),
+    /// The recipient table could not be loaded.
+    Recipients(recipients::RecipientsError),
 }
 
 impl fmt::Display for ServerError {
@@ -90,6 +94,7 @@ impl fmt::Display for ServerError {
             Self::Setup(what, e) => write!(f, "cannot set up {what}: {e}"),
             Self::ReactorPanicked(i) => write!(f, "reactor {i} crashed (see the log above)"),
             Self::Tls(e) => e.fmt(f),
+            Self::Recipients(e) => e.fmt(f),
         }
     }
 }
@@ -131,6 +136,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let tls = tls::TlsAcceptor::from_config(&config).map_err(ServerError::Tls)?;
 
     let n = config.reactors();
+    // Before binding: a client must not wait in the backlog while a large table loads.
+    let abuse = abuse_controls(&config)?;
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
     let mut registry = Registry::new(n, config.sync());
     // Delivery (only with routes): read the spool and the journal before the reactors recover
@@ -150,7 +157,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     let signals = SignalWatcher::start(stop_tx.clone())
         .map_err(|e| ServerError::Setup("signal handlers", e))?;
-    let reload = tls::ReloadWatcher::start(tls.clone())
+    let reload = tls::ReloadWatcher::start(tls.clone(), abuse.recipients.clone())
         .map_err(|e| ServerError::Setup("the SIGHUP handler", e))?;
 
     let cpus = crate::sys::allowed_cpus();
@@ -179,6 +186,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             stop: stop_rx.clone(),
             ready: ready_tx.clone(),
             delivery: delivery.as_ref().map(|d| d.0.clone()),
+            abuse: abuse.clone(),
         };
         let done = DoneGuard {
             index,
@@ -307,6 +315,51 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             Ok(())
         }
     }
+}
+
+/// Loads the recipient table (logging its size and load time, and warning about local domains
+/// it does not mention) and sets up the rate limits.
+fn abuse_controls(config: &Config) -> Result<reactor::Abuse, ServerError> {
+    let a = config.abuse();
+    let recipients = match &a.recipients {
+        None => None,
+        Some(path) => {
+            let (r, loaded) =
+                recipients::Recipients::load(path).map_err(ServerError::Recipients)?;
+            tracing::info!("recipient table {}: {loaded}", path.display());
+            let table = r.current();
+            for d in config.domains() {
+                if !table.mentions_domain(d) {
+                    tracing::warn!(
+                        "recipient table {} has no entry for domain {d}: every recipient there gets 550 5.1.1 (add @{d} to accept them all)",
+                        path.display()
+                    );
+                }
+            }
+            Some(r)
+        }
+    };
+    let rates = rate::RateLimits::new(
+        a.max_connect_rate,
+        a.max_message_rate,
+        a.max_recipient_rate,
+        std::time::Instant::now(),
+    );
+    if rates.is_some() {
+        tracing::info!(
+            "rate limits per client and minute: connect {} message {} recipient {} (0: off); trusted networks: {}",
+            a.max_connect_rate,
+            a.max_message_rate,
+            a.max_recipient_rate,
+            a.trusted_networks.len()
+        );
+    }
+    Ok(reactor::Abuse {
+        recipients,
+        rates,
+        trusted: a.trusted_networks.clone(),
+        greet_pause: a.greet_pause,
+    })
 }
 
 /// Reports a reactor thread's end to the main thread, also when it unwinds from a panic.

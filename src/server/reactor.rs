@@ -22,6 +22,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use super::conn;
 use super::deadline::Sweep;
 use super::limit::{ConnLimits, Refusal};
+use super::rate::RateKind;
 use super::shutdown::{Stop, TrackGuard, Tracker, GRACE_PERIOD, HARD_STOP_WAIT};
 use super::ServerError;
 use crate::buffers::{BufferConfig, BufferPool};
@@ -76,6 +77,44 @@ pub struct Reactor {
     pub proxy_from: Vec<ipnet::IpNet>,
     /// The delivery stage, told of every committed message (`None`: store only).
     pub delivery: Option<crate::relay::Notifier>,
+    /// The door's abuse controls, shared by all reactors.
+    pub abuse: Abuse,
+}
+
+/// The abuse controls a reactor applies at the door (see [`super::rate`] and
+/// [`super::recipients`]).
+#[derive(Debug, Clone, Default)]
+pub struct Abuse {
+    /// The recipient table file and the table in force (`--recipients`).
+    pub recipients: Option<Arc<super::recipients::Recipients>>,
+    /// The per-client rate limits, shared by all reactors.
+    pub rates: Option<Arc<super::rate::RateLimits>>,
+    /// Clients exempt from the greet pause and the rate limits (`--trusted-networks`).
+    pub trusted: Vec<ipnet::IpNet>,
+    /// `--greet-pause` (zero: off).
+    pub greet_pause: Duration,
+}
+
+impl Abuse {
+    /// Whether `client` is in a trusted network.
+    pub fn is_trusted(&self, client: std::net::IpAddr) -> bool {
+        let ip = client.to_canonical();
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The policy of a new session from a client that is `trusted` or not: the recipient table
+    /// in force now, and the message/recipient rate limits unless trusted.
+    pub fn policy(&self, trusted: bool) -> crate::smtp::Policy {
+        crate::smtp::Policy {
+            recipients: self.recipients.as_ref().map(|r| r.current()),
+            rates: match &self.rates {
+                Some(r) if !trusted && r.limits_commands() => {
+                    Some(r.clone() as Arc<dyn crate::smtp::RateCheck>)
+                }
+                _ => None,
+            },
+        }
+    }
 }
 
 /// Everything a reactor thread is given at spawn.
@@ -102,6 +141,8 @@ pub struct ReactorSetup {
     pub ready: mpsc::Sender<(usize, Result<(), ServerError>)>,
     /// The delivery stage's notifier, when routes are configured.
     pub delivery: Option<crate::relay::Notifier>,
+    /// The abuse controls (shared by all reactors).
+    pub abuse: Abuse,
 }
 
 /// The body of a reactor thread. Returns after a clean shutdown or a start-up failure (which
@@ -204,6 +245,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         ready,
         tls,
         delivery,
+        abuse,
         ..
     } = setup;
     #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
@@ -238,6 +280,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         tls,
         proxy_from: config.proxy_protocol_from().to_vec(),
         delivery,
+        abuse,
     });
     // The ticker holds only the sweep, not the reactor; it ends with the runtime.
     tokio_uring::spawn(r.deadlines.clone().run());
@@ -328,6 +371,16 @@ pub fn admit(
     track: TrackGuard,
 ) {
     let c = &r.stats.counters;
+    if let Some(rates) = &r.abuse.rates {
+        if !r.abuse.is_trusted(client.ip())
+            && !rates.allow_kind(RateKind::Connect, client.ip(), std::time::Instant::now())
+        {
+            ReactorStats::inc(&c.refused_connect_rate);
+            let why = Refusal::ConnectRate;
+            tokio_uring::spawn(conn::refuse(r.clone(), stream, client, why, track));
+            return;
+        }
+    }
     match r.limits.admit(client.ip()) {
         Ok(permit) => {
             ReactorStats::inc(&c.connections_active);
@@ -341,6 +394,8 @@ pub fn admit(
             ReactorStats::inc(match why {
                 Refusal::Total => &c.connections_refused_limit,
                 Refusal::PerIp => &c.connections_refused_per_ip,
+                // Not a ConnLimits refusal (counted above); kept apart for the match.
+                Refusal::ConnectRate => &c.refused_connect_rate,
             });
             tokio_uring::spawn(conn::refuse(r.clone(), stream, client, why, track));
         }

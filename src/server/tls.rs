@@ -10,7 +10,7 @@
 //!   atomically by [`TlsAcceptor::reload`]: new handshakes take the new set, sessions in
 //!   progress keep what they negotiated. A failed reload keeps the old set.
 //! - [`ReloadWatcher`] is the SIGHUP thread (always installed, so a reload without TLS does not
-//!   kill the process).
+//!   kill the process). It also reloads the recipient table ([`super::recipients`]).
 //! - [`TlsConn`] feeds ciphertext in with `read_tls`/`process_new_packets`, hands decrypted
 //!   bytes out in bounded chunks, and encrypts replies into a reused ciphertext buffer.
 //!
@@ -526,7 +526,7 @@ impl TlsConn {
 }
 
 /// The SIGHUP thread: each SIGHUP reloads the certificates (or logs that there is nothing to
-/// reload). Dropping it stops the thread.
+/// reload), then the recipient table if there is one. Dropping it stops the thread.
 pub struct ReloadWatcher {
     handle: signal_hook::iterator::Handle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -537,7 +537,10 @@ impl ReloadWatcher {
     ///
     /// # Errors
     /// The handler or the thread could not be set up.
-    pub fn start(acceptor: Option<Arc<TlsAcceptor>>) -> io::Result<Self> {
+    pub fn start(
+        acceptor: Option<Arc<TlsAcceptor>>,
+        recipients: Option<Arc<super::recipients::Recipients>>,
+    ) -> io::Result<Self> {
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
@@ -556,6 +559,17 @@ impl ReloadWatcher {
                                 "SIGHUP: tls reload failed, keeping the old certificates: {e}"
                             ),
                         },
+                    }
+                    if let Some(r) = &recipients {
+                        match r.reload() {
+                            Ok(loaded) => tracing::info!(
+                                "SIGHUP: reloaded recipient table {}: {loaded}; new connections use it",
+                                r.path().display()
+                            ),
+                            Err(e) => tracing::error!(
+                                "SIGHUP: recipient table reload failed, keeping the old table: {e}"
+                            ),
+                        }
                     }
                 }
             })?;

@@ -22,6 +22,9 @@
 //! - [`client`]: the outbound side: a sans-IO SMTP/LMTP client for delivery to a next hop.
 //! - `bdat`: CHUNKING (RFC 3030): BDAT arguments, chunk accounting, the line-ending check of
 //!   chunk content.
+//! - `recipients`: the recipient table ([`RecipientTable`]: parsing, allocation-free lookup).
+//! - `policy`: what the driver hands a session per connection ([`Policy`]: the table snapshot,
+//!   the [`RateCheck`] for MAIL and RCPT), set with [`Session::set_policy`].
 //!
 //! # Flow
 //!
@@ -63,9 +66,13 @@ mod bdat;
 pub mod client;
 mod command;
 mod envelope;
+mod policy;
+mod recipients;
 mod reply;
 mod session;
 
+pub use policy::{Policy, Rate, RateCheck};
+pub use recipients::{RecipientTable, TableError, MAX_RECIPIENT_TABLE_BYTES};
 pub use session::Session;
 
 use std::time::Duration;
@@ -299,15 +306,22 @@ pub enum RecipientRefusal {
     SourceRoute,
     /// A non-ASCII address in a transaction without SMTPUTF8: 553 5.6.7.
     NeedsSmtputf8,
+    /// Not in the recipient table ([`Policy::recipients`]): 550 5.1.1.
+    UnknownUser,
+    /// The client is over its recipient rate ([`Policy::rates`]): 450 4.7.1.
+    RateLimited,
 }
 
 impl RecipientRefusal {
-    /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`).
+    /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`,
+    /// `unknown-user`, `recipient-rate`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Relay => "relay-denied",
             Self::SourceRoute => "source-route",
             Self::NeedsSmtputf8 => "needs-smtputf8",
+            Self::UnknownUser => "unknown-user",
+            Self::RateLimited => "recipient-rate",
         }
     }
 
@@ -316,6 +330,8 @@ impl RecipientRefusal {
         match self {
             Self::Relay | Self::SourceRoute => (550, "5.7.1"),
             Self::NeedsSmtputf8 => (553, "5.6.7"),
+            Self::UnknownUser => (550, "5.1.1"),
+            Self::RateLimited => (450, "4.7.1"),
         }
     }
 }
@@ -340,6 +356,12 @@ pub trait BodySink {
     /// already written. For the log only; does nothing by default.
     fn recipient_refused(&mut self, envelope: &Envelope, address: &str, why: RecipientRefusal) {
         let _ = (envelope, address, why);
+    }
+    /// MAIL from `from` (as written, without angle brackets; empty for `<>`) got 450 4.7.1: the
+    /// client is over its message rate ([`Policy::rates`]). For the log and statistics only;
+    /// does nothing by default.
+    fn message_rate_limited(&mut self, from: &str) {
+        let _ = from;
     }
 }
 
@@ -384,6 +406,29 @@ impl ReplyTally {
 pub fn refuse_connection(out: &mut Vec<u8>, hostname: &str) -> ReplyTally {
     let mut out = reply::Out::new(out);
     reply::TOO_MANY_CONNECTIONS.encode_with_host(&mut out, hostname);
+    out.tally
+}
+
+/// Appends the reply to a connection refused by `--max-connect-rate`,
+/// `421 4.7.0 <hostname> Connection rate limit exceeded, try again later`, and returns it tallied.
+pub fn refuse_connection_rate(out: &mut Vec<u8>, hostname: &str) -> ReplyTally {
+    let mut out = reply::Out::new(out);
+    reply::CONNECT_RATE.encode_with_host(&mut out, hostname);
+    out.tally
+}
+
+/// Appends the first line of a greeting held back by a greet pause, `220-<hostname> ESMTP
+/// ringmx` (the final `220 ` line is [`Session::greeting`]). Not tallied: it completes no reply.
+pub fn greeting_first_line(out: &mut Vec<u8>, hostname: &str) {
+    reply::encode_greeting_first_line(&mut reply::Out::new(out), hostname);
+}
+
+/// Appends the reply to a client that spoke before the greeting was over,
+/// `554 5.5.1 <hostname> Protocol error: talking out of turn`, and returns it tallied. The
+/// driver closes the connection after it.
+pub fn refuse_pregreet(out: &mut Vec<u8>, hostname: &str) -> ReplyTally {
+    let mut out = reply::Out::new(out);
+    reply::PREGREET.encode_with_host(&mut out, hostname);
     out.tally
 }
 

@@ -138,6 +138,23 @@ pub(crate) fn encode_greeting(out: &mut Out<'_>, host: &str) {
     out.extend_from_slice(b" ESMTP ringmx\r\n");
 }
 
+/// The first line of a greeting held back by a greet pause: `220-<host> ESMTP ringmx`.
+pub(crate) fn encode_greeting_first_line(out: &mut Out<'_>, host: &str) {
+    push_code(out, 220, b'-');
+    push_sanitized(out, host);
+    out.extend_from_slice(b" ESMTP ringmx\r\n");
+}
+
+/// 550 to a recipient not in the recipient table, as Postfix words it:
+/// `550 5.1.1 <addr>: Recipient address rejected: User unknown` (RFC 3463 5.1.1: bad
+/// destination mailbox address).
+pub(crate) fn encode_unknown_user(out: &mut Out<'_>, address: &str) {
+    push_code(out, 550, b' ');
+    out.extend_from_slice(b"5.1.1 <");
+    push_sanitized(out, address);
+    out.extend_from_slice(b">: Recipient address rejected: User unknown\r\n");
+}
+
 /// The positive reply to HELO.
 pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
     push_code(out, 250, b' ');
@@ -214,6 +231,16 @@ pub(crate) const BARE_LINE_ENDING: Reply =
 pub(crate) const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
 /// 550: a recipient outside our domains.
 pub(crate) const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+/// 450 to MAIL: the client is over `--max-message-rate` (RFC 3463 4.7.1: delivery not
+/// authorized, here for now).
+pub(crate) const MESSAGE_RATE: Reply =
+    Reply::new(450, "4.7.1", "Message rate limit exceeded, try again later");
+/// 450 to RCPT: the client is over `--max-recipient-rate`.
+pub(crate) const RECIPIENT_RATE: Reply = Reply::new(
+    450,
+    "4.7.1",
+    "Recipient rate limit exceeded, try again later",
+);
 /// 550: a forward-path with a source route (RFC 5321 §3.6.1 allows refusing them).
 pub(crate) const SOURCE_ROUTE_DENIED: Reply =
     Reply::new(550, "5.7.1", "Source routes are not accepted");
@@ -275,6 +302,15 @@ pub(crate) const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, cl
 /// 421 to a connection over a connection limit (sent with our hostname).
 pub(crate) const TOO_MANY_CONNECTIONS: Reply =
     Reply::new(421, "4.7.0", "Too many connections, try again later");
+/// 421 to a connection over `--max-connect-rate` (sent with our hostname).
+pub(crate) const CONNECT_RATE: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Connection rate limit exceeded, try again later",
+);
+/// 554 to a client that sent something before the final greeting line (it did not wait for
+/// the server: a bot talking out of turn; sent with our hostname, then close).
+pub(crate) const PREGREET: Reply = Reply::new(554, "5.5.1", "Protocol error: talking out of turn");
 /// 421 on shutdown (sent with our hostname).
 pub(crate) const SHUTDOWN: Reply =
     Reply::new(421, "4.3.2", "Service shutting down, closing connection");

@@ -15,8 +15,8 @@ use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Out, Reply};
 use super::{
-    BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection,
-    ReplyTally, SessionConfig, TlsInfo, MAX_COMMAND_LINE,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rate, RecipientRefusal,
+    Rejection, ReplyTally, SessionConfig, TlsInfo, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -134,6 +134,8 @@ pub struct Session {
     bdat: Option<Transfer>,
     /// The sink just got an `end`: return from `handle_input` before going on.
     yield_now: bool,
+    /// This connection's recipient table and rate limits ([`Session::set_policy`]).
+    policy: Policy,
 }
 
 #[derive(Debug)]
@@ -179,7 +181,17 @@ impl Session {
             replies: ReplyTally::default(),
             bdat: None,
             yield_now: false,
+            policy: Policy::default(),
         }
+    }
+
+    /// Sets this session's recipient table and rate limits (by default: none). Call it before
+    /// the first input. With a table, RCPT for a local domain must match an entry (or be the
+    /// postmaster) or gets `550 5.1.1`; with rate limits, a MAIL or RCPT over the client's rate
+    /// gets `450 4.7.1`. Every MAIL and every syntactically valid RCPT is counted against the
+    /// rate (accepted or not, as Postfix counts), at the time its line was read.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// Appends the 220 greeting: `220 <hostname> ESMTP ringmx`.
@@ -497,7 +509,7 @@ impl Session {
                 self.greet(name, false);
                 reply::encode_helo(out, &self.config.hostname);
             }
-            Command::Mail { path, params } => return self.handle_mail(path, params, out),
+            Command::Mail { path, params } => return self.handle_mail(path, params, out, sink),
             Command::Rcpt { path } => return self.handle_rcpt(path, out, sink),
             Command::Data => {
                 if !self.in_transaction {
@@ -584,6 +596,7 @@ impl Session {
         path: Path<'_>,
         params: MailParams,
         out: &mut Out<'_>,
+        sink: &mut impl BodySink,
     ) -> Result<(), Closed> {
         if !self.greeted {
             return self.fail(out, reply::NEED_HELO);
@@ -615,6 +628,10 @@ impl Session {
                 );
             }
         };
+        if !self.within_rate(Rate::Message) {
+            sink.message_rate_limited(address);
+            return self.fail(out, reply::MESSAGE_RATE);
+        }
         let e = &mut self.envelope;
         e.mail_from.clear();
         e.mail_from.push_str(address);
@@ -641,8 +658,8 @@ impl Session {
             reply::TOO_MANY_RCPTS.encode(out);
             return Ok(());
         }
-        let address = match path {
-            Path::Postmaster(p) => p,
+        let (address, mailbox) = match path {
+            Path::Postmaster(p) => (p, None),
             Path::Mailbox(m) if m.source_route => {
                 sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::SourceRoute);
                 return self.fail(out, reply::SOURCE_ROUTE_DENIED);
@@ -651,11 +668,7 @@ impl Session {
                 sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::NeedsSmtputf8);
                 return self.fail(out, reply::NEED_SMTPUTF8);
             }
-            Path::Mailbox(m) if !self.config.is_local_domain(m.domain) => {
-                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::Relay);
-                return self.fail(out, reply::RELAY_DENIED);
-            }
-            Path::Mailbox(m) => m.address,
+            Path::Mailbox(m) => (m.address, Some((m.local, m.domain))),
             // The parser never gives `<>` for a forward-path.
             Path::Null => {
                 return self.fail(
@@ -664,9 +677,37 @@ impl Session {
                 );
             }
         };
+        if !self.within_rate(Rate::Recipient) {
+            sink.recipient_refused(&self.envelope, address, RecipientRefusal::RateLimited);
+            return self.fail(out, reply::RECIPIENT_RATE);
+        }
+        if let Some((local, domain)) = mailbox {
+            if !self.config.is_local_domain(domain) {
+                sink.recipient_refused(&self.envelope, address, RecipientRefusal::Relay);
+                return self.fail(out, reply::RELAY_DENIED);
+            }
+            // postmaster@ one of our domains is always taken (RFC 5321 §4.5.1).
+            let known = |t: &super::RecipientTable| {
+                local.eq_ignore_ascii_case("postmaster") || t.accepts(address, domain)
+            };
+            if self.policy.recipients.as_deref().is_some_and(|t| !known(t)) {
+                sink.recipient_refused(&self.envelope, address, RecipientRefusal::UnknownUser);
+                reply::encode_unknown_user(out, address);
+                return self.count_error(out);
+            }
+        }
         self.envelope.rcpts.push(address.to_owned());
         reply::RCPT_OK.encode(out);
         Ok(())
+    }
+
+    /// Counts a MAIL or RCPT against the client's rate; `false` when it is over.
+    fn within_rate(&self, what: Rate) -> bool {
+        // `last_progress` is the time this command line was read.
+        self.policy
+            .rates
+            .as_ref()
+            .is_none_or(|r| r.allow(what, self.client, self.last_progress))
     }
 
     /// `BDAT <size> [LAST]`: decides where the chunk's octets go and starts reading them.

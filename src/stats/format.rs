@@ -121,6 +121,15 @@ pub fn text(snap: &Snapshot) -> String {
         c.tls_sessions_v13,
         c.tls_discarded_bytes
     );
+    let _ = writeln!(
+        s,
+        "refused      unknown-recipient {}  connect-rate {}  message-rate {}  recipient-rate {}  pregreet {}",
+        c.refused_unknown_recipient,
+        c.refused_connect_rate,
+        c.refused_message_rate,
+        c.refused_recipient_rate,
+        c.refused_pregreet
+    );
     if let Some(d) = &snap.delivery {
         let figures: Vec<String> = d
             .fields()
@@ -352,6 +361,38 @@ mod tests {
         r1.record_ack(Duration::from_micros(2500));
         r1.fsync(Duration::from_micros(1100));
         reg.snapshot()
+    }
+
+    #[test]
+    fn refusals_by_cause_in_all_three_formats() {
+        let reg = Registry::new(1, SyncPolicy::Group);
+        let r0 = reg.reactor(0).unwrap();
+        ReactorStats::add(&r0.counters.refused_unknown_recipient, 4);
+        ReactorStats::inc(&r0.counters.refused_connect_rate);
+        ReactorStats::add(&r0.counters.refused_message_rate, 2);
+        ReactorStats::add(&r0.counters.refused_recipient_rate, 3);
+        r0.session_ended(crate::stats::SessionEnd::Pregreet, Duration::from_millis(5));
+        let snap = reg.snapshot();
+        let t = text(&snap);
+        assert!(
+            t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
+        for (name, n) in [
+            ("refused_unknown_recipient", 4),
+            ("refused_connect_rate", 1),
+            ("refused_message_rate", 2),
+            ("refused_recipient_rate", 3),
+            ("refused_pregreet", 1),
+        ] {
+            assert_eq!(v["total"]["counters"][name], n, "{name}");
+            let p = prometheus(&snap);
+            assert!(
+                p.contains(&format!("ringmx_{name}_total{{reactor=\"0\"}} {n}\n")),
+                "{name}: {p}"
+            );
+        }
     }
 
     #[test]

@@ -130,6 +130,17 @@ counters! {
     tls_sessions_v13,
     /// Bytes received after a STARTTLS line before the handshake, discarded (CVE-2011-0411).
     tls_discarded_bytes,
+    /// Recipients refused as not in the recipient table (550 5.1.1).
+    refused_unknown_recipient,
+    /// Connections refused by `--max-connect-rate` (421 4.7.0).
+    refused_connect_rate,
+    /// MAIL commands refused by `--max-message-rate` (450 4.7.1).
+    refused_message_rate,
+    /// RCPT commands refused by `--max-recipient-rate` (450 4.7.1).
+    refused_recipient_rate,
+    /// Clients that talked before the end of the greet pause (554 5.5.1, closed); also how
+    /// those sessions ended.
+    refused_pregreet,
 }
 
 /// How a STARTTLS handshake ended, as the `tls_*` counters count it.
@@ -167,6 +178,8 @@ pub enum SessionEnd {
     Disconnected,
     /// A socket error (or broken input handling).
     IoError,
+    /// The client talked before the end of the greet pause (counted as `refused_pregreet`).
+    Pregreet,
 }
 
 /// What became of one message, as the `messages_*` counters count it.
@@ -252,6 +265,7 @@ impl ReactorStats {
             SessionEnd::NotSmtp => &c.sessions_not_smtp,
             SessionEnd::Disconnected => &c.sessions_disconnected,
             SessionEnd::IoError => &c.sessions_io_error,
+            SessionEnd::Pregreet => &c.refused_pregreet,
         });
         self.record_session(duration);
     }

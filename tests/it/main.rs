@@ -1,6 +1,7 @@
 //! The integration test binary (one binary, one module per area): real servers over loopback,
 //! real clients, the spool read back with `ringmx spool`.
 
+mod abuse;
 mod bdat;
 mod clients;
 mod conformance;

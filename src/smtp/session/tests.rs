@@ -228,7 +228,11 @@ fn unescape(s: &str) -> Vec<u8> {
 /// line must be the start of the next reply line. `CLOSED: Reason` checks the session ended.
 /// At the end no reply may be left unchecked.
 fn run(config: SessionConfig, script: &str) -> Driver {
-    let mut d = Driver::new(config);
+    run_with(Driver::new(config), script)
+}
+
+/// [`run`] on a driver set up by the caller (e.g. with a [`crate::smtp::Policy`]).
+fn run_with(mut d: Driver, script: &str) -> Driver {
     let mut batch = Vec::new();
     let mut replies: VecDeque<String> = VecDeque::new();
     for (n, raw) in script.lines().enumerate() {
@@ -2276,4 +2280,165 @@ fn bdat_ehlo_discards_a_partial_message_and_timeouts_apply_in_chunks() {
     assert!(idle > d.now);
     let mut out = Vec::new();
     assert_eq!(d.session.handle_timeout(&mut out), Closed::Timeout);
+}
+
+// ---- recipient table and rate limits (Policy) ------------------------------------------------
+
+/// A driver whose session has `policy`; its greeting is already taken by `run_with`.
+fn with_policy(config: SessionConfig, policy: crate::smtp::Policy) -> Driver {
+    let mut d = Driver::new(config);
+    d.session.set_policy(policy);
+    d
+}
+
+fn table(text: &str) -> Arc<crate::smtp::RecipientTable> {
+    Arc::new(crate::smtp::RecipientTable::parse(text.as_bytes()).unwrap())
+}
+
+#[test]
+fn unknown_recipients_get_550_5_1_1_and_known_and_wildcard_ones_pass() {
+    let policy = crate::smtp::Policy {
+        recipients: Some(table("alice@local.test\n@example.org\n")),
+        rates: None,
+    };
+    let d = run_with(
+        with_policy(config(), policy),
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<Alice@LOCAL.test>
+        C: RCPT TO:<bob@local.test>
+        C: RCPT TO:<anyone@EXAMPLE.org>
+        C: RCPT TO:<PostMaster@local.test>
+        C: RCPT TO:<Postmaster>
+        C: RCPT TO:<bob@remote.test>
+        C: DATA
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 550 5.1.1 <bob@local.test>: Recipient address rejected: User unknown
+        S: 250 2.1.5
+        S: 250 2.1.5
+        S: 250 2.1.5
+        S: 550 5.7.1 Relay access denied
+        S: 354
+        C: hi
+        C: .
+        S: 250 2.0.0 Ok queued as Q1
+        ",
+        ),
+    );
+    assert_eq!(
+        d.sink.messages[0].envelope.rcpts,
+        [
+            "Alice@LOCAL.test",
+            "anyone@EXAMPLE.org",
+            "PostMaster@local.test",
+            "Postmaster"
+        ]
+    );
+    assert_eq!(
+        d.sink.refused,
+        [
+            ("bob@local.test".to_owned(), RecipientRefusal::UnknownUser),
+            ("bob@remote.test".to_owned(), RecipientRefusal::Relay),
+        ]
+    );
+    assert_eq!(RecipientRefusal::UnknownUser.reply(), (550, "5.1.1"));
+}
+
+#[test]
+fn unknown_recipients_count_as_errors() {
+    let policy = crate::smtp::Policy {
+        recipients: Some(table("# nobody\n")),
+        rates: None,
+    };
+    let mut c = config();
+    c.max_errors = 3;
+    run_with(
+        with_policy(c, policy),
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<a@local.test>
+        C: RCPT TO:<b@local.test>
+        C: RCPT TO:<c@local.test>
+        S: 250 2.1.0
+        S: 550 5.1.1 <a@local.test>
+        S: 550 5.1.1 <b@local.test>
+        S: 550 5.1.1 <c@local.test>
+        S: 421 4.7.0 mx.test Too many errors
+        CLOSED: TooManyErrors
+        ",
+        ),
+    );
+}
+
+/// Allows `limit` of each kind, and records what it was asked.
+#[derive(Debug)]
+struct Budget {
+    limit: usize,
+    asked: std::sync::Mutex<Vec<crate::smtp::Rate>>,
+}
+
+impl crate::smtp::RateCheck for Budget {
+    fn allow(&self, what: crate::smtp::Rate, _: IpAddr, _: Instant) -> bool {
+        let mut asked = self.asked.lock().unwrap();
+        let before = asked.iter().filter(|w| **w == what).count();
+        asked.push(what);
+        before < self.limit
+    }
+}
+
+#[test]
+fn over_the_rate_mail_and_rcpt_get_450_4_7_1() {
+    use crate::smtp::Rate;
+    let budget = Arc::new(Budget {
+        limit: 2,
+        asked: std::sync::Mutex::new(Vec::new()),
+    });
+    let policy = crate::smtp::Policy {
+        recipients: None,
+        rates: Some(budget.clone()),
+    };
+    let d = run_with(
+        with_policy(config(), policy),
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<a@local.test>
+        C: RCPT TO:<b@remote.test>
+        C: RCPT TO:<c@local.test>
+        C: RSET
+        C: MAIL FROM:<a@s.test>
+        C: RSET
+        C: MAIL FROM:<a@s.test>
+        C: MAIL FROM:<a@s.test
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 550 5.7.1 Relay access denied
+        S: 450 4.7.1 Recipient rate limit exceeded
+        S: 250 2.0.0
+        S: 250 2.1.0
+        S: 250 2.0.0
+        S: 450 4.7.1 Message rate limit exceeded
+        S: 501 5.1.7
+        ",
+        ),
+    );
+    assert_eq!(
+        *budget.asked.lock().unwrap(),
+        [
+            Rate::Message,
+            Rate::Recipient,
+            Rate::Recipient,
+            Rate::Recipient,
+            Rate::Message,
+            Rate::Message
+        ],
+        "every MAIL and valid RCPT is counted, a syntax error is not"
+    );
+    assert_eq!(
+        d.sink.refused[1],
+        ("c@local.test".to_owned(), RecipientRefusal::RateLimited)
+    );
 }
