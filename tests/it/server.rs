@@ -509,10 +509,17 @@ fn notifies_systemd_ready_and_stopping() {
         .unwrap();
     let mut server = Server::start_env(&[], &[("NOTIFY_SOCKET", path.as_os_str())]);
     let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).unwrap();
+    // A recv with SO_RCVTIMEO is not restarted after a signal (signal(7)): retry EINTR.
+    let mut recv = |buf: &mut [u8]| loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => break r.unwrap_or_else(|e| panic!("no notification: {e}")),
+        }
+    };
+    let n = recv(&mut buf);
     assert_eq!(&buf[..n], b"READY=1\n");
     server.signal(libc::SIGTERM);
-    let n = sock.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    let n = recv(&mut buf);
+    assert_eq!(&buf[..n], b"STOPPING=1\n", "{}", server.log());
     assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
