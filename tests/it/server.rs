@@ -510,7 +510,7 @@ fn notifies_systemd_ready_and_stopping() {
     let mut server = Server::start_env(&[], &[("NOTIFY_SOCKET", path.as_os_str())]);
     let mut buf = [0u8; 256];
     // A recv with SO_RCVTIMEO is not restarted after a signal (signal(7)): retry EINTR.
-    let mut recv = |buf: &mut [u8]| loop {
+    let recv = |buf: &mut [u8]| loop {
         match sock.recv(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             r => break r.unwrap_or_else(|e| panic!("no notification: {e}")),
