@@ -9,6 +9,8 @@
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
 //!   schedules, drives the sans-IO [`crate::smtp::client`] over TCP or unix sockets, records
 //!   outcomes in the [`crate::spool::journal`], deletes finished segments.
+//! - [`control`]: the control socket `<spool>/control.sock` that the stage serves, and the
+//!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
 //! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),

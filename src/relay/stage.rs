@@ -21,9 +21,14 @@
 //! is durable delivers again, never loses). A sealed segment whose messages are all finished is
 //! then deleted.
 //!
+//! The operator's `queue retry` and `queue delete` arrive from the control socket
+//! ([`super::control`], served on this runtime) as commands in the same loop: a retry makes the
+//! pending recipients due now (the [`DueQueue`]), a delete appends a durable Deleted record and
+//! finishes the message.
+//!
 //! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, bounces,
 //! compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
-//! walks the queue), a control socket for `queue retry`/`delete`.
+//! walks the queue).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
