@@ -602,6 +602,11 @@ impl Config {
                 }
             }
         }
+        // A route's CA file (or, for `encrypt` without one, the system's trust store) must be
+        // usable now, not at the first delivery.
+        for r in &routes {
+            crate::relay::tls::RouteTls::new(r).map_err(ConfigError::Route)?;
+        }
         let secs = |v: Option<u64>, name: &str, default: Duration| match v {
             Some(0) => Err(ConfigError::Zero(match name {
                 "retry-first" => "retry-first",

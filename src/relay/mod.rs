@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`route`]: route targets (`smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`),
-//!   per-route TLS policy and connection limit, lookup by recipient domain.
+//!   per-route TLS policy, CA file and connection limit, lookup by recipient domain.
+//! - [`tls`]: outbound STARTTLS: each route's rustls client configuration (`none`, `may`,
+//!   `encrypt`; which certificates are checked) and the handshake.
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
 //!   backoff.
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
@@ -13,13 +15,14 @@
 //!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
-//! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),
+//! It does not send bounces (failed recipients are held),
 //! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
 
 pub mod control;
 pub mod queue;
 pub mod route;
 pub mod stage;
+pub mod tls;
 pub mod tool;
 
 pub use route::{Route, RouteSpec, Routes, Target, TlsMode};

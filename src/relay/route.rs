@@ -2,8 +2,9 @@
 //!
 //! A target is `smtp:[host]:port`, `lmtp:[host]:port` or `lmtp:unix:/path` (the brackets, as
 //! in Postfix, say "this host, no MX lookup"; ringmx never looks up MX records, so `host:port`
-//! means the same). Each route has a TLS policy, a connection limit and an optional HELO name.
-//! This module parses and looks up; it opens nothing.
+//! means the same). Each route has a TLS policy (and an optional CA file to verify the next hop
+//! against), a connection limit and an optional HELO name. This module parses and looks up; it
+//! opens nothing (the CA file is read by [`super::tls`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -85,12 +86,12 @@ impl fmt::Display for Target {
 pub enum TlsMode {
     /// Never STARTTLS.
     None,
-    /// STARTTLS when offered, else in clear. (Outbound STARTTLS is not implemented yet: this
-    /// sends in clear, as `none`.)
+    /// STARTTLS when offered, else in clear; the certificate is checked only against `ca`,
+    /// when given (see [`super::tls`]).
     #[default]
     May,
-    /// STARTTLS or nothing: never sends in clear. (Outbound STARTTLS is not implemented yet:
-    /// every attempt defers.)
+    /// STARTTLS or nothing: never sends in clear; the certificate is verified (against `ca`,
+    /// else the system's trust store).
     Encrypt,
 }
 
@@ -118,6 +119,8 @@ pub struct Route {
     pub concurrency: usize,
     /// HELO/EHLO/LHLO name (default: our hostname).
     pub helo: Option<String>,
+    /// PEM file of the CA(s) the next hop's certificate must chain to.
+    pub ca: Option<PathBuf>,
 }
 
 /// A route in the TOML file: a target string, or a table.
@@ -126,7 +129,8 @@ pub struct Route {
 pub enum RouteSpec {
     /// `"example.org" = "lmtp:[10.0.0.5]:24"`.
     Target(String),
-    /// `"example.org" = { target = "…", tls = "none", concurrency = 4, helo = "mx.example" }`.
+    /// `"example.org" = { target = "…", tls = "encrypt", ca = "/etc/ringmx/ca.pem",
+    /// concurrency = 4, helo = "mx.example" }`.
     Full(RouteTable),
 }
 
@@ -143,6 +147,8 @@ pub struct RouteTable {
     pub concurrency: Option<usize>,
     /// HELO name.
     pub helo: Option<String>,
+    /// CA file (PEM).
+    pub ca: Option<PathBuf>,
 }
 
 impl Route {
@@ -151,9 +157,15 @@ impl Route {
     /// # Errors
     /// A bad target or limit.
     pub fn from_spec(name: &str, spec: &RouteSpec) -> Result<Self, String> {
-        let (target, tls, concurrency, helo) = match spec {
-            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None),
-            RouteSpec::Full(t) => (t.target.as_str(), t.tls, t.concurrency, t.helo.clone()),
+        let (target, tls, concurrency, helo, ca) = match spec {
+            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None, None),
+            RouteSpec::Full(t) => (
+                t.target.as_str(),
+                t.tls,
+                t.concurrency,
+                t.helo.clone(),
+                t.ca.clone(),
+            ),
         };
         let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
@@ -167,6 +179,7 @@ impl Route {
             tls,
             concurrency,
             helo,
+            ca,
         })
     }
 }
@@ -262,6 +275,7 @@ mod tests {
             tls: TlsMode::None,
             concurrency: Some(0),
             helo: None,
+            ca: None,
         });
         assert!(Route::from_spec("x", &bad).is_err());
     }

@@ -26,9 +26,10 @@
 //! pending recipients due now (the [`DueQueue`]), a delete appends a durable Deleted record and
 //! finishes the message.
 //!
-//! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, bounces,
-//! compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
-//! walks the queue).
+//! Outbound STARTTLS is [`super::tls`]'s (this file only swaps a connection's socket for the
+//! TLS stream when the client asks); BDAT is the sans-IO client's.
+//!
+//! Not here yet: bounces, compaction of segments pinned by long-deferred or failed messages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -37,14 +38,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
 use super::control::{self, Command, ControlSocket, Refusal};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
-use super::route::{Route, Routes, Target, TlsMode};
-use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status};
+use super::route::{Route, Routes, Target};
+use super::tls::{Io, RouteTls};
+use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status, TlsPolicy};
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
 use crate::spool::journal::{DeliveryRecord, Journal, RecordKind};
@@ -258,6 +260,8 @@ struct Outcome {
     rcpts: Vec<usize>,
     results: Vec<RcptOutcome>,
     relay: String,
+    /// The connection's TLS (`TLSv1.3/…/verified`), if STARTTLS was done.
+    tls: Option<String>,
     /// Waiting for a worker, connecting (and greeting), the transaction.
     delays: [Duration; 3],
 }
@@ -329,10 +333,16 @@ impl Stage {
                 .helo
                 .clone()
                 .unwrap_or_else(|| self.cfg.hostname.clone());
+            // `check-config` and the start checked it; a CA file gone since then defers.
+            let tls = Arc::new(RouteTls::new(&route).unwrap_or_else(|e| {
+                tracing::error!("delivery: {e}; its mail is deferred");
+                RouteTls::unusable()
+            }));
             for _ in 0..route.concurrency {
                 tokio::task::spawn_local(worker(
                     i,
                     route.clone(),
+                    tls.clone(),
                     helo.clone(),
                     rx.clone(),
                     self.outcomes_tx.clone(),
@@ -620,6 +630,7 @@ impl Stage {
                     reply,
                 }],
                 relay: "none".into(),
+                tls: None,
                 delays: [Duration::ZERO; 3],
             });
         }
@@ -673,11 +684,12 @@ impl Stage {
                 }
                 let age = age.as_secs_f64();
                 tracing::info!(
-                    "delivery id={} to=<{}> route={} relay={} delay={:.2} delays={:.2}/{:.2}/{:.2} dsn={} status={} ({})",
+                    "delivery id={} to=<{}> route={} relay={} tls={} delay={:.2} delays={:.2}/{:.2}/{:.2} dsn={} status={} ({})",
                     o.id,
                     r.addr,
                     route_name,
                     o.relay,
+                    o.tls.as_deref().unwrap_or("none"),
                     age,
                     o.delays[0].as_secs_f64(),
                     o.delays[1].as_secs_f64(),
@@ -856,6 +868,7 @@ fn file_name(p: &Path) -> String {
 async fn worker(
     index: usize,
     route: Arc<Route>,
+    tls: Arc<RouteTls>,
     helo: String,
     jobs: Arc<Mutex<UnboundedReceiver<Job>>>,
     done: UnboundedSender<Outcome>,
@@ -888,38 +901,36 @@ async fn worker(
         let t0 = Instant::now();
         let mut relay = route.target.to_string();
         let mut connect_time = Duration::ZERO;
-        let results = if route.tls == TlsMode::Encrypt {
-            // Outbound STARTTLS is not implemented: never send in clear under `encrypt`.
-            deferred(&job, &Reply::local(451, "4.7.4 tls = encrypt: outbound STARTTLS is not implemented yet; not sending in clear"))
-        } else {
-            if conn.is_none() {
-                match Conn::open(&route, &helo).await {
-                    Ok(c) => {
-                        connect_time = t0.elapsed();
-                        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-                        stats.connections_active.fetch_add(1, Ordering::Relaxed);
-                        conn = Some(c);
-                    }
-                    Err(reply) => {
-                        let _ = done.send(Outcome {
-                            id: job.msg.id,
-                            route: index,
-                            results: deferred(&job, &reply),
-                            rcpts: job.rcpts,
-                            relay,
-                            delays: [waited, t0.elapsed(), Duration::ZERO],
-                        });
-                        continue;
-                    }
+        if conn.is_none() {
+            match Conn::open(&route, &tls, &helo).await {
+                Ok(c) => {
+                    connect_time = t0.elapsed();
+                    stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+                    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                    conn = Some(c);
+                }
+                Err(reply) => {
+                    let _ = done.send(Outcome {
+                        id: job.msg.id,
+                        route: index,
+                        results: deferred(&job, &reply),
+                        rcpts: job.rcpts,
+                        relay,
+                        tls: None,
+                        delays: [waited, t0.elapsed(), Duration::ZERO],
+                    });
+                    continue;
                 }
             }
-            match conn.as_mut() {
-                Some(c) => {
-                    relay = c.relay.clone();
-                    c.transact(&job).await
-                }
-                None => deferred(&job, &Reply::local(451, "4.4.1 no connection")),
+        }
+        let mut tls_used = None;
+        let results = match conn.as_mut() {
+            Some(c) => {
+                relay = c.relay.clone();
+                tls_used = c.tls.clone();
+                c.transact(&job).await
             }
+            None => deferred(&job, &Reply::local(451, "4.4.1 no connection")),
         };
         let transaction = t0.elapsed().saturating_sub(connect_time);
         if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
@@ -932,6 +943,7 @@ async fn worker(
             results,
             rcpts: job.rcpts,
             relay,
+            tls: tls_used,
             delays: [waited, connect_time, transaction],
         });
     }
@@ -947,9 +959,6 @@ fn deferred(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
         .collect()
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
-
 /// One outbound connection: the socket, the sans-IO client and its buffers.
 struct Conn {
     io: Box<dyn Io>,
@@ -958,11 +967,35 @@ struct Conn {
     buf: Vec<u8>,
     /// `host[addr]:port` or the socket path, for the log.
     relay: String,
+    /// After STARTTLS: version, cipher suite and whether the certificate was verified.
+    tls: Option<String>,
 }
 
 impl Conn {
-    /// Connects and reads the greeting and the EHLO/LHLO reply.
-    async fn open(route: &Route, helo: &str) -> Result<Self, Reply> {
+    /// Connects, reads the greeting and the EHLO/LHLO reply, and does STARTTLS as the route's
+    /// TLS says. A failed handshake under `may` without `ca` is retried once in clear.
+    async fn open(route: &Route, tls: &RouteTls, helo: &str) -> Result<Self, Reply> {
+        match Self::open_with(route, tls, tls.policy, helo).await {
+            Err((reply, true)) if tls.clear_after_failure() => {
+                tracing::warn!(
+                    "delivery: {reply}; tls = \"may\": trying {} again in clear",
+                    route.target
+                );
+                Self::open_with(route, tls, TlsPolicy::Never, helo)
+                    .await
+                    .map_err(|(r, _)| r)
+            }
+            r => r.map_err(|(r, _)| r),
+        }
+    }
+
+    /// [`Conn::open`] with `policy`; the error says whether the TLS handshake failed.
+    async fn open_with(
+        route: &Route,
+        tls: &RouteTls,
+        policy: TlsPolicy,
+        helo: &str,
+    ) -> Result<Self, (Reply, bool)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Reply::local(451, format!("4.4.1 connect to {}: {what}{e}", route.target))
         };
@@ -973,8 +1006,8 @@ impl Conn {
                     tokio::net::TcpStream::connect((host.as_str(), *port)),
                 )
                 .await
-                .map_err(|_| fail("timed out", &""))?
-                .map_err(|e| fail("", &e))?;
+                .map_err(|_| (fail("timed out", &""), false))?
+                .map_err(|e| (fail("", &e), false))?;
                 let _ = s.set_nodelay(true);
                 let peer = s.peer_addr().map_or_else(
                     |_| format!("{host}:{port}"),
@@ -991,24 +1024,41 @@ impl Conn {
                 let s =
                     tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
                         .await
-                        .map_err(|_| fail("timed out", &""))?
-                        .map_err(|e| fail("", &e))?;
+                        .map_err(|_| (fail("timed out", &""), false))?
+                        .map_err(|e| (fail("", &e), false))?;
                 (Box::new(s), path.display().to_string(), Protocol::Lmtp)
             }
         };
         let mut c = Self {
             io,
-            client: Client::new(protocol, helo),
+            client: Client::new(protocol, helo).with_tls(policy),
             out: Vec::new(),
             buf: vec![0; READ_BUF],
             relay,
+            tls: None,
         };
+        let mut handshake_failed = false;
         loop {
             match c.next_event().await {
                 Event::Ready(_) => return Ok(c),
                 Event::Closed(r) => {
                     c.flush().await;
-                    return Err(r);
+                    return Err((r, handshake_failed));
+                }
+                Event::StartTls => {
+                    // The client saw nothing after the 220: the socket's next bytes are TLS.
+                    let plain = std::mem::replace(&mut c.io, Box::new(tokio::io::empty()));
+                    match tls.handshake(plain, &c.relay).await {
+                        Ok((io, desc)) => {
+                            c.io = io;
+                            c.tls = Some(desc);
+                            c.client.tls_established(&mut c.out);
+                        }
+                        Err(why) => {
+                            handshake_failed = true;
+                            c.client.lose(&Reply::local(451, why));
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -1091,15 +1141,23 @@ impl Conn {
         loop {
             match self.next_event().await {
                 Event::SendBody => {
-                    for chunk in data.chunks(BODY_CHUNK) {
-                        self.client.body(chunk, &mut self.out);
-                        self.flush().await;
+                    // The last chunk goes with the end (`BDAT n LAST` when chunking).
+                    let mut chunks = data.chunks(BODY_CHUNK).peekable();
+                    while let Some(chunk) = chunks.next() {
+                        if chunks.peek().is_none() {
+                            self.client.end_body_with(chunk, &mut self.out);
+                        } else {
+                            self.client.body(chunk, &mut self.out);
+                            self.flush().await;
+                        }
                     }
-                    self.client.end_body(&mut self.out);
+                    if data.is_empty() {
+                        self.client.end_body(&mut self.out);
+                    }
                 }
                 Event::Done(o) => return o,
                 Event::Closed(r) => return deferred(job, &r),
-                Event::Ready(_) => {}
+                Event::Ready(_) | Event::StartTls => {}
             }
         }
     }

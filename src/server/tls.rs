@@ -593,6 +593,27 @@ impl Drop for ReloadWatcher {
 mod tests {
     use super::*;
 
+    /// The delivery stage's outbound STARTTLS builds its own provider (relay may not import
+    /// server): the same suites and key exchange groups, in the same order.
+    #[test]
+    fn outbound_provider_is_the_same() {
+        let (a, b) = (provider(), crate::relay::tls::provider());
+        let names = |p: &CryptoProvider| {
+            (
+                p.cipher_suites
+                    .iter()
+                    .map(|s| format!("{:?}", s.suite()))
+                    .collect::<Vec<_>>(),
+                p.kx_groups
+                    .iter()
+                    .map(|g| format!("{:?}", g.name()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(names(&a), names(&b));
+        assert_eq!(format!("{:?}", a.kx_groups[0].name()), "X25519");
+    }
+
     fn pair(dir: &Path, name: &str, names: &[&str], days: i64) -> TlsPair {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())

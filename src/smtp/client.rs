@@ -7,16 +7,22 @@
 //!
 //! What it does: greeting; EHLO (LHLO for LMTP, RFC 2033) with a fallback to HELO when an SMTP
 //! server refuses EHLO with 5xx; multi-line replies; the EHLO keywords PIPELINING, SIZE (with
-//! its limit), CHUNKING, STARTTLS, 8BITMIME, SMTPUTF8; MAIL FROM / RCPT TO / DATA sent as one
-//! group when PIPELINING is offered (RFC 2920 §3.1), one by one otherwise; the body dot-stuffed
-//! as it streams ([`Client::body`], [`Client::end_body`]); the reply after the end of data
-//! (SMTP: one for the transaction; LMTP: one per accepted recipient, in RCPT order); RSET and
-//! QUIT; one [`RcptOutcome`] per recipient (2xx delivered, 4xx deferred, 5xx failed, the reply
-//! kept). Several transactions may follow each other on one connection.
+//! its limit), CHUNKING, STARTTLS, 8BITMIME, SMTPUTF8; the STARTTLS hand-off (RFC 3207, by
+//! [`TlsPolicy`]: the command, [`Event::StartTls`] on its 220 so the driver wraps the socket,
+//! then EHLO again with everything learnt in clear forgotten); MAIL FROM / RCPT TO / DATA sent
+//! as one group when PIPELINING is offered (RFC 2920 §3.1), one by one otherwise; the body
+//! dot-stuffed as it streams ([`Client::body`], [`Client::end_body`]), or, when the server
+//! offers CHUNKING and PIPELINING, sent as pipelined `BDAT` chunks (RFC 3030) right behind the
+//! RCPTs, without dot-stuffing, the last one `BDAT n LAST`; the reply after the end of data
+//! (SMTP: one for the transaction; LMTP: one per accepted recipient, in RCPT order, after DATA's
+//! dot or after BDAT LAST); RSET and QUIT; one [`RcptOutcome`] per recipient (2xx delivered, 4xx
+//! deferred, 5xx failed, the reply kept). Several transactions may follow each other on one
+//! connection.
 //!
-//! What it does not do (yet): BDAT (CHUNKING is recognised but the body always goes with DATA),
-//! the STARTTLS hand-off (the keyword is recognised, the command never sent), AUTH, DSN
-//! parameters, and 8BITMIME/SMTPUTF8 parameters on MAIL (the caller adds none).
+//! What it does not do: the TLS handshake itself and certificate checks (the driver's), BDAT
+//! without PIPELINING (DATA then: every server seen offering CHUNKING offers PIPELINING too, and
+//! unpipelined chunks would need a reply between chunks), AUTH, DSN parameters, and
+//! 8BITMIME/SMTPUTF8 parameters on MAIL (the caller adds none).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,6 +48,19 @@ pub struct Reply {
     pub code: u16,
     /// The text of each line.
     pub lines: Vec<String>,
+}
+
+/// Whether the client asks for STARTTLS (the route's TLS policy, as the client sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// Never sends STARTTLS.
+    #[default]
+    Never,
+    /// STARTTLS when the server offers it; in clear otherwise (or when the server refuses it).
+    IfOffered,
+    /// STARTTLS or nothing: a server that does not offer it or refuses it gets QUIT, and the
+    /// connection ends with a 4.7.4 reply (so its recipients are deferred).
+    Required,
 }
 
 /// What a reply code means for a recipient.
@@ -116,9 +135,9 @@ pub struct Extensions {
     pub pipelining: bool,
     /// RFC 1870: `Some(limit)` (0: no limit given).
     pub size: Option<u64>,
-    /// RFC 3030 (recognised only; the body goes with DATA).
+    /// RFC 3030 (BDAT is used when PIPELINING is offered too).
     pub chunking: bool,
-    /// RFC 3207 (recognised only).
+    /// RFC 3207.
     pub starttls: bool,
     /// RFC 6152.
     pub eightbitmime: bool,
@@ -190,6 +209,10 @@ pub struct RcptOutcome {
 pub enum Event {
     /// Greeting and EHLO/LHLO done: a transaction may start ([`Client::start`]).
     Ready(Extensions),
+    /// The server answered STARTTLS with 220 and sent nothing after it: run the TLS handshake
+    /// on the socket, then call [`Client::tls_established`] (or [`Client::lose`] if it fails).
+    /// Nothing may be fed before that.
+    StartTls,
     /// The server answered DATA with 354: stream the body with [`Client::body`], then
     /// [`Client::end_body`].
     SendBody,
@@ -214,9 +237,15 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
+    StartTls,
     Mail,
     Rcpt(usize),
     Data,
+    /// A BDAT chunk that is not the last.
+    Bdat,
+    /// BDAT LAST (LMTP: the first of the per-recipient replies; the others follow as
+    /// `EndOfData`).
+    BdatLast,
     /// SMTP: the transaction; LMTP: the recipient with this index.
     EndOfData(Option<usize>),
     Rset,
@@ -226,6 +255,8 @@ enum Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Opening,
+    /// STARTTLS got its 220: waiting for the driver's handshake.
+    Handshake,
     Ready,
     Transaction,
     Body,
@@ -242,8 +273,12 @@ struct Txn {
     mail_refused: Option<Reply>,
     /// RCPTs not yet sent (without PIPELINING).
     next_rcpt: usize,
-    /// DATA sent.
+    /// DATA sent (or, with BDAT, the RCPTs pipelined: nothing more is sent before the body).
     data_sent: bool,
+    /// The body goes in BDAT chunks.
+    bdat: bool,
+    /// The first BDAT reply that was not 2xx: it decides the accepted recipients.
+    bdat_failed: Option<Reply>,
     /// Body with no recipient accepted (a server that said 354 anyway): send only the dot.
     empty_body: bool,
     /// Dot-stuffing state: the next body byte starts a line.
@@ -263,6 +298,12 @@ pub struct Client {
     expect: VecDeque<Expect>,
     events: VecDeque<Event>,
     ext: Extensions,
+    tls: TlsPolicy,
+    /// STARTTLS done: the connection is encrypted.
+    tls_active: bool,
+    /// The 220 to STARTTLS was read; [`Event::StartTls`] is announced once the rest of the
+    /// input is known to be empty.
+    tls_announce: bool,
     txn: Option<Txn>,
     /// Lines of the reply being read.
     lines: Vec<String>,
@@ -280,10 +321,25 @@ impl Client {
             expect: VecDeque::from([Expect::Greeting]),
             events: VecDeque::new(),
             ext: Extensions::default(),
+            tls: TlsPolicy::Never,
+            tls_active: false,
+            tls_announce: false,
             txn: None,
             lines: Vec::new(),
             partial: Vec::new(),
         }
+    }
+
+    /// Sets the STARTTLS policy (before the first [`Client::feed`]).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsPolicy) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether STARTTLS succeeded on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls_active
     }
 
     /// The extensions the server offered (empty before [`Event::Ready`]).
@@ -309,7 +365,14 @@ impl Client {
     /// Consumes server bytes; appends the commands they lead to to `out`. Every byte is
     /// consumed (a partial line is kept until the next call).
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
-        while !input.is_empty() && self.state != State::Closed {
+        if self.state == State::Handshake {
+            // Cleartext after the 220 to STARTTLS, fed before the handshake.
+            if !input.is_empty() {
+                self.protocol_error("data after the 220 to STARTTLS");
+            }
+            return;
+        }
+        while !input.is_empty() && !matches!(self.state, State::Closed | State::Handshake) {
             let Some(nl) = memchr::memchr(b'\n', input) else {
                 self.partial.extend_from_slice(input);
                 if self.partial.len() > MAX_REPLY_LINE {
@@ -328,6 +391,76 @@ impl Client {
                 return;
             }
             self.line(&line, out);
+        }
+        if self.tls_announce {
+            self.tls_announce = false;
+            if input.is_empty() && self.partial.is_empty() && self.lines.is_empty() {
+                self.events.push_back(Event::StartTls);
+            } else {
+                // Bytes behind the 220 were sent in clear before the handshake and would be
+                // read as if they came over TLS (CVE-2011-0411, response injection).
+                self.protocol_error("data after the 220 to STARTTLS (response injection?)");
+            }
+        }
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] succeeded: sends EHLO (LHLO) again; what
+    /// was learnt in clear (the extensions) is forgotten. [`Event::Ready`] follows.
+    pub fn tls_established(&mut self, out: &mut Vec<u8>) {
+        if self.state != State::Handshake {
+            return;
+        }
+        self.tls_active = true;
+        self.ext = Extensions::default();
+        self.state = State::Opening;
+        self.send_ehlo(out);
+    }
+
+    fn send_ehlo(&mut self, out: &mut Vec<u8>) {
+        let verb = match self.protocol {
+            Protocol::Smtp => "EHLO",
+            Protocol::Lmtp => "LHLO",
+        };
+        command(out, &format!("{verb} {}", self.helo));
+        self.expect.push_back(Expect::Ehlo);
+    }
+
+    /// After EHLO: STARTTLS when the policy asks for it, else ready.
+    fn after_ehlo(&mut self, out: &mut Vec<u8>) {
+        if self.tls_active || self.tls == TlsPolicy::Never {
+            self.ready();
+        } else if self.ext.starttls {
+            command(out, "STARTTLS");
+            self.expect.push_back(Expect::StartTls);
+        } else if self.tls == TlsPolicy::Required {
+            self.quit_after(
+                Reply::local(
+                    451,
+                    "4.7.4 TLS is required (tls = encrypt) but the next hop does not offer STARTTLS; nothing sent",
+                ),
+                out,
+            );
+        } else {
+            self.ready();
+        }
+    }
+
+    fn starttls_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        if reply.code == 220 {
+            self.state = State::Handshake;
+            self.tls_announce = true;
+        } else if self.tls == TlsPolicy::Required {
+            self.quit_after(
+                Reply::local(
+                    451,
+                    format!("4.7.4 TLS is required (tls = encrypt) but the next hop refused STARTTLS: {reply}"),
+                ),
+                out,
+            );
+        } else {
+            // Opportunistic: in clear, as before the refusal (RFC 3207 §4 leaves the
+            // session in its pre-STARTTLS state).
+            self.ready();
         }
     }
 
@@ -400,12 +533,7 @@ impl Client {
         match expect {
             Expect::Greeting => {
                 if reply.class() == ReplyClass::Positive {
-                    let verb = match self.protocol {
-                        Protocol::Smtp => "EHLO",
-                        Protocol::Lmtp => "LHLO",
-                    };
-                    command(out, &format!("{verb} {}", self.helo));
-                    self.expect.push_back(Expect::Ehlo);
+                    self.send_ehlo(out);
                 } else {
                     self.quit_after(reply, out);
                 }
@@ -413,11 +541,23 @@ impl Client {
             Expect::Ehlo => {
                 if reply.class() == ReplyClass::Positive {
                     self.ext = Extensions::parse(&reply);
-                    self.ready();
-                } else if self.protocol == Protocol::Smtp && reply.class() == ReplyClass::Permanent
+                    self.after_ehlo(out);
+                } else if self.protocol == Protocol::Smtp
+                    && reply.class() == ReplyClass::Permanent
+                    && self.tls != TlsPolicy::Required
+                    && !self.tls_active
                 {
                     command(out, &format!("HELO {}", self.helo));
                     self.expect.push_back(Expect::Helo);
+                } else if self.tls == TlsPolicy::Required && !self.tls_active {
+                    // HELO has no STARTTLS.
+                    self.quit_after(
+                        Reply::local(
+                            451,
+                            format!("4.7.4 TLS is required (tls = encrypt) but the next hop refused EHLO: {reply}"),
+                        ),
+                        out,
+                    );
                 } else {
                     self.quit_after(reply, out);
                 }
@@ -430,10 +570,13 @@ impl Client {
                     self.quit_after(reply, out);
                 }
             }
+            Expect::StartTls => self.starttls_reply(reply, out),
             Expect::Mail => self.mail_reply(reply, out),
             Expect::Rcpt(i) => self.rcpt_reply(i, reply, out),
             Expect::Data => self.data_reply(reply, out),
-            Expect::EndOfData(which) => self.end_reply(which, &reply),
+            Expect::Bdat => self.bdat_reply(reply),
+            Expect::BdatLast => self.bdat_last_reply(reply, out),
+            Expect::EndOfData(which) => self.end_reply(which, &reply, out),
             Expect::Rset => {
                 if reply.class() == ReplyClass::Positive {
                     self.ready();
@@ -499,9 +642,18 @@ impl Client {
                 self.expect.push_back(Expect::Rcpt(i));
             }
             t.next_rcpt = rcpts.len();
+            t.data_sent = true;
+            if self.ext.chunking {
+                // RFC 3030 §4.2: BDAT chunks may follow the RCPTs at once; a chunk sent after
+                // a refused MAIL or with no recipient accepted is refused and changes nothing.
+                t.bdat = true;
+                self.txn = Some(t);
+                self.state = State::Body;
+                self.events.push_back(Event::SendBody);
+                return Ok(());
+            }
             command(out, "DATA");
             self.expect.push_back(Expect::Data);
-            t.data_sent = true;
         }
         self.txn = Some(t);
         self.state = State::Transaction;
@@ -593,6 +745,12 @@ impl Client {
         if bytes.is_empty() {
             return;
         }
+        if t.bdat {
+            command(out, &format!("BDAT {}", bytes.len()));
+            out.extend_from_slice(bytes);
+            self.expect.push_back(Expect::Bdat);
+            return;
+        }
         t.prev = if bytes.len() >= 2 {
             Some(bytes[bytes.len() - 2])
         } else {
@@ -619,11 +777,27 @@ impl Client {
         }
     }
 
-    /// Ends the body: a CRLF if it did not end with one, then `.` CRLF.
+    /// Ends the body: a CRLF if it did not end with one, then `.` CRLF (with BDAT: `BDAT 0
+    /// LAST`).
     pub fn end_body(&mut self, out: &mut Vec<u8>) {
+        self.end_body_with(&[], out);
+    }
+
+    /// Sends `last`, the end of the body, and ends it: with DATA as [`Client::body`] then
+    /// [`Client::end_body`]; with BDAT as one `BDAT n LAST` chunk (the message as it is, no
+    /// CRLF added).
+    pub fn end_body_with(&mut self, last: &[u8], out: &mut Vec<u8>) {
         if self.state != State::Body {
             return;
         }
+        if self.txn.as_ref().is_some_and(|t| t.bdat) {
+            command(out, &format!("BDAT {} LAST", last.len()));
+            out.extend_from_slice(last);
+            self.expect.push_back(Expect::BdatLast);
+            self.state = State::Transaction;
+            return;
+        }
+        self.body(last, out);
         let Some(t) = self.txn.as_mut() else { return };
         let ends_crlf = t.last.is_none() || (t.prev == Some(b'\r') && t.last == Some(b'\n'));
         if !ends_crlf {
@@ -641,7 +815,53 @@ impl Client {
         self.state = State::Transaction;
     }
 
-    fn end_reply(&mut self, which: Option<usize>, reply: &Reply) {
+    fn bdat_reply(&mut self, reply: Reply) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if reply.class() != ReplyClass::Positive && t.bdat_failed.is_none() {
+            t.bdat_failed = Some(reply);
+        }
+    }
+
+    fn bdat_last_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        let nothing_accepted = t.mail_refused.is_some() || t.accepted.is_empty();
+        if reply.class() != ReplyClass::Positive && t.bdat_failed.is_none() && nothing_accepted {
+            // The expected refusal of a transaction without a recipient: nothing to undo.
+        } else if reply.class() != ReplyClass::Positive && t.bdat_failed.is_none() {
+            t.bdat_failed = Some(reply.clone());
+        }
+        if nothing_accepted {
+            t.empty_body = true;
+            self.end_reply(None, &reply, out);
+            return;
+        }
+        if let Some(failed) = t.bdat_failed.clone() {
+            // A chunk was refused: the transaction failed as a whole (RFC 3030 §2), and an
+            // LMTP server sends one reply for it, not one per recipient.
+            for &i in &t.accepted {
+                t.outcomes[i] = Some(RcptOutcome {
+                    status: Status::of(&failed),
+                    reply: failed.clone(),
+                });
+            }
+            t.empty_body = true;
+            self.end_reply(None, &reply, out);
+            return;
+        }
+        match self.protocol {
+            Protocol::Smtp => self.end_reply(None, &reply, out),
+            Protocol::Lmtp => {
+                let accepted = t.accepted.clone();
+                // One reply per accepted recipient: this is the first; the others follow.
+                for &i in accepted.iter().skip(1).rev() {
+                    self.expect.push_front(Expect::EndOfData(Some(i)));
+                }
+                self.end_reply(accepted.first().copied(), &reply, out);
+            }
+        }
+    }
+
+    fn end_reply(&mut self, which: Option<usize>, reply: &Reply, out: &mut Vec<u8>) {
         let Some(t) = self.txn.as_mut() else { return };
         if t.empty_body {
             // Nothing was accepted: the outcomes are already decided.
@@ -662,6 +882,12 @@ impl Client {
             .iter()
             .any(|e| matches!(e, Expect::EndOfData(_)))
         {
+            let failed_bdat = self.txn.as_ref().is_some_and(|t| t.bdat_failed.is_some());
+            if failed_bdat {
+                // After a refused chunk the server's state is not known: start over with RSET.
+                self.end_transaction(out);
+                return;
+            }
             if let Some(t) = self.txn.take() {
                 self.events.push_back(Event::Done(finish(t)));
             }
@@ -768,7 +994,7 @@ mod tests {
     }
 
     const PIPELINED: &[u8] = b"220 hop.test ESMTP\r\n\
-        250-hop.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 STARTTLS\r\n\
+        250-hop.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n\
         250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n450 4.2.0 <y@b.test>: mailbox busy\r\n354 go\r\n\
         250 2.0.0 Ok: queued as X\r\n221 2.0.0 Bye\r\n";
 
@@ -791,7 +1017,7 @@ mod tests {
                 Extensions {
                     pipelining: true,
                     size: Some(1000),
-                    chunking: true,
+                    chunking: false,
                     starttls: true,
                     eightbitmime: true,
                     smtputf8: true
@@ -977,6 +1203,241 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    const STARTTLS_HOP: &[u8] =
+        b"220 hop.test ESMTP\r\n250-hop.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n\
+        220 2.0.0 go ahead\r\n250-hop.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n\
+        250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n";
+
+    #[test]
+    fn starttls_then_ehlo_again_forgetting_the_clear_text_extensions_at_every_split() {
+        for split in 0..=STARTTLS_HOP.len() {
+            let mut c = Client::new(Protocol::Smtp, "mx").with_tls(TlsPolicy::Required);
+            let mut handshakes = 0;
+            let mut started = false;
+            let (out, events) = run(&mut c, STARTTLS_HOP, &[split], |c, e, out| match e {
+                Event::StartTls => {
+                    handshakes += 1;
+                    c.tls_established(out);
+                }
+                Event::Ready(_) if !started => {
+                    started = true;
+                    c.start("s@x", &rcpts(&["a@y"]), Some(3), out).unwrap();
+                }
+                Event::SendBody => c.end_body_with(b"m\r\n", out),
+                _ => {}
+            });
+            assert_eq!(handshakes, 1);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "EHLO mx\r\nSTARTTLS\r\nEHLO mx\r\nMAIL FROM:<s@x> SIZE=3\r\nRCPT TO:<a@y>\r\nDATA\r\nm\r\n.\r\n",
+                "split {split}"
+            );
+            let ready: Vec<_> = events
+                .iter()
+                .take_while(|e| !matches!(e, Event::Done(_)))
+                .filter_map(|e| match e {
+                    Event::Ready(x) => Some(x.clone()),
+                    _ => None,
+                })
+                .collect();
+            // One Ready, after TLS, with what the server said over TLS only.
+            assert_eq!(ready.len(), 1);
+            assert!(!ready[0].starttls && ready[0].size == Some(100));
+            assert!(c.is_tls());
+            assert!(events
+                .iter()
+                .any(|e| matches!(e, Event::Done(o) if o[0].status == Status::Delivered)));
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_220_to_starttls_are_an_injection() {
+        for tail in [&b"250 injected\r\n"[..], b"25", b"\r\n"] {
+            let mut c = Client::new(Protocol::Smtp, "mx").with_tls(TlsPolicy::IfOffered);
+            let mut out = Vec::new();
+            c.feed(b"220 x\r\n250-x\r\n250 STARTTLS\r\n", &mut out);
+            assert_eq!(out, b"EHLO mx\r\nSTARTTLS\r\n");
+            let mut server = b"220 go ahead\r\n".to_vec();
+            server.extend_from_slice(tail);
+            c.feed(&server, &mut out);
+            let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+            assert!(
+                matches!(&events[..], [Event::Closed(r)] if r.code == 451 && r.to_string().contains("after the 220")),
+                "{events:?}"
+            );
+            assert!(c.is_closed() && !c.is_tls());
+        }
+        // Clear text fed between the 220 and the handshake is refused too.
+        let mut c = Client::new(Protocol::Smtp, "mx").with_tls(TlsPolicy::IfOffered);
+        let mut out = Vec::new();
+        c.feed(b"220 x\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n", &mut out);
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        c.feed(b"250 late\r\n", &mut out);
+        assert!(matches!(c.poll_event(), Some(Event::Closed(r)) if r.code == 451));
+    }
+
+    #[test]
+    fn required_tls_without_starttls_quits_with_4_7_4() {
+        for server in [
+            &b"220 x\r\n250-x\r\n250 PIPELINING\r\n"[..],
+            b"220 x\r\n250-x\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n",
+            b"220 x\r\n502 5.5.1 no EHLO\r\n",
+        ] {
+            let mut c = Client::new(Protocol::Smtp, "mx").with_tls(TlsPolicy::Required);
+            let (out, events) = run(&mut c, server, &[], |_, _, _| {});
+            assert!(String::from_utf8_lossy(&out).ends_with("QUIT\r\n"));
+            assert!(!String::from_utf8_lossy(&out).contains("HELO"));
+            assert!(
+                matches!(events.last(), Some(Event::Closed(r)) if r.code == 451 && r.dsn() == "4.7.4"),
+                "{events:?}"
+            );
+        }
+        // Opportunistic: a refusal or no offer leaves the session in clear, ready.
+        for server in [
+            &b"220 x\r\n250-x\r\n250 PIPELINING\r\n"[..],
+            b"220 x\r\n250-x\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n",
+        ] {
+            let mut c = Client::new(Protocol::Smtp, "mx").with_tls(TlsPolicy::IfOffered);
+            let (_, events) = run(&mut c, server, &[], |_, _, _| {});
+            assert!(matches!(events.last(), Some(Event::Ready(_))), "{events:?}");
+            assert!(!c.is_tls());
+        }
+        // Never: STARTTLS offered but not sent.
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let (out, _) = run(
+            &mut c,
+            b"220 x\r\n250-x\r\n250 STARTTLS\r\n",
+            &[],
+            |_, _, _| {},
+        );
+        assert_eq!(out, b"EHLO mx\r\n");
+    }
+
+    const CHUNKING: &[u8] = b"220 hop\r\n250-hop\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE\r\n\
+        250 2.1.0 ok\r\n250 2.1.5 ok\r\n450 4.2.0 <y@b.test>: busy\r\n250 2.0.0 4 octets\r\n\
+        250 2.0.0 queued as Y\r\n221 bye\r\n";
+
+    #[test]
+    fn bdat_pipelined_without_dot_stuffing_at_every_split() {
+        for split in 0..=CHUNKING.len() {
+            let mut c = Client::new(Protocol::Smtp, "mx");
+            let mut started = false;
+            let (out, events) = run(&mut c, CHUNKING, &[split], |c, e, out| match e {
+                Event::Ready(_) if !started => {
+                    started = true;
+                    c.start("s@a", &rcpts(&["x@b.test", "y@b.test"]), Some(7), out)
+                        .unwrap();
+                }
+                Event::Ready(_) => c.quit(out),
+                Event::SendBody => {
+                    c.body(b".hi\n", out);
+                    c.end_body_with(b".\r\n", out);
+                }
+                _ => {}
+            });
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "EHLO mx\r\nMAIL FROM:<s@a> SIZE=7\r\nRCPT TO:<x@b.test>\r\nRCPT TO:<y@b.test>\r\nBDAT 4\r\n.hi\nBDAT 3 LAST\r\n.\r\nQUIT\r\n",
+                "split {split}"
+            );
+            let Some(Event::Done(o)) = events.iter().find(|e| matches!(e, Event::Done(_))) else {
+                panic!("{events:?}")
+            };
+            assert_eq!(o[0].status, Status::Delivered);
+            assert_eq!(o[0].reply.to_string(), "250 2.0.0 queued as Y");
+            assert_eq!(o[1].status, Status::Deferred);
+            assert!(matches!(events.last(), Some(Event::Closed(r)) if r.code == 221));
+        }
+    }
+
+    #[test]
+    fn lmtp_bdat_last_has_one_reply_per_accepted_recipient() {
+        let server = b"220 lmtp\r\n250-lmtp\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n250 2.0.0 <a> saved\r\n452 4.2.2 over quota\r\n250 2.0.0 reset\r\n";
+        for split in 0..=server.len() {
+            let mut c = Client::new(Protocol::Lmtp, "mx");
+            let mut done = None;
+            let (out, events) = run(&mut c, server, &[split], |c, e, out| match e {
+                Event::Ready(_) if done.is_none() => {
+                    c.start("s@x", &rcpts(&["a", "b", "c"]), None, out).unwrap();
+                    done = Some(Vec::new());
+                }
+                Event::SendBody => c.end_body_with(b"m\r\n", out),
+                Event::Done(o) => done = Some(o.clone()),
+                _ => {}
+            });
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "LHLO mx\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a>\r\nRCPT TO:<b>\r\nRCPT TO:<c>\r\nBDAT 3 LAST\r\nm\r\n"
+            );
+            let o = done.unwrap();
+            assert_eq!(
+                o.iter().map(|o| o.status).collect::<Vec<_>>(),
+                [Status::Delivered, Status::Failed, Status::Deferred],
+                "split {split}"
+            );
+            assert_eq!(o[2].reply.to_string(), "452 4.2.2 over quota");
+            // The stray 250 after the last expected reply is a protocol error: it proves the
+            // client expected exactly two replies after BDAT LAST.
+            assert!(matches!(events.last(), Some(Event::Closed(r)) if r.code == 451));
+        }
+    }
+
+    #[test]
+    fn refused_chunk_decides_the_transaction_and_rset_follows() {
+        let server = b"220 x\r\n250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n552 5.3.4 too big\r\n552 5.3.4 too big\r\n250 reset\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let mut outcomes = None;
+        let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
+            Event::Ready(_) if outcomes.is_none() => {
+                c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+                outcomes = Some(Vec::new());
+            }
+            Event::SendBody => {
+                c.body(b"abc", out);
+                c.end_body_with(b"def", out);
+            }
+            Event::Done(o) => outcomes = Some(o.clone()),
+            _ => {}
+        });
+        assert!(String::from_utf8_lossy(&out).ends_with("BDAT 3 LAST\r\ndefRSET\r\n"));
+        let o = outcomes.unwrap();
+        assert_eq!(o[0].status, Status::Failed);
+        assert_eq!(o[0].reply.dsn(), "5.3.4");
+        assert!(matches!(events.last(), Some(Event::Ready(_))));
+        // Every recipient refused: BDAT LAST's refusal changes nothing, no RSET needed.
+        let server = b"220 x\r\n250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let mut outcomes = None;
+        let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
+            Event::Ready(_) if outcomes.is_none() => {
+                c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+                outcomes = Some(Vec::new());
+            }
+            Event::SendBody => c.end_body(out),
+            Event::Done(o) => outcomes = Some(o.clone()),
+            _ => {}
+        });
+        assert!(String::from_utf8_lossy(&out).ends_with("BDAT 0 LAST\r\n"));
+        assert_eq!(outcomes.unwrap()[0].reply.dsn(), "5.1.1");
+        assert!(matches!(events.last(), Some(Event::Ready(_))));
+    }
+
+    #[test]
+    fn chunking_without_pipelining_uses_data() {
+        let server = b"220 x\r\n250-x\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let mut started = false;
+        let (out, _) = run(&mut c, server, &[], |c, e, out| match e {
+            Event::Ready(_) if !started => {
+                started = true;
+                c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+            }
+            Event::SendBody => c.end_body_with(b".x\r\n", out),
+            _ => {}
+        });
+        assert!(String::from_utf8_lossy(&out).ends_with("DATA\r\n..x\r\n.\r\n"));
     }
 
     #[test]
