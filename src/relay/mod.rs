@@ -2,8 +2,10 @@
 //! the disk of delivered mail. Opt-in: without a route, ringmx stores only, as before.
 //!
 //! # Layout
-//! - [`route`]: route targets (`smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`),
-//!   per-route TLS policy and connection limit, lookup by recipient domain.
+//! - [`route`]: route targets (`smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`,
+//!   `mx`, `mx:PORT`), per-route TLS policy and connection limit, lookup by recipient domain.
+//! - [`mx`]: the MX hosts of a recipient domain, in the order to try them (null MX, implicit
+//!   MX, loops back to this host), through the shared [`crate::dns::Resolver`].
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
 //!   backoff.
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
@@ -12,8 +14,9 @@
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
 //! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),
-//! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
+//! check MTA-STS or DANE policies for MX hosts, or compact segments pinned by undelivered mail (see docs/spool.md).
 
+pub mod mx;
 pub mod queue;
 pub mod route;
 pub mod stage;

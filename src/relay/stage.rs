@@ -21,12 +21,18 @@
 //! is durable delivers again, never loses). A sealed segment whose messages are all finished is
 //! then deleted.
 //!
+//! An `mx` route's jobs are per recipient domain: its worker looks the domain up
+//! ([`super::mx::resolve`], through the shared [`crate::dns::Resolver`]) and tries the MX
+//! addresses in turn until one takes the transaction; its connection is kept for the next job
+//! of the same domain only.
+//!
 //! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, bounces,
 //! compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
 //! walks the queue), a control socket for `queue retry`/`delete`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,8 +42,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
+use super::mx::{self, LocalHost};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target, TlsMode};
+use crate::dns::Resolver;
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status};
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
@@ -80,6 +88,15 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// A recipient still not delivered this long after arrival fails.
     pub max_queue_lifetime: Duration,
+    /// Our listen addresses (an MX host at one of them is this host: a loop).
+    pub listen: Vec<SocketAddr>,
+}
+
+impl DeliveryConfig {
+    /// Whether a route looks up MX records (the stage then needs a [`Resolver`]).
+    pub fn needs_resolver(&self) -> bool {
+        self.routes.all().iter().any(|r| r.target.is_mx())
+    }
 }
 
 /// The reactors' side: tells the stage that a message was committed (after its fdatasync,
@@ -190,11 +207,16 @@ impl StageHandle {
     }
 }
 
-/// Starts the stage's thread. Call once the reactors are ready.
+/// Starts the stage's thread. Call once the reactors are ready. `resolver` is required for
+/// `mx` routes (without it their recipients are deferred).
 ///
 /// # Errors
 /// The thread or its runtime could not be created.
-pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> {
+pub fn spawn(
+    p: Prepared,
+    stats: Arc<DeliveryStats>,
+    resolver: Option<Resolver>,
+) -> io::Result<StageHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,7 +226,7 @@ pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> 
         .name("ringmx-deliver".into())
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, Stage::new(p, stats, stop2).run());
+            local.block_on(&rt, Stage::new(p, stats, stop2).run(resolver));
         })?;
     Ok(StageHandle {
         stop,
@@ -217,6 +239,8 @@ pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> 
 struct Job {
     msg: StoredMessage,
     rcpts: Vec<usize>,
+    /// The recipients' domain (lower case), for an `mx` route.
+    domain: Option<String>,
     queued_at: Instant,
 }
 
@@ -282,7 +306,11 @@ impl Stage {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self, resolver: Option<Resolver>) {
+        let me = Arc::new(LocalHost {
+            hostname: self.cfg.hostname.to_ascii_lowercase(),
+            listen: self.cfg.listen.clone(),
+        });
         for (i, route) in self.cfg.routes.all().iter().enumerate() {
             let (tx, rx) = unbounded_channel();
             let rx = Arc::new(Mutex::new(rx));
@@ -299,6 +327,10 @@ impl Stage {
                     rx.clone(),
                     self.outcomes_tx.clone(),
                     self.stats.clone(),
+                    MxContext {
+                        resolver: resolver.clone(),
+                        me: me.clone(),
+                    },
                 ));
             }
             self.jobs.push(tx);
@@ -442,7 +474,9 @@ impl Stage {
             {
                 self.due.push(later, *id);
             }
-            let mut by_route: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+            // By route, and for an `mx` route by recipient domain.
+            let mut by_route: BTreeMap<(Option<usize>, Option<String>), Vec<usize>> =
+                BTreeMap::new();
             for (i, r) in m.rcpts.iter().enumerate() {
                 if r.state != RcptState::Pending
                     || r.next_us > now
@@ -454,12 +488,13 @@ impl Stage {
                     local.push((*id, i, true));
                     continue;
                 }
-                by_route
-                    .entry(self.cfg.routes.for_rcpt(&r.addr))
-                    .or_default()
-                    .push(i);
+                let route = self.cfg.routes.for_rcpt(&r.addr);
+                let domain = route
+                    .filter(|&i| self.cfg.routes.all()[i].target.is_mx())
+                    .map(|_| rcpt_domain(&r.addr));
+                by_route.entry((route, domain)).or_default().push(i);
             }
-            for (route, rcpts) in by_route {
+            for ((route, domain), rcpts) in by_route {
                 for &i in &rcpts {
                     self.in_flight.insert((*id, i));
                 }
@@ -468,6 +503,7 @@ impl Stage {
                         let job = Job {
                             msg: m.msg.clone(),
                             rcpts,
+                            domain,
                             queued_at: Instant::now(),
                         };
                         let _ = self.jobs[route].send(job);
@@ -726,11 +762,26 @@ impl Stage {
     }
 }
 
+/// The domain of an address, lower case, without a final dot.
+fn rcpt_domain(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
+}
+
+/// What the workers of an `mx` route need besides the route.
+#[derive(Debug, Clone)]
+struct MxContext {
+    resolver: Option<Resolver>,
+    me: Arc<LocalHost>,
 }
 
 /// One of a route's `concurrency` workers: takes jobs, keeps one connection while they come.
@@ -741,6 +792,7 @@ async fn worker(
     jobs: Arc<Mutex<UnboundedReceiver<Job>>>,
     done: UnboundedSender<Outcome>,
     stats: Arc<DeliveryStats>,
+    mx: MxContext,
 ) {
     let mut conn: Option<Conn> = None;
     loop {
@@ -772,6 +824,26 @@ async fn worker(
         let results = if route.tls == TlsMode::Encrypt {
             // Outbound STARTTLS is not implemented: never send in clear under `encrypt`.
             deferred(&job, &Reply::local(451, "4.7.4 tls = encrypt: outbound STARTTLS is not implemented yet; not sending in clear"))
+        } else if let Target::Mx(port) = route.target {
+            // A kept connection serves later jobs of the same domain only.
+            if conn.as_ref().is_some_and(|c| c.domain != job.domain) {
+                if let Some(c) = conn.take() {
+                    c.quit(&stats).await;
+                }
+            }
+            match conn.as_mut() {
+                Some(c) => {
+                    relay = c.relay.clone();
+                    c.transact(&job).await
+                }
+                None => {
+                    let d = deliver_mx(&job, port, &helo, &mx, &stats).await;
+                    relay = d.relay;
+                    connect_time = d.connect_time;
+                    conn = d.conn;
+                    d.results
+                }
+            }
         } else {
             if conn.is_none() {
                 match Conn::open(&route, &helo).await {
@@ -818,6 +890,93 @@ async fn worker(
     }
 }
 
+/// What [`deliver_mx`] did.
+struct MxDelivery {
+    results: Vec<RcptOutcome>,
+    relay: String,
+    connect_time: Duration,
+    /// The connection that took the transaction, kept for the domain's next job.
+    conn: Option<Conn>,
+}
+
+/// Delivers `job` to its domain's MX hosts: resolves them, then tries each address until one
+/// takes the transaction (a transaction whose recipients were all deferred moves on to the
+/// next address).
+async fn deliver_mx(
+    job: &Job,
+    port: u16,
+    helo: &str,
+    mx: &MxContext,
+    stats: &DeliveryStats,
+) -> MxDelivery {
+    let domain = job.domain.clone().unwrap_or_default();
+    let mut out = MxDelivery {
+        results: Vec::new(),
+        relay: "none".into(),
+        connect_time: Duration::ZERO,
+        conn: None,
+    };
+    let Some(resolver) = &mx.resolver else {
+        out.results = deferred(job, &Reply::local(451, "4.3.5 no DNS resolver"));
+        return out;
+    };
+    let hops = match mx::resolve(resolver, &domain, port, &mx.me).await {
+        Ok(h) => h,
+        Err(reply) => {
+            out.results = replied(job, &reply);
+            return out;
+        }
+    };
+    let t0 = Instant::now();
+    for hop in hops {
+        let mut c = match Conn::open_hop(&hop, helo, &domain).await {
+            Ok(c) => c,
+            Err(reply) => {
+                tracing::info!(
+                    "delivery id={} domain={domain} host={}[{}] not accepting: {reply}; trying the next MX address",
+                    job.msg.id,
+                    hop.host,
+                    hop.addr
+                );
+                out.relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
+                out.results = deferred(job, &reply);
+                continue;
+            }
+        };
+        out.connect_time = t0.elapsed();
+        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        out.relay = c.relay.clone();
+        out.results = c.transact(job).await;
+        if out.results.iter().any(|r| r.status != Status::Deferred) {
+            out.conn = Some(c);
+            return out;
+        }
+        if c.client.is_closed() {
+            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            c.quit(stats).await;
+        }
+    }
+    out
+}
+
+/// Every recipient of `job` gets `reply`: failed for a 5xx, else deferred.
+fn replied(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
+    let status = if reply.code >= 500 {
+        Status::Failed
+    } else {
+        Status::Deferred
+    };
+    job.rcpts
+        .iter()
+        .map(|_| RcptOutcome {
+            status,
+            reply: reply.clone(),
+        })
+        .collect()
+}
+
 fn deferred(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
     job.rcpts
         .iter()
@@ -839,6 +998,8 @@ struct Conn {
     buf: Vec<u8>,
     /// `host[addr]:port` or the socket path, for the log.
     relay: String,
+    /// The recipient domain it was opened for (an `mx` route's connection).
+    domain: Option<String>,
 }
 
 impl Conn {
@@ -876,13 +1037,39 @@ impl Conn {
                         .map_err(|e| fail("", &e))?;
                 (Box::new(s), path.display().to_string(), Protocol::Lmtp)
             }
+            Target::Mx(_) => return Err(Reply::local(451, "4.3.5 an mx route has no fixed host")),
         };
+        Self::greet(io, relay, protocol, helo).await
+    }
+
+    /// Connects to one MX address of `domain` and reads the greeting and the EHLO reply.
+    async fn open_hop(hop: &mx::Hop, helo: &str, domain: &str) -> Result<Self, Reply> {
+        let relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
+        let fail = |e: String| Reply::local(451, format!("4.4.1 connect to {relay}: {e}"));
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(hop.addr))
+            .await
+            .map_err(|_| fail("timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        let mut c = Self::greet(Box::new(s), relay, Protocol::Smtp, helo).await?;
+        c.domain = Some(domain.to_string());
+        Ok(c)
+    }
+
+    /// Reads the greeting and the EHLO/LHLO reply on a new connection.
+    async fn greet(
+        io: Box<dyn Io>,
+        relay: String,
+        protocol: Protocol,
+        helo: &str,
+    ) -> Result<Self, Reply> {
         let mut c = Self {
             io,
             client: Client::new(protocol, helo),
             out: Vec::new(),
             buf: vec![0; READ_BUF],
             relay,
+            domain: None,
         };
         loop {
             match c.next_event().await {
