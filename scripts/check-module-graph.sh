@@ -9,14 +9,15 @@ cd "$(dirname "$0")/.."
 declare -A allowed=(
   [sys]=""
   [data]=""
+  [dns]=""
   [smtp]="data"
   [buffers]="sys"
   [spool]="buffers sys"
   [stats]="smtp spool sys"
-  [relay]="stats smtp spool sys"
+  [relay]="dns stats smtp spool sys"
   [config]="relay smtp spool sys"
-  [server]="sys data smtp buffers spool stats config relay"
-  [cmd]="sys data smtp buffers spool stats config server relay"
+  [server]="sys data dns smtp buffers spool stats config relay"
+  [cmd]="sys data dns smtp buffers spool stats config server relay"
 )
 # Edges allowed for a while during a change (space-separated "from->to"); empty when none.
 temporary=""

@@ -114,6 +114,7 @@ pub struct Config {
     retry_max: Duration,
     max_queue_lifetime: Duration,
     abuse: AbuseConfig,
+    dns_servers: Vec<SocketAddr>,
 }
 
 /// The door's abuse controls (`--recipients`, the rate limits, `--greet-pause`,
@@ -243,6 +244,8 @@ pub enum ConfigError {
     GreetPauseTooLong(u64),
     /// An entry of `trusted-networks` in the file is not an address or CIDR block.
     BadTrustedNetwork(String),
+    /// An entry of `dns-server` in the file is not `IP` or `IP:PORT`.
+    BadDnsServer(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -316,6 +319,10 @@ impl fmt::Display for ConfigError {
                 f,
                 "greet-pause = {n} s is above the limit of {MAX_GREET_PAUSE_SECS} s"
             ),
+            Self::BadDnsServer(s) => write!(
+                f,
+                "dns-server {s:?} is not an IP address or IP:PORT (like 192.0.2.53 or 127.0.0.1:5353)"
+            ),
             Self::BadTrustedNetwork(s) => write!(
                 f,
                 "trusted-networks {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
@@ -373,6 +380,7 @@ struct FileConfig {
     max_recipient_rate: Option<u32>,
     greet_pause: Option<u64>,
     trusted_networks: Option<Vec<String>>,
+    dns_server: Option<Vec<String>>,
 }
 
 impl Config {
@@ -680,8 +688,19 @@ impl Config {
             trusted_networks,
         };
 
+        let dns_servers = if args.dns_server.is_empty() {
+            let mut v = Vec::new();
+            for s in file.dns_server.unwrap_or_default() {
+                v.push(parse_dns_server(&s).ok_or(ConfigError::BadDnsServer(s))?);
+            }
+            v
+        } else {
+            args.dns_server.clone()
+        };
+
         Ok(Self {
             abuse,
+            dns_servers,
             routes: Routes::new(routes),
             retry_first,
             retry_max,
@@ -711,6 +730,11 @@ impl Config {
     /// The abuse controls: recipient table, rate limits, greet pause, trusted networks.
     pub fn abuse(&self) -> &AbuseConfig {
         &self.abuse
+    }
+
+    /// The DNS servers to ask (`--dns-server`); empty: the system's (`/etc/resolv.conf`).
+    pub fn dns_servers(&self) -> &[SocketAddr] {
+        &self.dns_servers
     }
 
     /// Peers (load balancers) that must start each connection with a PROXY protocol header;
@@ -815,6 +839,7 @@ impl Config {
             retry_first: self.retry_first,
             retry_max: self.retry_max,
             max_queue_lifetime: self.max_queue_lifetime,
+            listen: self.listen.clone(),
         })
     }
 
@@ -893,6 +918,18 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
+
+/// A DNS server: `IP` (port [`DNS_PORT`]) or `IP:PORT`.
+pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT))
+    })
+}
+
+/// The DNS port, for a `dns-server` given without one.
+pub const DNS_PORT: u16 = 53;
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1126,6 +1163,29 @@ mod tests {
         assert_eq!(c.max_message_size(), 2000);
         assert_eq!(c.max_recipients(), 5);
         assert_eq!(c.idle_timeout(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn dns_servers_and_mx_routes() {
+        let c = merge(
+            &args(),
+            "dns-server = [\"127.0.0.1:5353\", \"192.0.2.53\", \"::1\"]\nrelay-to = \"mx:2525\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns_servers(),
+            [
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "192.0.2.53:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        let d = c.delivery_config().unwrap();
+        assert!(d.needs_resolver());
+        assert_eq!(d.listen, c.listen());
+        let e = merge(&args(), "dns-server = [\"ns.example\"]").unwrap_err();
+        assert!(e.to_string().contains("IP:PORT"), "{e}");
+        assert!(merge(&args(), "relay-to = \"mx:0\"").is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`buffers`]: per-reactor registered buffers, sized against `RLIMIT_MEMLOCK`.
 //! - [`spool`]: the durable segment-log spool (writer with group commit, reader, tools).
 //! - [`stats`]: counters, HDR histograms and the unix stats socket.
-//! - [`relay`]: onward delivery (routes, queue state, the delivery thread, `queue` tools).
+//! - [`dns`]: the shared DNS resolver (its own thread) for MX routes and DNSBL checks.
+//! - [`relay`]: onward delivery (routes, MX lookup, queue state, the delivery thread, `queue`
+//!   tools).
 //! - [`config`]: configuration from the `serve` flags and TOML, checked once.
 //! - [`server`]: the io_uring driver (one reactor per core, listeners, connections, shutdown).
 //! - [`cmd`]: the command line and the subcommand front ends (`serve`, `check-config`,
@@ -23,12 +25,13 @@
 //!   cmd                       the top: nothing imports it
 //!    └─ server                drives everything below; imported only by cmd
 //!        ├─ config            relay, smtp, spool, sys
-//!        ├─ relay             stats, smtp, spool, sys
+//!        ├─ relay             dns, stats, smtp, spool, sys
 //!        ├─ stats             smtp, spool, sys
 //!        ├─ spool             buffers, sys
 //!        │   └─ buffers       sys
 //!        ├─ smtp              data          ┐ the sans-IO core: no I/O, and nothing
 //!        │   └─ data          (nothing)     ┘ else from this crate
+//!        ├─ dns               (nothing)       leaf: hickory-resolver on its own thread
 //!        └─ sys               (nothing)       leaf: libc only
 //! ```
 //!
@@ -41,6 +44,7 @@ pub mod buffers;
 pub mod cmd;
 pub mod config;
 pub mod data;
+pub mod dns;
 pub mod relay;
 pub mod server;
 pub mod smtp;

@@ -103,7 +103,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Deliver mail for every --domain onward to this next hop: `smtp:[host]:port`,
-    /// `lmtp:[host]:port` or `lmtp:unix:/path` (more routes: `[routes]` in the config file).
+    /// `lmtp:[host]:port`, `lmtp:unix:/path`, or `mx` / `mx:PORT` for the recipient domain's
+    /// MX hosts (more routes: `[routes]` in the config file).
     /// Without any route, mail is only stored.
     #[arg(long, value_name = "TARGET")]
     pub relay_to: Option<String>,
@@ -140,6 +141,15 @@ pub struct ServeArgs {
     /// (repeatable). Default: none.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// A DNS server for MX routes and DNSBL lookups, `IP` or `IP:PORT` (repeatable)
+    /// [default: the servers of /etc/resolv.conf].
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server_flag)]
+    pub dns_server: Vec<SocketAddr>,
+}
+
+/// `--dns-server`: `IP` (port 53) or `IP:PORT` (`[v6]:PORT`).
+fn parse_dns_server_flag(s: &str) -> Result<SocketAddr, String> {
+    super::parse_dns_server(s).ok_or_else(|| format!("{s:?} is not an IP address or IP:PORT"))
 }
 
 /// `--proxy-protocol-from`: an address or a CIDR block.

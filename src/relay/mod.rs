@@ -2,10 +2,13 @@
 //! the disk of delivered mail. Opt-in: without a route, ringmx stores only, as before.
 //!
 //! # Layout
-//! - [`route`]: route targets (`smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`),
-//!   per-route TLS policy, CA file and connection limit, lookup by recipient domain.
+//! - [`route`]: route targets (`smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`,
+//!   `mx`, `mx:PORT`), per-route TLS policy, CA file and connection limit, lookup by recipient
+//!   domain.
 //! - [`tls`]: outbound STARTTLS: each route's rustls client configuration (`none`, `may`,
 //!   `encrypt`; which certificates are checked) and the handshake.
+//! - [`mx`]: the MX hosts of a recipient domain, in the order to try them (null MX, implicit
+//!   MX, loops back to this host), through the shared [`crate::dns::Resolver`].
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
 //!   backoff.
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
@@ -15,10 +18,11 @@
 //!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
-//! It does not send bounces (failed recipients are held),
-//! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
+//! It does not send bounces (failed recipients are held), check MTA-STS or DANE policies for
+//! MX hosts, or compact segments pinned by undelivered mail (see docs/spool.md).
 
 pub mod control;
+pub mod mx;
 pub mod queue;
 pub mod route;
 pub mod stage;

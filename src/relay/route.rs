@@ -1,10 +1,12 @@
 //! Routes: where a recipient's mail goes next, by recipient domain.
 //!
 //! A target is `smtp:[host]:port`, `lmtp:[host]:port` or `lmtp:unix:/path` (the brackets, as
-//! in Postfix, say "this host, no MX lookup"; ringmx never looks up MX records, so `host:port`
-//! means the same). Each route has a TLS policy (and an optional CA file to verify the next hop
-//! against), a connection limit and an optional HELO name. This module parses and looks up; it
-//! opens nothing (the CA file is read by [`super::tls`]).
+//! in Postfix, say "this host, no MX lookup"; a named target never has its MX looked up, so
+//! `host:port` means the same), or `mx` / `mx:PORT`: the recipient domain's MX hosts, looked up
+//! in the DNS at delivery time ([`super::mx`]), on port 25 or PORT. Each route has a TLS policy
+//! (and an optional CA file to verify the next hop against), a connection limit and an optional
+//! HELO name. This module parses and looks up; it opens nothing (the CA file is read by
+//! [`super::tls`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,19 +28,33 @@ pub enum Target {
     Lmtp(String, u16),
     /// `lmtp:unix:/path`.
     LmtpUnix(PathBuf),
+    /// `mx` or `mx:PORT`: SMTP to the recipient domain's MX hosts (RFC 5321 §5), on this port.
+    Mx(u16),
 }
 
+/// The SMTP port of MX hosts.
+pub const MX_PORT: u16 = 25;
+
 impl Target {
-    /// Parses `smtp:[host]:port`, `lmtp:[host]:port` or `lmtp:unix:/path`.
+    /// Parses `smtp:[host]:port`, `lmtp:[host]:port`, `lmtp:unix:/path`, `mx` or `mx:PORT`.
     ///
     /// # Errors
     /// A message saying what is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "route target {s:?} is not smtp:[host]:port, lmtp:[host]:port or lmtp:unix:/path"
+                "route target {s:?} is not smtp:[host]:port, lmtp:[host]:port, lmtp:unix:/path, mx or mx:PORT"
             )
         };
+        if s == "mx" {
+            return Ok(Self::Mx(MX_PORT));
+        }
+        if let Some(port) = s.strip_prefix("mx:") {
+            return match port.parse::<u16>() {
+                Ok(p) if p != 0 => Ok(Self::Mx(p)),
+                _ => Err(bad()),
+            };
+        }
         let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
         if proto == "lmtp" {
             if let Some(path) = rest.strip_prefix("unix:") {
@@ -66,7 +82,12 @@ impl Target {
 
     /// Whether it speaks LMTP.
     pub fn is_lmtp(&self) -> bool {
-        !matches!(self, Self::Smtp(..))
+        matches!(self, Self::Lmtp(..) | Self::LmtpUnix(..))
+    }
+
+    /// Whether its hosts come from the recipient domain's MX records.
+    pub fn is_mx(&self) -> bool {
+        matches!(self, Self::Mx(_))
     }
 }
 
@@ -76,6 +97,8 @@ impl fmt::Display for Target {
             Self::Smtp(h, p) => write!(f, "smtp:[{h}]:{p}"),
             Self::Lmtp(h, p) => write!(f, "lmtp:[{h}]:{p}"),
             Self::LmtpUnix(p) => write!(f, "lmtp:unix:{}", p.display()),
+            Self::Mx(MX_PORT) => f.write_str("mx"),
+            Self::Mx(p) => write!(f, "mx:{p}"),
         }
     }
 }
@@ -248,6 +271,12 @@ mod tests {
             Target::parse("smtp:mail.example:2525").unwrap().to_string(),
             "smtp:[mail.example]:2525"
         );
+        assert_eq!(Target::parse("mx").unwrap(), Target::Mx(25));
+        assert_eq!(Target::parse("mx:2525").unwrap(), Target::Mx(2525));
+        assert_eq!(Target::parse("mx:2525").unwrap().to_string(), "mx:2525");
+        assert_eq!(Target::parse("mx:25").unwrap().to_string(), "mx");
+        assert!(Target::parse("mx").unwrap().is_mx());
+        assert!(!Target::parse("mx").unwrap().is_lmtp());
         for bad in [
             "smtp",
             "smtp:[h]",
@@ -255,6 +284,10 @@ mod tests {
             "http:[h]:80",
             "lmtp:unix:rel",
             "smtp:[]:25",
+            "mx:0",
+            "mx:",
+            "mx:x",
+            "mx:[h]:25",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }

@@ -29,10 +29,16 @@
 //! Outbound STARTTLS is [`super::tls`]'s (this file only swaps a connection's socket for the
 //! TLS stream when the client asks); BDAT is the sans-IO client's.
 //!
+//! An `mx` route's jobs are per recipient domain: its worker looks the domain up
+//! ([`super::mx::resolve`], through the shared [`crate::dns::Resolver`]) and tries the MX
+//! addresses in turn until one takes the transaction; its connection is kept for the next job
+//! of the same domain only.
+//!
 //! Not here yet: bounces, compaction of segments pinned by long-deferred or failed messages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,9 +49,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
 use super::control::{self, Command, ControlSocket, Refusal};
+use super::mx::{self, LocalHost};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target};
 use super::tls::{Io, RouteTls};
+use crate::dns::Resolver;
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status, TlsPolicy};
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
@@ -88,6 +96,15 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// A recipient still not delivered this long after arrival fails.
     pub max_queue_lifetime: Duration,
+    /// Our listen addresses (an MX host at one of them is this host: a loop).
+    pub listen: Vec<SocketAddr>,
+}
+
+impl DeliveryConfig {
+    /// Whether a route looks up MX records (the stage then needs a [`Resolver`]).
+    pub fn needs_resolver(&self) -> bool {
+        self.routes.all().iter().any(|r| r.target.is_mx())
+    }
 }
 
 /// The reactors' side: tells the stage that a message was committed (after its fdatasync,
@@ -222,11 +239,16 @@ impl StageHandle {
     }
 }
 
-/// Starts the stage's thread. Call once the reactors are ready.
+/// Starts the stage's thread. Call once the reactors are ready. `resolver` is required for
+/// `mx` routes (without it their recipients are deferred).
 ///
 /// # Errors
 /// The thread or its runtime could not be created.
-pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> {
+pub fn spawn(
+    p: Prepared,
+    stats: Arc<DeliveryStats>,
+    resolver: Option<Resolver>,
+) -> io::Result<StageHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -236,7 +258,7 @@ pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> 
         .name("ringmx-deliver".into())
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, Stage::new(p, stats, stop2).run());
+            local.block_on(&rt, Stage::new(p, stats, stop2).run(resolver));
         })?;
     Ok(StageHandle {
         stop,
@@ -249,6 +271,8 @@ pub fn spawn(p: Prepared, stats: Arc<DeliveryStats>) -> io::Result<StageHandle> 
 struct Job {
     msg: StoredMessage,
     rcpts: Vec<usize>,
+    /// The recipients' domain (lower case), for an `mx` route.
+    domain: Option<String>,
     queued_at: Instant,
 }
 
@@ -324,7 +348,11 @@ impl Stage {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self, resolver: Option<Resolver>) {
+        let me = Arc::new(LocalHost {
+            hostname: self.cfg.hostname.to_ascii_lowercase(),
+            listen: self.cfg.listen.clone(),
+        });
         for (i, route) in self.cfg.routes.all().iter().enumerate() {
             let (tx, rx) = unbounded_channel();
             let rx = Arc::new(Mutex::new(rx));
@@ -339,11 +367,18 @@ impl Stage {
                 RouteTls::unusable()
             }));
             for _ in 0..route.concurrency {
+                let ctx = WorkerRoute {
+                    index: i,
+                    route: route.clone(),
+                    tls: tls.clone(),
+                    mx: MxContext {
+                        resolver: resolver.clone(),
+                        me: me.clone(),
+                    },
+                    helo: helo.clone(),
+                };
                 tokio::task::spawn_local(worker(
-                    i,
-                    route.clone(),
-                    tls.clone(),
-                    helo.clone(),
+                    ctx,
                     rx.clone(),
                     self.outcomes_tx.clone(),
                     self.stats.clone(),
@@ -565,7 +600,9 @@ impl Stage {
             {
                 self.due.push(later, *id);
             }
-            let mut by_route: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+            // By route, and for an `mx` route by recipient domain.
+            let mut by_route: BTreeMap<(Option<usize>, Option<String>), Vec<usize>> =
+                BTreeMap::new();
             for (i, r) in m.rcpts.iter().enumerate() {
                 if r.state != RcptState::Pending
                     || r.next_us > now
@@ -577,12 +614,13 @@ impl Stage {
                     local.push((*id, i, true));
                     continue;
                 }
-                by_route
-                    .entry(self.cfg.routes.for_rcpt(&r.addr))
-                    .or_default()
-                    .push(i);
+                let route = self.cfg.routes.for_rcpt(&r.addr);
+                let domain = route
+                    .filter(|&i| self.cfg.routes.all()[i].target.is_mx())
+                    .map(|_| rcpt_domain(&r.addr));
+                by_route.entry((route, domain)).or_default().push(i);
             }
-            for (route, rcpts) in by_route {
+            for ((route, domain), rcpts) in by_route {
                 for &i in &rcpts {
                     self.in_flight.insert((*id, i));
                 }
@@ -591,6 +629,7 @@ impl Stage {
                         let job = Job {
                             msg: m.msg.clone(),
                             rcpts,
+                            domain,
                             queued_at: Instant::now(),
                         };
                         let _ = self.jobs[route].send(job);
@@ -857,6 +896,21 @@ impl Stage {
     }
 }
 
+/// The domain of an address, lower case, without a final dot.
+fn rcpt_domain(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// What the workers of an `mx` route need besides the route.
+#[derive(Debug, Clone)]
+struct MxContext {
+    resolver: Option<Resolver>,
+    me: Arc<LocalHost>,
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
@@ -864,16 +918,29 @@ fn file_name(p: &Path) -> String {
     )
 }
 
-/// One of a route's `concurrency` workers: takes jobs, keeps one connection while they come.
-async fn worker(
+/// What a route's workers share: the route, its index, its TLS, MX lookups and HELO name.
+struct WorkerRoute {
     index: usize,
     route: Arc<Route>,
     tls: Arc<RouteTls>,
+    mx: MxContext,
     helo: String,
+}
+
+/// One of a route's `concurrency` workers: takes jobs, keeps one connection while they come.
+async fn worker(
+    ctx: WorkerRoute,
     jobs: Arc<Mutex<UnboundedReceiver<Job>>>,
     done: UnboundedSender<Outcome>,
     stats: Arc<DeliveryStats>,
 ) {
+    let WorkerRoute {
+        index,
+        route,
+        tls,
+        mx,
+        helo,
+    } = ctx;
     let mut conn: Option<Conn> = None;
     loop {
         let job = {
@@ -901,36 +968,60 @@ async fn worker(
         let t0 = Instant::now();
         let mut relay = route.target.to_string();
         let mut connect_time = Duration::ZERO;
-        if conn.is_none() {
-            match Conn::open(&route, &tls, &helo).await {
-                Ok(c) => {
-                    connect_time = t0.elapsed();
-                    stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-                    stats.connections_active.fetch_add(1, Ordering::Relaxed);
-                    conn = Some(c);
-                }
-                Err(reply) => {
-                    let _ = done.send(Outcome {
-                        id: job.msg.id,
-                        route: index,
-                        results: deferred(&job, &reply),
-                        rcpts: job.rcpts,
-                        relay,
-                        tls: None,
-                        delays: [waited, t0.elapsed(), Duration::ZERO],
-                    });
-                    continue;
-                }
-            }
-        }
         let mut tls_used = None;
-        let results = match conn.as_mut() {
-            Some(c) => {
-                relay = c.relay.clone();
-                tls_used = c.tls.clone();
-                c.transact(&job).await
+        let results = if let Target::Mx(port) = route.target {
+            // A kept connection serves later jobs of the same domain only.
+            if conn.as_ref().is_some_and(|c| c.domain != job.domain) {
+                if let Some(c) = conn.take() {
+                    c.quit(&stats).await;
+                }
             }
-            None => deferred(&job, &Reply::local(451, "4.4.1 no connection")),
+            match conn.as_mut() {
+                Some(c) => {
+                    relay = c.relay.clone();
+                    tls_used = c.tls.clone();
+                    c.transact(&job).await
+                }
+                None => {
+                    let d = deliver_mx(&job, port, &tls, &helo, &mx, &stats).await;
+                    relay = d.relay;
+                    connect_time = d.connect_time;
+                    conn = d.conn;
+                    tls_used = conn.as_ref().and_then(|c| c.tls.clone());
+                    d.results
+                }
+            }
+        } else {
+            if conn.is_none() {
+                match Conn::open(&route, &tls, &helo).await {
+                    Ok(c) => {
+                        connect_time = t0.elapsed();
+                        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+                        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                        conn = Some(c);
+                    }
+                    Err(reply) => {
+                        let _ = done.send(Outcome {
+                            id: job.msg.id,
+                            route: index,
+                            results: deferred(&job, &reply),
+                            rcpts: job.rcpts,
+                            relay,
+                            tls: None,
+                            delays: [waited, t0.elapsed(), Duration::ZERO],
+                        });
+                        continue;
+                    }
+                }
+            }
+            match conn.as_mut() {
+                Some(c) => {
+                    relay = c.relay.clone();
+                    tls_used = c.tls.clone();
+                    c.transact(&job).await
+                }
+                None => deferred(&job, &Reply::local(451, "4.4.1 no connection")),
+            }
         };
         let transaction = t0.elapsed().saturating_sub(connect_time);
         if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
@@ -947,6 +1038,94 @@ async fn worker(
             delays: [waited, connect_time, transaction],
         });
     }
+}
+
+/// What [`deliver_mx`] did.
+struct MxDelivery {
+    results: Vec<RcptOutcome>,
+    relay: String,
+    connect_time: Duration,
+    /// The connection that took the transaction, kept for the domain's next job.
+    conn: Option<Conn>,
+}
+
+/// Delivers `job` to its domain's MX hosts: resolves them, then tries each address until one
+/// takes the transaction (a transaction whose recipients were all deferred moves on to the
+/// next address).
+async fn deliver_mx(
+    job: &Job,
+    port: u16,
+    tls: &RouteTls,
+    helo: &str,
+    mx: &MxContext,
+    stats: &DeliveryStats,
+) -> MxDelivery {
+    let domain = job.domain.clone().unwrap_or_default();
+    let mut out = MxDelivery {
+        results: Vec::new(),
+        relay: "none".into(),
+        connect_time: Duration::ZERO,
+        conn: None,
+    };
+    let Some(resolver) = &mx.resolver else {
+        out.results = deferred(job, &Reply::local(451, "4.3.5 no DNS resolver"));
+        return out;
+    };
+    let hops = match mx::resolve(resolver, &domain, port, &mx.me).await {
+        Ok(h) => h,
+        Err(reply) => {
+            out.results = replied(job, &reply);
+            return out;
+        }
+    };
+    let t0 = Instant::now();
+    for hop in hops {
+        let mut c = match Conn::open_hop(&hop, tls, helo, &domain).await {
+            Ok(c) => c,
+            Err(reply) => {
+                tracing::info!(
+                    "delivery id={} domain={domain} host={}[{}] not accepting: {reply}; trying the next MX address",
+                    job.msg.id,
+                    hop.host,
+                    hop.addr
+                );
+                out.relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
+                out.results = deferred(job, &reply);
+                continue;
+            }
+        };
+        out.connect_time = t0.elapsed();
+        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        out.relay = c.relay.clone();
+        out.results = c.transact(job).await;
+        if out.results.iter().any(|r| r.status != Status::Deferred) {
+            out.conn = Some(c);
+            return out;
+        }
+        if c.client.is_closed() {
+            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            c.quit(stats).await;
+        }
+    }
+    out
+}
+
+/// Every recipient of `job` gets `reply`: failed for a 5xx, else deferred.
+fn replied(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
+    let status = if reply.code >= 500 {
+        Status::Failed
+    } else {
+        Status::Deferred
+    };
+    job.rcpts
+        .iter()
+        .map(|_| RcptOutcome {
+            status,
+            reply: reply.clone(),
+        })
+        .collect()
 }
 
 fn deferred(job: &Job, reply: &Reply) -> Vec<RcptOutcome> {
@@ -969,6 +1148,8 @@ struct Conn {
     relay: String,
     /// After STARTTLS: version, cipher suite and whether the certificate was verified.
     tls: Option<String>,
+    /// The recipient domain it was opened for (an `mx` route's connection).
+    domain: Option<String>,
 }
 
 impl Conn {
@@ -1028,7 +1209,84 @@ impl Conn {
                         .map_err(|e| (fail("", &e), false))?;
                 (Box::new(s), path.display().to_string(), Protocol::Lmtp)
             }
+            Target::Mx(_) => {
+                return Err((
+                    Reply::local(451, "4.3.5 an mx route has no fixed host"),
+                    false,
+                ))
+            }
         };
+        Self::greet(io, relay, protocol, helo, tls, policy, None).await
+    }
+
+    /// Connects to one MX address of `domain`, reads the greeting and the EHLO reply, and does
+    /// STARTTLS as the route's TLS says (the certificate checked against the MX host's name). A
+    /// failed handshake under `may` without `ca` is retried once in clear.
+    async fn open_hop(
+        hop: &mx::Hop,
+        tls: &RouteTls,
+        helo: &str,
+        domain: &str,
+    ) -> Result<Self, Reply> {
+        let connect = || async {
+            let relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
+            let fail = |e: String| Reply::local(451, format!("4.4.1 connect to {relay}: {e}"));
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(hop.addr))
+                .await
+                .map_err(|_| fail("timed out".into()))?
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            Ok::<_, Reply>((s, relay))
+        };
+        let host = Some(hop.host.as_str());
+        let (s, relay) = connect().await?;
+        let mut c = match Self::greet(
+            Box::new(s),
+            relay,
+            Protocol::Smtp,
+            helo,
+            tls,
+            tls.policy,
+            host,
+        )
+        .await
+        {
+            Err((reply, true)) if tls.clear_after_failure() => {
+                tracing::warn!(
+                    "delivery: {reply}; tls = \"may\": trying {} again in clear",
+                    hop.host
+                );
+                let (s, relay) = connect().await?;
+                Self::greet(
+                    Box::new(s),
+                    relay,
+                    Protocol::Smtp,
+                    helo,
+                    tls,
+                    TlsPolicy::Never,
+                    host,
+                )
+                .await
+                .map_err(|(r, _)| r)?
+            }
+            r => r.map_err(|(r, _)| r)?,
+        };
+        c.domain = Some(domain.to_string());
+        Ok(c)
+    }
+
+    /// Reads the greeting and the EHLO/LHLO reply on a new connection, with STARTTLS as
+    /// `policy` says (`host`: the name to check the certificate against, for an MX host). The
+    /// error says whether the TLS handshake failed.
+    async fn greet(
+        io: Box<dyn Io>,
+        relay: String,
+        protocol: Protocol,
+        helo: &str,
+        tls: &RouteTls,
+        policy: TlsPolicy,
+        host: Option<&str>,
+    ) -> Result<Self, (Reply, bool)> {
         let mut c = Self {
             io,
             client: Client::new(protocol, helo).with_tls(policy),
@@ -1036,6 +1294,7 @@ impl Conn {
             buf: vec![0; READ_BUF],
             relay,
             tls: None,
+            domain: None,
         };
         let mut handshake_failed = false;
         loop {
@@ -1048,7 +1307,7 @@ impl Conn {
                 Event::StartTls => {
                     // The client saw nothing after the 220: the socket's next bytes are TLS.
                     let plain = std::mem::replace(&mut c.io, Box::new(tokio::io::empty()));
-                    match tls.handshake(plain, &c.relay).await {
+                    match tls.handshake(plain, &c.relay, host).await {
                         Ok((io, desc)) => {
                             c.io = io;
                             c.tls = Some(desc);

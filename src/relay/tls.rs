@@ -92,8 +92,11 @@ impl RouteTls {
     /// One line: an unreadable `ca`, one without a certificate, `encrypt` without `ca` on a
     /// system without a trust store, or `encrypt` to a unix socket.
     pub fn new(route: &Route) -> Result<Self, String> {
+        // An `mx` route's host is known per hop only ([`RouteTls::handshake`]'s `host`): ""
+        // stands for "a TCP host" here.
         let host = match &route.target {
             Target::Smtp(h, _) | Target::Lmtp(h, _) => Some(h.as_str()),
+            Target::Mx(_) => Some(""),
             Target::LmtpUnix(_) => None,
         };
         let policy = match (route.tls, host) {
@@ -117,12 +120,16 @@ impl RouteTls {
                 verified: false,
             });
         };
-        let name = ServerName::try_from(host.to_string()).map_err(|_| {
-            format!(
-                "route {:?}: {host:?} is not a DNS name or an address TLS can check",
-                route.name
-            )
-        })?;
+        let name = if host.is_empty() {
+            None
+        } else {
+            Some(ServerName::try_from(host.to_string()).map_err(|_| {
+                format!(
+                    "route {:?}: {host:?} is not a DNS name or an address TLS can check",
+                    route.name
+                )
+            })?)
+        };
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -148,7 +155,7 @@ impl RouteTls {
         Ok(Self {
             policy,
             config: Some(Arc::new(config)),
-            name: Some(name),
+            name,
             verified,
         })
     }
@@ -170,8 +177,9 @@ impl RouteTls {
         self.policy == TlsPolicy::IfOffered && !self.verified
     }
 
-    /// Runs the handshake on `io` (right after the 220 to STARTTLS). Returns the encrypted
-    /// stream and a description for the log: `TLSv1.3/TLS13_AES_256_GCM_SHA384/verified`.
+    /// Runs the handshake on `io` (right after the 220 to STARTTLS). `host` is the name to check
+    /// the certificate against when the route has no fixed host (an MX host). Returns the
+    /// encrypted stream and a description for the log: `TLSv1.3/TLS13_AES_256_GCM_SHA384/verified`.
     ///
     /// # Errors
     /// The reply that defers the recipients: 4.7.5, with rustls' reason (a certificate that
@@ -180,8 +188,12 @@ impl RouteTls {
         &self,
         io: Box<dyn Io>,
         relay: &str,
+        host: Option<&str>,
     ) -> Result<(Box<dyn Io>, String), String> {
-        let (Some(config), Some(name)) = (&self.config, &self.name) else {
+        let hop_name =
+            host.and_then(|h| ServerName::try_from(h.trim_end_matches('.').to_string()).ok());
+        let (Some(config), Some(name)) = (&self.config, hop_name.as_ref().or(self.name.as_ref()))
+        else {
             return Err(format!(
                 "4.7.5 TLS handshake with {relay}: TLS is off for this route"
             ));

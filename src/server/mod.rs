@@ -142,14 +142,25 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut registry = Registry::new(n, config.sync());
     // Delivery (only with routes): read the spool and the journal before the reactors recover
     // their segments; the stage's thread starts once they are ready.
+    let mut needs_dns = false;
     let delivery = match config.delivery_config() {
         Some(dc) => {
+            needs_dns |= dc.needs_resolver();
             let stats = registry.enable_delivery();
             let (notifier, prepared) = crate::relay::stage::prepare(dc)
                 .map_err(|e| ServerError::Setup("the delivery queue", e))?;
             Some((notifier, prepared, stats))
         }
         None => None,
+    };
+    // One resolver (its own thread) for the MX routes and the DNSBL checks, when either is used.
+    let resolver = if needs_dns {
+        let r = crate::dns::Resolver::start(config.dns_servers())
+            .map_err(|e| ServerError::Setup("the DNS resolver", e))?;
+        tracing::info!("dns: resolver started (servers: {})", r.servers());
+        Some(r)
+    } else {
+        None
     };
     let registry = Arc::new(registry);
     let limits = ConnLimits::new(config.max_connections(), config.max_connections_per_ip());
@@ -239,7 +250,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut stage = None;
     if first_error.is_none() {
         if let Some((_, prepared, stats)) = delivery {
-            match crate::relay::stage::spawn(prepared, stats) {
+            match crate::relay::stage::spawn(prepared, stats, resolver.clone()) {
                 Ok(h) => stage = Some(h),
                 Err(e) => first_error = Some(ServerError::Setup("the delivery thread", e)),
             }

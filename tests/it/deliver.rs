@@ -13,7 +13,7 @@ const SINK: &str = "/usr/sbin/smtp-sink";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -57,12 +57,12 @@ impl Drop for Sink {
     }
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     // SAFETY: getuid has no preconditions.
     unsafe { libc::getuid() == 0 }
 }
 
-fn files(dir: &Path) -> Vec<Vec<u8>> {
+pub(crate) fn files(dir: &Path) -> Vec<Vec<u8>> {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -72,7 +72,7 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -91,7 +91,7 @@ fn queue_output(spool: &Path, args: &[&str]) -> std::process::Output {
     )
 }
 
-fn queue(spool: &Path, args: &[&str]) -> String {
+pub(crate) fn queue(spool: &Path, args: &[&str]) -> String {
     let out = queue_output(spool, args);
     assert!(
         out.status.success(),
@@ -101,7 +101,7 @@ fn queue(spool: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn send(server: &Server, n: usize, to: &str) {
+pub(crate) fn send(server: &Server, n: usize, to: &str) {
     for i in 0..n {
         let mut c = Client::greeted(server.addr);
         c.expect("EHLO client.test", 250);

@@ -1,0 +1,308 @@
+//! Tests against a real DNS server: `dnsmasq` started by each test on 127.0.0.1 and a free
+//! port (no upstream, no hosts file, only the records the test gives), killed by pid. MX
+//! routes deliver to Postfix's `smtp-sink` instances on several 127.0.0.x addresses sharing
+//! one port (`mx:PORT`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::deliver::{files, free_port, nix_is_root, queue, send, wait_for};
+use crate::require_io_uring;
+use crate::util::{require_tool, Server};
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+const SINK: &str = "/usr/sbin/smtp-sink";
+
+/// A free UDP port on 127.0.0.1 (bound, then released).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `dnsmasq` answering only `records` (dnsmasq config lines such as
+/// `mx-host=a.test,mx.a.test,10`) for names under `.test` (NXDOMAIN for the others).
+pub(crate) struct Dnsmasq {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    pub(crate) fn start(dir: &Path, port: u16, records: &[String]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let conf: PathBuf = dir.join("dnsmasq.conf");
+        let mut text = format!(
+            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n\
+             no-daemon\npid-file=\nlocal=/test/\n"
+        );
+        for r in records {
+            text.push_str(r);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text).unwrap();
+        let mut cmd = Command::new(DNSMASQ);
+        cmd.arg(format!("--conf-file={}", conf.display()));
+        if nix_is_root() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !answers(addr) {
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a DNS server answers at `addr` (an A query for `ready.test`).
+fn answers(addr: SocketAddr) -> bool {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if s.send_to(&q, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(s.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[..2] == [0x12, 0x34])
+}
+
+/// `smtp-sink` on `ip:port`, dumping each transaction into `dump` (killed on drop).
+struct Sink(Child);
+
+impl Sink {
+    fn start(ip: &str, port: u16, dump: &Path) -> Self {
+        std::fs::create_dir_all(dump).unwrap();
+        let mut cmd = Command::new(SINK);
+        if nix_is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .arg("-d")
+            .arg(format!("{}/%Y%m%d%H%M%S.", dump.display()))
+            .arg(format!("{ip}:{port}"))
+            .arg("100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect((ip, port)).is_err() {
+            assert!(Instant::now() < deadline, "smtp-sink did not start on {ip}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A ringmx relaying every domain of `domains` by MX on port `mx_port`, asking `dns`.
+fn mx_server(domains: &[&str], mx_port: u16, dns: SocketAddr, extra: &[&str]) -> Server {
+    let route = format!("mx:{mx_port}");
+    let dns = dns.to_string();
+    let mut args = vec![
+        "--relay-to",
+        &route,
+        "--dns-server",
+        &dns,
+        "--retry-first",
+        "1",
+    ];
+    for d in domains {
+        args.extend(["--domain", d]);
+    }
+    args.extend(extra);
+    Server::start(&args)
+}
+
+fn requires() {
+    require_tool(DNSMASQ, "dnsmasq-base");
+    require_tool(SINK, "postfix");
+}
+
+#[test]
+fn mx_falls_back_from_a_refusing_preferred_host_to_the_next() {
+    require_io_uring!();
+    requires();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // mx1 (preference 10) has nothing listening: connections are refused.
+    let dns = Dnsmasq::start(
+        &tmp.path().join("dns"),
+        free_udp_port(),
+        &[
+            "mx-host=two.test,mx1.two.test,10".into(),
+            "mx-host=two.test,mx2.two.test,20".into(),
+            "host-record=mx1.two.test,127.0.0.2".into(),
+            "host-record=mx2.two.test,127.0.0.3".into(),
+        ],
+    );
+    let dump = tmp.path().join("mx2");
+    let _mx2 = Sink::start("127.0.0.3", port, &dump);
+    let server = mx_server(&["two.test"], port, dns.addr, &[]);
+    send(&server, 3, "user@two.test");
+    wait_for("3 messages at mx2", || files(&dump).len() >= 3);
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    let log = server.log();
+    assert!(
+        log.contains("relay=mx2.two.test[127.0.0.3]"),
+        "delivered by mx2: {log}"
+    );
+    assert!(
+        log.contains("mx1.two.test[127.0.0.2]") && log.contains("trying the next MX address"),
+        "mx1 was tried first: {log}"
+    );
+}
+
+#[test]
+fn mx_equal_preferences_share_the_load() {
+    require_io_uring!();
+    requires();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dns = Dnsmasq::start(
+        &tmp.path().join("dns"),
+        free_udp_port(),
+        &[
+            "mx-host=eq.test,a.eq.test,10".into(),
+            "mx-host=eq.test,b.eq.test,10".into(),
+            "host-record=a.eq.test,127.0.0.4".into(),
+            "host-record=b.eq.test,127.0.0.5".into(),
+        ],
+    );
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let _a = Sink::start("127.0.0.4", port, &da);
+    let _b = Sink::start("127.0.0.5", port, &db);
+    // 16 workers, each with its own connection to a host picked at random: with 32 messages
+    // handed to them in turn, one host alone would have a chance of 2^-15.
+    let conf = tmp.path().join("routes.toml");
+    std::fs::write(
+        &conf,
+        format!("[routes]\n\"*\" = {{ target = \"mx:{port}\", concurrency = 16 }}\n"),
+    )
+    .unwrap();
+    let dns_addr = dns.addr.to_string();
+    let server = Server::start(&[
+        "--domain",
+        "eq.test",
+        "--dns-server",
+        &dns_addr,
+        "--config",
+        conf.to_str().unwrap(),
+    ]);
+    let n = 32;
+    send(&server, n, "user@eq.test");
+    wait_for("every message at a sink", || {
+        files(&da).len() + files(&db).len() >= n
+    });
+    let (a, b) = (files(&da).len(), files(&db).len());
+    assert_eq!(a + b, n, "no duplicates");
+    assert!(a > 0 && b > 0, "both hosts get mail: a={a} b={b}");
+}
+
+#[test]
+fn mx_no_mx_uses_the_address_and_null_mx_fails_at_once() {
+    require_io_uring!();
+    requires();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dns = Dnsmasq::start(
+        &tmp.path().join("dns"),
+        free_udp_port(),
+        &[
+            "host-record=amx.test,127.0.0.6".into(),
+            "mx-host=null.test,.,0".into(),
+            "mx-host=loop.test,mx.example.test,10".into(),
+            "host-record=mx.example.test,127.0.0.9".into(),
+        ],
+    );
+    let dump = tmp.path().join("amx");
+    let _sink = Sink::start("127.0.0.6", port, &dump);
+    let server = mx_server(
+        &["amx.test", "null.test", "loop.test", "gone.test"],
+        port,
+        dns.addr,
+        &[],
+    );
+    send(&server, 1, "user@amx.test");
+    wait_for("the message at the domain's A address", || {
+        files(&dump).len() == 1
+    });
+    send(&server, 1, "user@null.test");
+    send(&server, 1, "user@loop.test");
+    send(&server, 1, "user@gone.test");
+    wait_for("3 failed in queue ls", || {
+        queue(&server.spool(), &["ls", "--failed"]).lines().count() == 3
+    });
+    let failed = queue(&server.spool(), &["ls", "--failed", "--json"]);
+    assert!(failed.contains("5.1.10"), "null MX: {failed}");
+    assert!(failed.contains("loops back to myself"), "loop: {failed}");
+    assert!(failed.contains("5.4.6"), "loop: {failed}");
+    assert!(failed.contains("5.1.2"), "NXDOMAIN: {failed}");
+    // Failed at once: one attempt each, nothing deferred.
+    assert_eq!(queue(&server.spool(), &["ls", "--deferred"]), "");
+    assert_eq!(files(&dump).len(), 1);
+}
+
+#[test]
+fn mx_dns_down_defers_then_delivers_when_it_comes_back() {
+    require_io_uring!();
+    requires();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dns_port = free_udp_port();
+    let dns_addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
+    let dump = tmp.path().join("mx");
+    let _sink = Sink::start("127.0.0.7", port, &dump);
+    let server = mx_server(&["back.test"], port, dns_addr, &[]);
+    send(&server, 2, "user@back.test");
+    wait_for("deferred for DNS", || {
+        queue(&server.spool(), &["ls", "--deferred"])
+            .lines()
+            .count()
+            == 2
+    });
+    let deferred = queue(&server.spool(), &["ls", "--deferred", "--json"]);
+    assert!(deferred.contains("4.4.3"), "{deferred}");
+    assert!(files(&dump).is_empty());
+    let _dns = Dnsmasq::start(
+        &tmp.path().join("dns"),
+        dns_port,
+        &[
+            "mx-host=back.test,mx.back.test,10".into(),
+            "host-record=mx.back.test,127.0.0.7".into(),
+        ],
+    );
+    wait_for("both messages delivered once DNS is back", || {
+        files(&dump).len() >= 2
+    });
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+}
