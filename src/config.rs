@@ -41,6 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
+use crate::relay::verify::{self, VerifyConfig};
 use crate::relay::{DeliveryConfig, Route, RouteSpec, Routes};
 use crate::smtp::{
     BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
@@ -114,6 +115,9 @@ pub struct Config {
     retry_max: Duration,
     max_queue_lifetime: Duration,
     abuse: AbuseConfig,
+    verify_timeout: Duration,
+    verify_cache_accept: Duration,
+    verify_cache_refuse: Duration,
 }
 
 /// The door's abuse controls (`--recipients`, the rate limits, `--greet-pause`,
@@ -243,6 +247,8 @@ pub enum ConfigError {
     GreetPauseTooLong(u64),
     /// An entry of `trusted-networks` in the file is not an address or CIDR block.
     BadTrustedNetwork(String),
+    /// A `verify-*` duration out of its range (name, value, limit).
+    VerifyRange(&'static str, u64, u64),
 }
 
 impl fmt::Display for ConfigError {
@@ -320,6 +326,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "trusted-networks {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
             ),
+            Self::VerifyRange(name, n, max) => {
+                write!(f, "{name} = {n} s must be between 1 and {max} s")
+            }
             Self::StatsPathTooLong(p) => write!(
                 f,
                 "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
@@ -373,6 +382,10 @@ struct FileConfig {
     max_recipient_rate: Option<u32>,
     greet_pause: Option<u64>,
     trusted_networks: Option<Vec<String>>,
+    verify_recipients: Option<bool>,
+    verify_timeout: Option<u64>,
+    verify_cache_accept: Option<u64>,
+    verify_cache_refuse: Option<u64>,
 }
 
 impl Config {
@@ -590,15 +603,17 @@ impl Config {
             None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         };
 
+        let verify_all = args.verify_recipients || file.verify_recipients.unwrap_or(false);
         let mut routes = Vec::new();
         for (name, spec) in file.routes.unwrap_or_default() {
-            routes.push(Route::from_spec(&name, &spec).map_err(ConfigError::Route)?);
+            routes.push(Route::from_spec(&name, &spec, verify_all).map_err(ConfigError::Route)?);
         }
         if let Some(target) = args.relay_to.clone().or(file.relay_to) {
             let spec = RouteSpec::Target(target);
             for d in &domains_lc {
                 if !routes.iter().any(|r| &r.name == d) {
-                    routes.push(Route::from_spec(d, &spec).map_err(ConfigError::Route)?);
+                    routes
+                        .push(Route::from_spec(d, &spec, verify_all).map_err(ConfigError::Route)?);
                 }
             }
         }
@@ -654,6 +669,35 @@ impl Config {
         } else {
             args.trusted_networks.clone()
         };
+        if verify_all && routes.is_empty() {
+            return Err(ConfigError::Route(
+                "verify-recipients needs a route to ask (--relay-to or [routes])".into(),
+            ));
+        }
+        let verify_secs = |v: Option<u64>, name: &'static str, max: u64, default: Duration| match v
+        {
+            None => Ok(default),
+            Some(n) if n == 0 || n > max => Err(ConfigError::VerifyRange(name, n, max)),
+            Some(n) => Ok(Duration::from_secs(n)),
+        };
+        let verify_timeout = verify_secs(
+            args.verify_timeout.or(file.verify_timeout),
+            "verify-timeout",
+            verify::MAX_TIMEOUT_SECS,
+            verify::DEFAULT_TIMEOUT,
+        )?;
+        let verify_cache_accept = verify_secs(
+            args.verify_cache_accept.or(file.verify_cache_accept),
+            "verify-cache-accept",
+            verify::MAX_CACHE_SECS,
+            verify::DEFAULT_CACHE_ACCEPT,
+        )?;
+        let verify_cache_refuse = verify_secs(
+            args.verify_cache_refuse.or(file.verify_cache_refuse),
+            "verify-cache-refuse",
+            verify::MAX_CACHE_SECS,
+            verify::DEFAULT_CACHE_REFUSE,
+        )?;
         let abuse = AbuseConfig {
             recipients: args.recipients.clone().or(file.recipients),
             max_connect_rate: rate(
@@ -677,6 +721,9 @@ impl Config {
 
         Ok(Self {
             abuse,
+            verify_timeout,
+            verify_cache_accept,
+            verify_cache_refuse,
             routes: Routes::new(routes),
             retry_first,
             retry_max,
@@ -810,6 +857,17 @@ impl Config {
             retry_first: self.retry_first,
             retry_max: self.retry_max,
             max_queue_lifetime: self.max_queue_lifetime,
+        })
+    }
+
+    /// The recipient verifier's settings, or `None` when no route verifies.
+    pub fn verify_config(&self) -> Option<VerifyConfig> {
+        verify::any_route_verifies(&self.routes).then(|| VerifyConfig {
+            routes: self.routes.clone(),
+            hostname: self.hostname.clone(),
+            timeout: self.verify_timeout,
+            cache_accept: self.verify_cache_accept,
+            cache_refuse: self.verify_cache_refuse,
         })
     }
 

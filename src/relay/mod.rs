@@ -10,6 +10,9 @@
 //!   schedules, drives the sans-IO [`crate::smtp::client`] over TCP or unix sockets, records
 //!   outcomes in the [`crate::spool::journal`], deletes finished segments.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
+//! - [`verify`]: recipient verification at RCPT (`--verify-recipients`): probes a route's
+//!   target (`MAIL FROM:<>`, `RCPT TO`, `RSET`) from a thread of its own, with a bounded answer
+//!   cache and a small pool of reused connections per route.
 //!
 //! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),
 //! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
@@ -18,6 +21,7 @@ pub mod queue;
 pub mod route;
 pub mod stage;
 pub mod tool;
+pub mod verify;
 
 pub use route::{Route, RouteSpec, Routes, Target, TlsMode};
 pub use stage::{DeliveryConfig, Notifier};

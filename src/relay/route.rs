@@ -2,7 +2,9 @@
 //!
 //! A target is `smtp:[host]:port`, `lmtp:[host]:port` or `lmtp:unix:/path` (the brackets, as
 //! in Postfix, say "this host, no MX lookup"; ringmx never looks up MX records, so `host:port`
-//! means the same). Each route has a TLS policy, a connection limit and an optional HELO name.
+//! means the same). Each route has a TLS policy, a connection limit, an optional HELO name, and
+//! whether its recipients are verified with the target at RCPT (`verify`, see
+//! [`super::verify`]).
 //! This module parses and looks up; it opens nothing.
 
 use std::collections::HashMap;
@@ -118,6 +120,9 @@ pub struct Route {
     pub concurrency: usize,
     /// HELO/EHLO/LHLO name (default: our hostname).
     pub helo: Option<String>,
+    /// Recipients are verified with the target at RCPT (`verify = true`, or
+    /// `--verify-recipients` for a route that does not say).
+    pub verify: bool,
 }
 
 /// A route in the TOML file: a target string, or a table.
@@ -126,7 +131,8 @@ pub struct Route {
 pub enum RouteSpec {
     /// `"example.org" = "lmtp:[10.0.0.5]:24"`.
     Target(String),
-    /// `"example.org" = { target = "…", tls = "none", concurrency = 4, helo = "mx.example" }`.
+    /// `"example.org" = { target = "…", tls = "none", concurrency = 4, helo = "mx.example",
+    /// verify = true }`.
     Full(RouteTable),
 }
 
@@ -143,17 +149,26 @@ pub struct RouteTable {
     pub concurrency: Option<usize>,
     /// HELO name.
     pub helo: Option<String>,
+    /// Verify recipients at RCPT (default: `--verify-recipients`).
+    pub verify: Option<bool>,
 }
 
 impl Route {
-    /// A route from its key and TOML spec.
+    /// A route from its key and TOML spec; `verify_default` is whether it verifies recipients
+    /// when the spec does not say (`--verify-recipients`).
     ///
     /// # Errors
     /// A bad target or limit.
-    pub fn from_spec(name: &str, spec: &RouteSpec) -> Result<Self, String> {
-        let (target, tls, concurrency, helo) = match spec {
-            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None),
-            RouteSpec::Full(t) => (t.target.as_str(), t.tls, t.concurrency, t.helo.clone()),
+    pub fn from_spec(name: &str, spec: &RouteSpec, verify_default: bool) -> Result<Self, String> {
+        let (target, tls, concurrency, helo, verify) = match spec {
+            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None, None),
+            RouteSpec::Full(t) => (
+                t.target.as_str(),
+                t.tls,
+                t.concurrency,
+                t.helo.clone(),
+                t.verify,
+            ),
         };
         let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
@@ -167,6 +182,7 @@ impl Route {
             tls,
             concurrency,
             helo,
+            verify: verify.unwrap_or(verify_default),
         })
     }
 }
@@ -249,7 +265,9 @@ mod tests {
 
     #[test]
     fn lookup_by_domain_then_star() {
-        let r = |name: &str, t: &str| Route::from_spec(name, &RouteSpec::Target(t.into())).unwrap();
+        let r = |name: &str, t: &str| {
+            Route::from_spec(name, &RouteSpec::Target(t.into()), false).unwrap()
+        };
         let routes = Routes::new(vec![r("a.test", "smtp:[h]:1"), r("*", "lmtp:[h]:2")]);
         assert_eq!(routes.for_rcpt("x@A.Test"), Some(0));
         assert_eq!(routes.for_rcpt("x@b.test"), Some(1));
@@ -262,7 +280,19 @@ mod tests {
             tls: TlsMode::None,
             concurrency: Some(0),
             helo: None,
+            verify: None,
         });
-        assert!(Route::from_spec("x", &bad).is_err());
+        assert!(Route::from_spec("x", &bad, false).is_err());
+        let no = RouteSpec::Full(RouteTable {
+            target: "smtp:[h]:1".into(),
+            tls: TlsMode::None,
+            concurrency: None,
+            helo: None,
+            verify: Some(false),
+        });
+        assert!(!Route::from_spec("x", &no, true).unwrap().verify);
+        assert!(!r("x", "smtp:[h]:1").verify);
+        let by_default = Route::from_spec("x", &RouteSpec::Target("smtp:[h]:1".into()), true);
+        assert!(by_default.unwrap().verify);
     }
 }

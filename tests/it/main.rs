@@ -14,3 +14,4 @@ mod shutdown;
 mod spool;
 mod tls;
 mod util;
+mod verify;
