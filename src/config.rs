@@ -1069,6 +1069,70 @@ mod tests {
     }
 
     #[test]
+    fn recipient_verification_per_route_and_for_all_routes() {
+        assert!(merge(&args(), "").unwrap().verify_config().is_none());
+        let routes = r#"
+            [routes]
+            "a.test" = "smtp:[127.0.0.1]:25"
+            "b.test" = { target = "lmtp:[127.0.0.1]:24", verify = true }
+            "*" = { target = "smtp:[127.0.0.1]:26", verify = false }
+        "#;
+        let verifying = |c: &Config| -> Vec<String> {
+            let v = c.verify_config().map(|v| v.routes).unwrap_or_default();
+            let mut names: Vec<String> = v
+                .all()
+                .iter()
+                .filter(|r| r.verify)
+                .map(|r| r.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let c = merge(&args(), routes).unwrap();
+        assert_eq!(verifying(&c), ["b.test"]);
+        let v = c.verify_config().unwrap();
+        assert_eq!(
+            (v.timeout, v.cache_accept, v.cache_refuse),
+            (
+                verify::DEFAULT_TIMEOUT,
+                verify::DEFAULT_CACHE_ACCEPT,
+                verify::DEFAULT_CACHE_REFUSE
+            )
+        );
+        let all = format!(
+            "verify-recipients = true\nverify-timeout = 3\nverify-cache-refuse = 60\n{routes}"
+        );
+        let c = merge(&args(), &all).unwrap();
+        assert_eq!(verifying(&c), ["a.test", "b.test"], "verify = false wins");
+        let v = c.verify_config().unwrap();
+        assert_eq!(v.timeout, Duration::from_secs(3));
+        assert_eq!(v.cache_refuse, Duration::from_secs(60));
+        // The flag turns it on for --relay-to routes too.
+        let flags = ServeArgs {
+            verify_recipients: true,
+            verify_cache_accept: Some(10),
+            relay_to: Some("lmtp:unix:/run/lmtp".into()),
+            ..args()
+        };
+        let c = merge(&flags, "").unwrap();
+        assert_eq!(verifying(&c).len(), 1);
+        assert_eq!(
+            c.verify_config().unwrap().cache_accept,
+            Duration::from_secs(10)
+        );
+        let e = |toml: &str| merge(&args(), toml).unwrap_err().to_string();
+        assert!(
+            e("verify-recipients = true").contains("needs a route"),
+            "{}",
+            e("verify-recipients = true")
+        );
+        assert!(e(&format!("verify-timeout = 0\n{routes}")).contains("verify-timeout = 0 s"));
+        assert!(e(&format!("verify-timeout = 61\n{routes}")).contains("between 1 and 60"));
+        assert!(e(&format!("verify-cache-accept = 999999999\n{routes}"))
+            .contains("verify-cache-accept"));
+    }
+
+    #[test]
     fn abuse_controls_from_file_and_flags_and_their_limits() {
         let c = merge(&args(), "").unwrap();
         assert_eq!(c.abuse(), &AbuseConfig::default());

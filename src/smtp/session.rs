@@ -31,6 +31,12 @@ use crate::data::DataScanner;
 ///    [`BodySink::end`] with `Ok`): make the message durable, then call
 ///    [`Session::handle_commit`], write `out`, and call `handle_input` again with the bytes
 ///    still held (they may already hold the next commands). No `handle_input` in between.
+/// 3b. If [`Session::phase`] is [`Phase::AwaitingVerdict`] (a RCPT whose recipient the
+///    [`Policy::verify`] check wants verified; nothing after that line was consumed): find the
+///    verdict for [`Session::awaiting_verdict`] (the driver may write `out` meanwhile), call
+///    [`Session::handle_verdict`], write `out`, then call `handle_input` again with the bytes
+///    still held. No `handle_input` in between; there is no session deadline meanwhile (the
+///    driver bounds the wait).
 /// 4. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
 ///    To stop the server: [`Session::handle_shutdown`]. Both return the [`Closed`] reason.
 /// 5. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
@@ -69,7 +75,7 @@ use crate::data::DataScanner;
 ///   HELO/EHLO discard a partial BDAT message, MAIL after a failed one starts afresh.
 /// - After every [`BodySink::end`], `handle_input` returns (having consumed what it handled),
 ///   so the driver settles that message before another begins; it calls again with the rest.
-/// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
+/// - In [`Phase::AwaitingCommit`] and [`Phase::AwaitingVerdict`] nothing is consumed (`Ok(0)`).
 ///
 /// # Lines
 /// A command line ends at LF. Only CRLF is a valid ending: a line ended by a bare LF, or
