@@ -31,22 +31,22 @@ use crate::data::DataScanner;
 ///    [`BodySink::end`] with `Ok`): make the message durable, then call
 ///    [`Session::handle_commit`], write `out`, and call `handle_input` again with the bytes
 ///    still held (they may already hold the next commands). No `handle_input` in between.
-/// 3b. If [`Session::phase`] is [`Phase::AwaitingVerdict`] (a RCPT whose recipient the
+/// 4. If [`Session::phase`] is [`Phase::AwaitingVerdict`] (a RCPT whose recipient the
 ///    [`Policy::verify`] check wants verified; nothing after that line was consumed): find the
 ///    verdict for [`Session::awaiting_verdict`] (the driver may write `out` meanwhile), call
 ///    [`Session::handle_verdict`], write `out`, then call `handle_input` again with the bytes
 ///    still held. No `handle_input` in between; there is no session deadline meanwhile (the
 ///    driver bounds the wait).
-/// 4. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
+/// 5. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
 ///    To stop the server: [`Session::handle_shutdown`]. Both return the [`Closed`] reason.
-/// 5. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
+/// 6. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
 ///    `220 2.0.0 Ready to start TLS` in `out`): write `out`, **discard** every unconsumed byte
 ///    (those after the STARTTLS line, and anything that arrives before the handshake starts:
 ///    CVE-2011-0411 command injection), run the TLS handshake within
 ///    [`Session::next_deadline`], then call [`Session::tls_started`] and from then on feed
 ///    decrypted bytes. If the handshake fails or times out, close without a reply (no
 ///    `handle_timeout`: a plaintext 421 would be garbage to a TLS client).
-/// 6. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
+/// 7. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
 ///    message begun with [`BodySink::begin`] but never ended (timeout or shutdown in DATA) must
 ///    be discarded by the driver.
 ///
