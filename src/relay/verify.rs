@@ -58,6 +58,10 @@ pub const PROBE_CONNECTIONS: usize = 2;
 pub const PROBE_QUEUE: usize = 64;
 /// A probe connection unused this long is closed (QUIT).
 pub const PROBE_IDLE: Duration = Duration::from_secs(30);
+/// Probes per connection at most; then it is closed (QUIT) and a new one opened when needed
+/// (a next hop may count each refused RCPT of a session as an error, as Postfix's
+/// `smtpd_soft_error_limit` and `smtpd_hard_error_limit` do).
+pub const PROBES_PER_CONNECTION: u32 = 100;
 /// Addresses in the answer cache at most; the oldest answer is evicted first.
 pub const CACHE_ENTRIES: usize = 100_000;
 /// An expired answer is kept this long after it was given, as the fallback when a later probe
@@ -481,8 +485,12 @@ impl Probes {
         let now = Instant::now();
         let rs = &mut self.routes[f.route];
         rs.active = rs.active.saturating_sub(1);
-        if let Some(c) = f.conn {
-            rs.idle.push((c, now));
+        match f.conn {
+            Some(c) if c.probes < PROBES_PER_CONNECTION => rs.idle.push((c, now)),
+            Some(c) => {
+                tokio::task::spawn_local(c.quit());
+            }
+            None => {}
         }
         let (verdict, source, detail) = match &f.outcome {
             Ok(reply) => match reply.class() {
@@ -640,6 +648,8 @@ struct ProbeConn {
     client: Client,
     out: Vec<u8>,
     buf: Vec<u8>,
+    /// Probes made on it.
+    probes: u32,
 }
 
 impl ProbeConn {
@@ -669,6 +679,7 @@ impl ProbeConn {
             client: Client::new(protocol, helo),
             out: Vec::new(),
             buf: vec![0; READ_BUF],
+            probes: 0,
         };
         loop {
             match c.next_event().await {
@@ -685,12 +696,18 @@ impl ProbeConn {
     /// One probe: the RCPT reply, once the RSET after it is answered too.
     async fn probe(&mut self, address: &str) -> Result<Reply, Reply> {
         while self.client.poll_event().is_some() {}
+        self.probes += 1;
         if self.client.probe(address, &mut self.out).is_err() {
             return Err(Reply::local(451, "4.4.2 probe connection not ready"));
         }
         let reply = loop {
             match self.next_event().await {
-                Event::Done(mut o) if !o.is_empty() => break o.swap_remove(0).reply,
+                // 421: the next hop is closing this connection, not answering about the
+                // address (Postfix after too many errors): a lost connection.
+                Event::Done(mut o) if !o.is_empty() => match o.swap_remove(0).reply {
+                    r if r.code == 421 => return Err(r),
+                    r => break r,
+                },
                 Event::Closed(r) => return Err(r),
                 _ => {}
             }

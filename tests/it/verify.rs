@@ -2,7 +2,9 @@
 //! smtpd on loopback whose `check_recipient_access` table knows some addresses of the domain
 //! and refuses the rest with 550 5.1.1. Accepted and refused recipients, pipelined RCPTs
 //! answered in order, a next hop that is down (450 4.1.1), the cache answering the second
-//! time without a probe (the stats counters and Postfix's own log), and connection reuse.
+//! time without a probe (the stats counters and Postfix's own log), connection reuse, a
+//! dictionary attack from many sessions at once (coalesced, cached, over at most the pool's
+//! connections), and an expired answer used when the next hop goes down.
 
 use std::time::{Duration, Instant};
 
@@ -33,17 +35,17 @@ fn maillog_when(postfix: &Postfix, needle: &str, n: usize) -> String {
     }
 }
 
-#[test]
-fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
-    require_io_uring!();
-    if !postfix_usable() {
-        return;
-    }
+/// A private Postfix whose smtpd takes `known@` and `other@` the test domain and refuses every
+/// other address there with 550 5.1.1 (and does not slow down or drop a session for its
+/// refusals, as a mailbox server that the MX verifies against should be set up).
+fn mailbox_server() -> Postfix {
     // Postfix never delivers here (nothing is sent past RCPT); it only needs a relayhost.
     let unused = free_loopback_port();
-    let postfix = Postfix::start(
+    Postfix::start(
         unused,
-        "smtpd_recipient_restrictions = check_recipient_access texthash:{DIR}/rcpt_access, permit\n",
+        "smtpd_recipient_restrictions = check_recipient_access texthash:{DIR}/rcpt_access, permit\n\
+         smtpd_soft_error_limit = 1000\n\
+         smtpd_hard_error_limit = 1000\n",
         |dir| {
             std::fs::write(
                 dir.join("rcpt_access"),
@@ -53,15 +55,19 @@ fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
             )
             .unwrap();
         },
-    );
-    // A route whose next hop is down: nothing listens on this port.
+    )
+}
+
+/// A ringmx verifying every route, with the test domain routed to `postfix` and `down.test` to
+/// a port nothing listens on; `extra` are more config lines (before `[routes]`).
+fn verifying_server(postfix: &Postfix, extra: &str) -> (Server, tempfile::TempDir) {
     let down = free_loopback_port();
     let files = tempfile::tempdir().unwrap();
     let config = files.path().join("ringmx.toml");
     std::fs::write(
         &config,
         format!(
-            "verify-recipients = true\nverify-timeout = 3\n\n[routes]\n\"{DOMAIN}\" = \"smtp:[127.0.0.1]:{}\"\n\"down.test\" = \"smtp:[{}]:{}\"\n",
+            "verify-recipients = true\nverify-timeout = 3\n{extra}\n[routes]\n\"{DOMAIN}\" = \"smtp:[127.0.0.1]:{}\"\n\"down.test\" = \"smtp:[{}]:{}\"\n",
             postfix.smtpd.port(),
             down.ip(),
             down.port()
@@ -74,6 +80,17 @@ fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
         "--config",
         config.to_str().unwrap(),
     ]);
+    (server, files)
+}
+
+#[test]
+fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
+    require_io_uring!();
+    if !postfix_usable() {
+        return;
+    }
+    let postfix = mailbox_server();
+    let (server, _files) = verifying_server(&postfix, "");
     assert!(
         server.log().contains("recipient verification on routes"),
         "{}",
@@ -141,9 +158,120 @@ fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
         1,
         "{maillog}"
     );
-    let connects = count(&maillog, ": connect from ");
+    // (Postfix::start's readiness check connects once and closes at once.)
+    let connects =
+        count(&maillog, ": connect from ") - count(&maillog, "lost connection after CONNECT");
     assert!(
         (1..=2).contains(&connects),
         "{connects} probe connections:\n{maillog}"
+    );
+}
+
+#[test]
+fn a_dictionary_attack_from_many_sessions_is_coalesced_and_cached() {
+    require_io_uring!();
+    if !postfix_usable() {
+        return;
+    }
+    const SESSIONS: usize = 16;
+    const RCPTS: usize = 8;
+    const UNKNOWN: usize = 12;
+    let postfix = mailbox_server();
+    let (server, _files) = verifying_server(&postfix, "");
+    // Every session asks, pipelined, for a mix of the same few addresses, all at once.
+    let address = |s: usize, j: usize| {
+        if (s + j) % 4 == 0 {
+            format!("known@{DOMAIN}")
+        } else {
+            format!("u{}@{DOMAIN}", (s * 5 + j) % UNKNOWN)
+        }
+    };
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|s| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                c.expect("EHLO client.test", 250);
+                let mut batch = String::from("MAIL FROM:<s@example.org>\r\n");
+                for j in 0..RCPTS {
+                    batch.push_str(&format!("RCPT TO:<{}>\r\n", address(s, j)));
+                }
+                batch.push_str("QUIT\r\n");
+                c.send(batch.as_bytes());
+                let replies: Vec<(u16, String)> = (0..RCPTS + 2).map(|_| c.reply()).collect();
+                (s, replies)
+            })
+        })
+        .collect();
+    let mut distinct = std::collections::HashSet::new();
+    for t in threads {
+        let (s, replies) = t.join().unwrap();
+        assert_eq!(replies[0].0, 250);
+        for j in 0..RCPTS {
+            let a = address(s, j);
+            let (code, text) = &replies[j + 1];
+            let want = if a.starts_with("known@") { 250 } else { 550 };
+            assert_eq!(*code, want, "session {s} RCPT {a}: {text}");
+            if want == 550 {
+                assert!(text.contains(&format!("<{a}>")), "in order: {a} got {text}");
+            }
+            distinct.insert(a);
+        }
+        assert_eq!(replies[RCPTS + 1].0, 221);
+    }
+    let total = (SESSIONS * RCPTS) as u64;
+    let probes = counter(&server, "verify_probes");
+    let others = counter(&server, "verify_cache_hits") + counter(&server, "verify_coalesced");
+    assert_eq!(probes, distinct.len() as u64, "one probe per address");
+    assert_eq!(probes + others, total);
+    assert_eq!(counter(&server, "deferred_unverified"), 0);
+    // Postfix saw each address once, over at most the pool's two connections.
+    let maillog = maillog_when(&postfix, "reject: RCPT from", distinct.len() - 1);
+    for a in &distinct {
+        let n = count(&maillog, &format!("to=<{a}>"));
+        assert!(n <= 1, "{a} probed {n} times:\n{maillog}");
+    }
+    // (Postfix::start's readiness check connects once and closes at once.)
+    let connects =
+        count(&maillog, ": connect from ") - count(&maillog, "lost connection after CONNECT");
+    assert!(
+        (1..=2).contains(&connects),
+        "{connects} probe connections:\n{maillog}"
+    );
+}
+
+#[test]
+fn an_expired_answer_stands_in_when_the_next_hop_is_down() {
+    require_io_uring!();
+    if !postfix_usable() {
+        return;
+    }
+    let postfix = mailbox_server();
+    let (server, _files) = verifying_server(
+        &postfix,
+        "verify-cache-accept = 1\nverify-cache-refuse = 1\n",
+    );
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@example.org>", 250);
+    c.expect(&format!("RCPT TO:<known@{DOMAIN}>"), 250);
+    c.expect(&format!("RCPT TO:<nobody@{DOMAIN}>"), 550);
+    // The answers expire; then the mailbox server goes away.
+    drop(postfix);
+    std::thread::sleep(Duration::from_millis(1200));
+    c.expect(&format!("RCPT TO:<known@{DOMAIN}>"), 250);
+    c.expect(&format!("RCPT TO:<nobody@{DOMAIN}>"), 550);
+    // Never asked before: nothing to stand in.
+    c.expect(&format!("RCPT TO:<new@{DOMAIN}>"), 450);
+    c.expect("QUIT", 221);
+    assert_eq!(counter(&server, "verify_probes"), 5);
+    assert_eq!(counter(&server, "verify_cache_hits"), 2);
+    assert_eq!(counter(&server, "deferred_unverified"), 1);
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=stale"
+        )),
+        "{log}"
     );
 }
