@@ -6,6 +6,7 @@ mod bdat;
 mod clients;
 mod conformance;
 mod deliver;
+mod dovecot;
 mod haproxy;
 mod postfix;
 mod proxy;

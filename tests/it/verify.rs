@@ -4,10 +4,12 @@
 //! answered in order, a next hop that is down (450 4.1.1), the cache answering the second
 //! time without a probe (the stats counters and Postfix's own log), connection reuse, a
 //! dictionary attack from many sessions at once (coalesced, cached, over at most the pool's
-//! connections), and an expired answer used when the next hop goes down.
+//! connections), and an expired answer used when the next hop goes down. Then the same against
+//! a private Dovecot LMTP server, over TCP and over its unix socket.
 
 use std::time::{Duration, Instant};
 
+use crate::dovecot::{dovecot_usable, Dovecot};
 use crate::postfix::{free_loopback_port, postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{Client, Server, DOMAIN};
@@ -273,5 +275,70 @@ fn an_expired_answer_stands_in_when_the_next_hop_is_down() {
             "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=stale"
         )),
         "{log}"
+    );
+}
+
+#[test]
+fn recipients_are_verified_with_dovecot_lmtp_over_tcp_and_unix_socket() {
+    require_io_uring!();
+    if !dovecot_usable() {
+        return;
+    }
+    let dovecot = Dovecot::start(&[&format!("known@{DOMAIN}"), "known@tcp.test"]);
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("ringmx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes]\n\"{DOMAIN}\" = {{ target = \"lmtp:unix:{}\", verify = true }}\n\"tcp.test\" = {{ target = \"lmtp:[127.0.0.1]:{}\", verify = true }}\n\"plain.test\" = \"lmtp:[127.0.0.1]:{}\"\n",
+            dovecot.socket().display(),
+            dovecot.port,
+            dovecot.port
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--domain",
+        "tcp.test",
+        "--domain",
+        "plain.test",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@example.org>", 250);
+    for domain in [DOMAIN, "tcp.test"] {
+        c.expect(&format!("RCPT TO:<known@{domain}>"), 250);
+        let text = c.expect(&format!("RCPT TO:<nobody@{domain}>"), 550);
+        assert_eq!(
+            text,
+            format!("550 5.1.1 <nobody@{domain}>: Recipient address rejected: User unknown\r\n")
+        );
+        c.expect(&format!("RCPT TO:<nobody@{domain}>"), 550);
+    }
+    // A route without verify is not asked.
+    c.expect("RCPT TO:<nobody@plain.test>", 250);
+    c.expect("RSET", 250);
+    c.expect("QUIT", 221);
+    assert_eq!(counter(&server, "verify_probes"), 4);
+    assert_eq!(counter(&server, "verify_cache_hits"), 2);
+    assert_eq!(counter(&server, "refused_unverified"), 4);
+    let log = server.log();
+    assert!(
+        log.contains("User doesn't exist"),
+        "Dovecot's reply is logged:\n{log}"
+    );
+    // Two routes: a connection each (LHLO once, then MAIL/RCPT/RSET per probe).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut dlog = dovecot.log();
+    while count(&dlog, "Connect from") < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        dlog = dovecot.log();
+    }
+    assert_eq!(
+        count(&dlog, "Connect from"),
+        3,
+        "1 readiness check + 2 routes:\n{dlog}"
     );
 }
