@@ -580,6 +580,10 @@ impl Probes {
         // finishes and fills the cache).
         self.pending
             .retain(|_, p| p.started || !p.waiters.is_empty());
+        let pending = &self.pending;
+        for rs in &mut self.routes {
+            rs.queue.retain(|k| pending.contains_key(k));
+        }
         for rs in &mut self.routes {
             let mut i = 0;
             while i < rs.idle.len() {

@@ -342,3 +342,94 @@ fn recipients_are_verified_with_dovecot_lmtp_over_tcp_and_unix_socket() {
         "1 readiness check + 2 routes:\n{dlog}"
     );
 }
+
+#[test]
+fn a_silent_next_hop_gets_two_connections_a_bounded_queue_and_450_at_once_beyond() {
+    require_io_uring!();
+    const SESSIONS: usize = 80;
+    // The verifier's bounds (src/relay/verify.rs): probes in flight and queued per route.
+    const IN_FLIGHT: usize = 2;
+    const QUEUED: usize = 64;
+    // A next hop that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    silent.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        // Counts the connections, and the most open at once (a closed one peeks 0 bytes).
+        std::thread::spawn(move || {
+            let (mut open, mut total, mut most) = (Vec::new(), 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((s, _)) = silent.accept() {
+                    s.set_nonblocking(true).unwrap();
+                    open.push(s);
+                    total += 1;
+                }
+                open.retain(|s| !matches!(s.peek(&mut [0u8; 1]), Ok(0)));
+                most = most.max(open.len());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (total, most)
+        })
+    };
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("ringmx.toml");
+    std::fs::write(
+        &config,
+        format!("verify-recipients = true\nverify-timeout = 2\n\n[routes]\n\"{DOMAIN}\" = \"smtp:[127.0.0.1]:{port}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    // Every session connects and greets first, then all ask at once, each a new address.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let addr = server.addr;
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                c.expect("EHLO client.test", 250);
+                c.expect("MAIL FROM:<s@example.org>", 250);
+                barrier.wait();
+                let asked = Instant::now();
+                let (code, text) = c.cmd(&format!("RCPT TO:<guess{i}@{DOMAIN}>"));
+                let took = asked.elapsed();
+                c.expect("QUIT", 221);
+                (code, text, took)
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String, Duration)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (connections, most_at_once) = holder.join().unwrap();
+    for (code, text, _) in &results {
+        assert_eq!(*code, 450, "{text}");
+        assert!(text.starts_with("450 4.1.1 <guess"), "{text}");
+    }
+    let at_once = results
+        .iter()
+        .filter(|(_, _, took)| *took < Duration::from_millis(1500))
+        .count();
+    let waited = results
+        .iter()
+        .filter(|(_, _, took)| *took >= Duration::from_millis(1900))
+        .count();
+    // Those beyond the bounds are answered at once; the others waited for the timeout.
+    assert_eq!(at_once, SESSIONS - IN_FLIGHT - QUEUED, "{results:?}");
+    assert_eq!(waited, IN_FLIGHT + QUEUED, "{results:?}");
+    // Never more than the pool at once (when the first two time out, the next queued
+    // addresses are probed: the work goes on, two at a time).
+    assert_eq!(
+        most_at_once, IN_FLIGHT,
+        "{connections} connections to the silent next hop, {most_at_once} at once"
+    );
+    let log = server.log();
+    assert_eq!(
+        count(&log, "source=busy"),
+        SESSIONS - IN_FLIGHT - QUEUED,
+        "{log}"
+    );
+    assert_eq!(counter(&server, "deferred_unverified"), SESSIONS as u64);
+}
