@@ -888,7 +888,7 @@ impl Config {
              idle-timeout={}s data-timeout={}s bare-lf={} tls-pairs={} tls-min-version={} \
              tls-handshake-timeout={}s proxy-protocol-from={} recipients={} \
              max-connect-rate={} max-message-rate={} max-recipient-rate={} greet-pause={}s \
-             trusted-networks={}",
+             trusted-networks={} verify-recipients={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -936,6 +936,28 @@ impl Config {
                     .collect();
                 nets.join(",")
             },
+            self.verify_summary(),
+        )
+    }
+
+    /// `verify-recipients=` of the summary: `off`, or the verifying routes and the timings.
+    fn verify_summary(&self) -> String {
+        let Some(v) = self.verify_config() else {
+            return "off".to_string();
+        };
+        let names: Vec<&str> = v
+            .routes
+            .all()
+            .iter()
+            .filter(|r| r.verify)
+            .map(|r| r.name.as_str())
+            .collect();
+        format!(
+            "{}(timeout={}s,cache-accept={}s,cache-refuse={}s)",
+            names.join(","),
+            v.timeout.as_secs(),
+            v.cache_accept.as_secs(),
+            v.cache_refuse.as_secs()
         )
     }
 }
@@ -1104,6 +1126,17 @@ mod tests {
         );
         let c = merge(&args(), &all).unwrap();
         assert_eq!(verifying(&c), ["a.test", "b.test"], "verify = false wins");
+        assert!(
+            c.summary().ends_with(
+                "verify-recipients=a.test,b.test(timeout=3s,cache-accept=3600s,cache-refuse=60s)"
+            ),
+            "{}",
+            c.summary()
+        );
+        assert!(merge(&args(), "")
+            .unwrap()
+            .summary()
+            .ends_with("verify-recipients=off"));
         let v = c.verify_config().unwrap();
         assert_eq!(v.timeout, Duration::from_secs(3));
         assert_eq!(v.cache_refuse, Duration::from_secs(60));
