@@ -41,6 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
+use crate::relay::verify::{self, VerifyConfig};
 use crate::relay::{DeliveryConfig, Route, RouteSpec, Routes};
 use crate::smtp::{
     BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
@@ -115,6 +116,9 @@ pub struct Config {
     max_queue_lifetime: Duration,
     abuse: AbuseConfig,
     dns_servers: Vec<SocketAddr>,
+    verify_timeout: Duration,
+    verify_cache_accept: Duration,
+    verify_cache_refuse: Duration,
 }
 
 /// The door's abuse controls (`--recipients`, the rate limits, `--greet-pause`,
@@ -246,6 +250,8 @@ pub enum ConfigError {
     BadTrustedNetwork(String),
     /// An entry of `dns-server` in the file is not `IP` or `IP:PORT`.
     BadDnsServer(String),
+    /// A `verify-*` duration out of its range (name, value, limit).
+    VerifyRange(&'static str, u64, u64),
 }
 
 impl fmt::Display for ConfigError {
@@ -327,6 +333,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "trusted-networks {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
             ),
+            Self::VerifyRange(name, n, max) => {
+                write!(f, "{name} = {n} s must be between 1 and {max} s")
+            }
             Self::StatsPathTooLong(p) => write!(
                 f,
                 "stats socket path {} is longer than {MAX_UNIX_SOCKET_PATH} bytes; choose a shorter --stats",
@@ -381,6 +390,10 @@ struct FileConfig {
     greet_pause: Option<u64>,
     trusted_networks: Option<Vec<String>>,
     dns_server: Option<Vec<String>>,
+    verify_recipients: Option<bool>,
+    verify_timeout: Option<u64>,
+    verify_cache_accept: Option<u64>,
+    verify_cache_refuse: Option<u64>,
 }
 
 impl Config {
@@ -598,15 +611,17 @@ impl Config {
             None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         };
 
+        let verify_all = args.verify_recipients || file.verify_recipients.unwrap_or(false);
         let mut routes = Vec::new();
         for (name, spec) in file.routes.unwrap_or_default() {
-            routes.push(Route::from_spec(&name, &spec).map_err(ConfigError::Route)?);
+            routes.push(Route::from_spec(&name, &spec, verify_all).map_err(ConfigError::Route)?);
         }
         if let Some(target) = args.relay_to.clone().or(file.relay_to) {
             let spec = RouteSpec::Target(target);
             for d in &domains_lc {
                 if !routes.iter().any(|r| &r.name == d) {
-                    routes.push(Route::from_spec(d, &spec).map_err(ConfigError::Route)?);
+                    routes
+                        .push(Route::from_spec(d, &spec, verify_all).map_err(ConfigError::Route)?);
                 }
             }
         }
@@ -667,6 +682,35 @@ impl Config {
         } else {
             args.trusted_networks.clone()
         };
+        if verify_all && routes.is_empty() {
+            return Err(ConfigError::Route(
+                "verify-recipients needs a route to ask (--relay-to or [routes])".into(),
+            ));
+        }
+        let verify_secs = |v: Option<u64>, name: &'static str, max: u64, default: Duration| match v
+        {
+            None => Ok(default),
+            Some(n) if n == 0 || n > max => Err(ConfigError::VerifyRange(name, n, max)),
+            Some(n) => Ok(Duration::from_secs(n)),
+        };
+        let verify_timeout = verify_secs(
+            args.verify_timeout.or(file.verify_timeout),
+            "verify-timeout",
+            verify::MAX_TIMEOUT_SECS,
+            verify::DEFAULT_TIMEOUT,
+        )?;
+        let verify_cache_accept = verify_secs(
+            args.verify_cache_accept.or(file.verify_cache_accept),
+            "verify-cache-accept",
+            verify::MAX_CACHE_SECS,
+            verify::DEFAULT_CACHE_ACCEPT,
+        )?;
+        let verify_cache_refuse = verify_secs(
+            args.verify_cache_refuse.or(file.verify_cache_refuse),
+            "verify-cache-refuse",
+            verify::MAX_CACHE_SECS,
+            verify::DEFAULT_CACHE_REFUSE,
+        )?;
         let abuse = AbuseConfig {
             recipients: args.recipients.clone().or(file.recipients),
             max_connect_rate: rate(
@@ -701,6 +745,9 @@ impl Config {
         Ok(Self {
             abuse,
             dns_servers,
+            verify_timeout,
+            verify_cache_accept,
+            verify_cache_refuse,
             routes: Routes::new(routes),
             retry_first,
             retry_max,
@@ -843,6 +890,17 @@ impl Config {
         })
     }
 
+    /// The recipient verifier's settings, or `None` when no route verifies.
+    pub fn verify_config(&self) -> Option<VerifyConfig> {
+        verify::any_route_verifies(&self.routes).then(|| VerifyConfig {
+            routes: self.routes.clone(),
+            hostname: self.hostname.clone(),
+            timeout: self.verify_timeout,
+            cache_accept: self.verify_cache_accept,
+            cache_refuse: self.verify_cache_refuse,
+        })
+    }
+
     /// The spool writer settings of reactor `reactor`.
     pub fn spool_config(&self, reactor: u16) -> SpoolConfig {
         let mut c = SpoolConfig::new(self.spool_dir.clone(), reactor, self.hostname.clone());
@@ -860,7 +918,7 @@ impl Config {
              idle-timeout={}s data-timeout={}s bare-lf={} tls-pairs={} tls-min-version={} \
              tls-handshake-timeout={}s proxy-protocol-from={} recipients={} \
              max-connect-rate={} max-message-rate={} max-recipient-rate={} greet-pause={}s \
-             trusted-networks={}",
+             trusted-networks={} verify-recipients={}",
             listen.join(","),
             self.domains.join(","),
             self.hostname,
@@ -908,6 +966,28 @@ impl Config {
                     .collect();
                 nets.join(",")
             },
+            self.verify_summary(),
+        )
+    }
+
+    /// `verify-recipients=` of the summary: `off`, or the verifying routes and the timings.
+    fn verify_summary(&self) -> String {
+        let Some(v) = self.verify_config() else {
+            return "off".to_string();
+        };
+        let names: Vec<&str> = v
+            .routes
+            .all()
+            .iter()
+            .filter(|r| r.verify)
+            .map(|r| r.name.as_str())
+            .collect();
+        format!(
+            "{}(timeout={}s,cache-accept={}s,cache-refuse={}s)",
+            names.join(","),
+            v.timeout.as_secs(),
+            v.cache_accept.as_secs(),
+            v.cache_refuse.as_secs()
         )
     }
 }
@@ -1050,6 +1130,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"reject\" or \"normalize\""), "{e}");
+    }
+
+    #[test]
+    fn recipient_verification_per_route_and_for_all_routes() {
+        assert!(merge(&args(), "").unwrap().verify_config().is_none());
+        let routes = r#"
+            [routes]
+            "a.test" = "smtp:[127.0.0.1]:25"
+            "b.test" = { target = "lmtp:[127.0.0.1]:24", verify = true }
+            "*" = { target = "smtp:[127.0.0.1]:26", verify = false }
+        "#;
+        let verifying = |c: &Config| -> Vec<String> {
+            let v = c.verify_config().map(|v| v.routes).unwrap_or_default();
+            let mut names: Vec<String> = v
+                .all()
+                .iter()
+                .filter(|r| r.verify)
+                .map(|r| r.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let c = merge(&args(), routes).unwrap();
+        assert_eq!(verifying(&c), ["b.test"]);
+        let v = c.verify_config().unwrap();
+        assert_eq!(
+            (v.timeout, v.cache_accept, v.cache_refuse),
+            (
+                verify::DEFAULT_TIMEOUT,
+                verify::DEFAULT_CACHE_ACCEPT,
+                verify::DEFAULT_CACHE_REFUSE
+            )
+        );
+        let all = format!(
+            "verify-recipients = true\nverify-timeout = 3\nverify-cache-refuse = 60\n{routes}"
+        );
+        let c = merge(&args(), &all).unwrap();
+        assert_eq!(verifying(&c), ["a.test", "b.test"], "verify = false wins");
+        assert!(
+            c.summary().ends_with(
+                "verify-recipients=a.test,b.test(timeout=3s,cache-accept=3600s,cache-refuse=60s)"
+            ),
+            "{}",
+            c.summary()
+        );
+        assert!(merge(&args(), "")
+            .unwrap()
+            .summary()
+            .ends_with("verify-recipients=off"));
+        let v = c.verify_config().unwrap();
+        assert_eq!(v.timeout, Duration::from_secs(3));
+        assert_eq!(v.cache_refuse, Duration::from_secs(60));
+        // The flag turns it on for --relay-to routes too.
+        let flags = ServeArgs {
+            verify_recipients: true,
+            verify_cache_accept: Some(10),
+            relay_to: Some("lmtp:unix:/run/lmtp".into()),
+            ..args()
+        };
+        let c = merge(&flags, "").unwrap();
+        assert_eq!(verifying(&c).len(), 1);
+        assert_eq!(
+            c.verify_config().unwrap().cache_accept,
+            Duration::from_secs(10)
+        );
+        let e = |toml: &str| merge(&args(), toml).unwrap_err().to_string();
+        assert!(
+            e("verify-recipients = true").contains("needs a route"),
+            "{}",
+            e("verify-recipients = true")
+        );
+        assert!(e(&format!("verify-timeout = 0\n{routes}")).contains("verify-timeout = 0 s"));
+        assert!(e(&format!("verify-timeout = 61\n{routes}")).contains("between 1 and 60"));
+        assert!(e(&format!("verify-cache-accept = 999999999\n{routes}"))
+            .contains("verify-cache-accept"));
     }
 
     #[test]

@@ -145,6 +145,21 @@ pub struct ServeArgs {
     /// [default: the servers of /etc/resolv.conf].
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server_flag)]
     pub dns_server: Vec<SocketAddr>,
+    /// Verify recipients with the next hop at RCPT, on every route that does not say
+    /// otherwise (`verify = false` in its `[routes]` table): `MAIL FROM:<>`, `RCPT TO`, `RSET`
+    /// over a reused connection; refused → `550 5.1.1`, no answer in time or 4xx →
+    /// `450 4.1.1`. Addresses listed in --recipients are not asked. Needs a route.
+    #[arg(long)]
+    pub verify_recipients: bool,
+    /// How long a verification probe may take, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub verify_timeout: Option<u64>,
+    /// How long an address the next hop accepted is taken without asking again, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub verify_cache_accept: Option<u64>,
+    /// How long an address the next hop refused is refused without asking again, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub verify_cache_refuse: Option<u64>,
 }
 
 /// `--dns-server`: `IP` (port 53) or `IP:PORT` (`[v6]:PORT`).
@@ -195,6 +210,22 @@ impl ServeArgs {
             ("max_message_rate", "0".to_string()),
             ("max_recipient_rate", "0".to_string()),
             ("greet_pause", "0".to_string()),
+            (
+                "verify_timeout",
+                crate::relay::verify::DEFAULT_TIMEOUT.as_secs().to_string(),
+            ),
+            (
+                "verify_cache_accept",
+                crate::relay::verify::DEFAULT_CACHE_ACCEPT
+                    .as_secs()
+                    .to_string(),
+            ),
+            (
+                "verify_cache_refuse",
+                crate::relay::verify::DEFAULT_CACHE_REFUSE
+                    .as_secs()
+                    .to_string(),
+            ),
         ]
     }
 

@@ -17,6 +17,9 @@
 //! - [`control`]: the control socket `<spool>/control.sock` that the stage serves, and the
 //!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
+//! - [`verify`]: recipient verification at RCPT (`--verify-recipients`): probes a route's
+//!   target (`MAIL FROM:<>`, `RCPT TO`, `RSET`) from a thread of its own, with a bounded answer
+//!   cache and a small pool of reused connections per route.
 //!
 //! It does not send bounces (failed recipients are held), check MTA-STS or DANE policies for
 //! MX hosts, or compact segments pinned by undelivered mail (see docs/spool.md).
@@ -28,6 +31,7 @@ pub mod route;
 pub mod stage;
 pub mod tls;
 pub mod tool;
+pub mod verify;
 
 pub use route::{Route, RouteSpec, Routes, Target, TlsMode};
 pub use stage::{DeliveryConfig, Notifier};

@@ -4,9 +4,10 @@
 //! in Postfix, say "this host, no MX lookup"; a named target never has its MX looked up, so
 //! `host:port` means the same), or `mx` / `mx:PORT`: the recipient domain's MX hosts, looked up
 //! in the DNS at delivery time ([`super::mx`]), on port 25 or PORT. Each route has a TLS policy
-//! (and an optional CA file to verify the next hop against), a connection limit and an optional
-//! HELO name. This module parses and looks up; it opens nothing (the CA file is read by
-//! [`super::tls`]).
+//! (and an optional CA file to verify the next hop against), a connection limit, an optional
+//! HELO name, and whether its recipients are verified with the target at RCPT (`verify`, see
+//! [`super::verify`]). This module parses and looks up; it opens nothing (the CA file is read
+//! by [`super::tls`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -144,6 +145,9 @@ pub struct Route {
     pub helo: Option<String>,
     /// PEM file of the CA(s) the next hop's certificate must chain to.
     pub ca: Option<PathBuf>,
+    /// Recipients are verified with the target at RCPT (`verify = true`, or
+    /// `--verify-recipients` for a route that does not say).
+    pub verify: bool,
 }
 
 /// A route in the TOML file: a target string, or a table.
@@ -153,7 +157,7 @@ pub enum RouteSpec {
     /// `"example.org" = "lmtp:[10.0.0.5]:24"`.
     Target(String),
     /// `"example.org" = { target = "…", tls = "encrypt", ca = "/etc/ringmx/ca.pem",
-    /// concurrency = 4, helo = "mx.example" }`.
+    /// concurrency = 4, helo = "mx.example", verify = true }`.
     Full(RouteTable),
 }
 
@@ -172,22 +176,26 @@ pub struct RouteTable {
     pub helo: Option<String>,
     /// CA file (PEM).
     pub ca: Option<PathBuf>,
+    /// Verify recipients at RCPT (default: `--verify-recipients`).
+    pub verify: Option<bool>,
 }
 
 impl Route {
-    /// A route from its key and TOML spec.
+    /// A route from its key and TOML spec; `verify_default` is whether it verifies recipients
+    /// when the spec does not say (`--verify-recipients`).
     ///
     /// # Errors
     /// A bad target or limit.
-    pub fn from_spec(name: &str, spec: &RouteSpec) -> Result<Self, String> {
-        let (target, tls, concurrency, helo, ca) = match spec {
-            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None, None),
+    pub fn from_spec(name: &str, spec: &RouteSpec, verify_default: bool) -> Result<Self, String> {
+        let (target, tls, concurrency, helo, ca, verify) = match spec {
+            RouteSpec::Target(t) => (t.as_str(), TlsMode::default(), None, None, None, None),
             RouteSpec::Full(t) => (
                 t.target.as_str(),
                 t.tls,
                 t.concurrency,
                 t.helo.clone(),
                 t.ca.clone(),
+                t.verify,
             ),
         };
         let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
@@ -196,13 +204,23 @@ impl Route {
                 "route {name:?}: concurrency = {concurrency} must be between 1 and {MAX_CONCURRENCY}"
             ));
         }
+        let target = Target::parse(target)?;
+        // Recipient verification asks one next hop that knows the mailboxes; an `mx` route's
+        // hosts are other people's servers (asking them would be a callout to the world).
+        if target.is_mx() && verify == Some(true) {
+            return Err(format!(
+                "route {name:?}: verify = true needs a fixed next hop, not {target}"
+            ));
+        }
+        let verify = verify.unwrap_or(verify_default && !target.is_mx());
         Ok(Self {
             name: name.to_ascii_lowercase(),
-            target: Target::parse(target)?,
+            target,
             tls,
             concurrency,
             helo,
             ca,
+            verify,
         })
     }
 }
@@ -295,7 +313,9 @@ mod tests {
 
     #[test]
     fn lookup_by_domain_then_star() {
-        let r = |name: &str, t: &str| Route::from_spec(name, &RouteSpec::Target(t.into())).unwrap();
+        let r = |name: &str, t: &str| {
+            Route::from_spec(name, &RouteSpec::Target(t.into()), false).unwrap()
+        };
         let routes = Routes::new(vec![r("a.test", "smtp:[h]:1"), r("*", "lmtp:[h]:2")]);
         assert_eq!(routes.for_rcpt("x@A.Test"), Some(0));
         assert_eq!(routes.for_rcpt("x@b.test"), Some(1));
@@ -309,7 +329,34 @@ mod tests {
             concurrency: Some(0),
             helo: None,
             ca: None,
+            verify: None,
         });
-        assert!(Route::from_spec("x", &bad).is_err());
+        assert!(Route::from_spec("x", &bad, false).is_err());
+        let no = RouteSpec::Full(RouteTable {
+            target: "smtp:[h]:1".into(),
+            tls: TlsMode::None,
+            concurrency: None,
+            helo: None,
+            ca: None,
+            verify: Some(false),
+        });
+        assert!(!Route::from_spec("x", &no, true).unwrap().verify);
+        assert!(!r("x", "smtp:[h]:1").verify);
+        let by_default = Route::from_spec("x", &RouteSpec::Target("smtp:[h]:1".into()), true);
+        assert!(by_default.unwrap().verify);
+        let mx = Route::from_spec("x", &RouteSpec::Target("mx".into()), true);
+        assert!(
+            !mx.unwrap().verify,
+            "--verify-recipients leaves mx routes alone"
+        );
+        let mx_verify = RouteSpec::Full(RouteTable {
+            target: "mx".into(),
+            tls: TlsMode::May,
+            concurrency: None,
+            helo: None,
+            ca: None,
+            verify: Some(true),
+        });
+        assert!(Route::from_spec("x", &mx_verify, false).is_err());
     }
 }

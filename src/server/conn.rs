@@ -38,6 +38,13 @@
 //! `220 ` line follows. A tokio-uring read raced against the pause would stay in flight after
 //! it and swallow the client's first command, hence the peek.
 //!
+//! Recipient verification: when the session waits for a RCPT verdict
+//! ([`Phase::AwaitingVerdict`]), `drive` asks the verifier thread
+//! ([`crate::relay::verify`]) over a channel and awaits the answer on a oneshot (other
+//! connections of the reactor run meanwhile), then hands it to [`Session::handle_verdict`].
+//! The session consumed nothing after that RCPT, so pipelined commands behind it are answered
+//! after it, in order.
+//!
 //! This module does not parse SMTP, decide replies or know the spool format.
 
 use std::io;
@@ -54,8 +61,9 @@ use super::reactor::Reactor;
 use super::shutdown::{Stop, TrackGuard};
 use super::tls::{TlsConn, TlsFailure};
 use crate::buffers::Buf;
+use crate::relay::verify::{Answer, Source};
 use crate::smtp::{
-    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
+    BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session, Verdict,
 };
 use crate::spool::{EnvelopeRecord, MessageWriter, Spool, SpoolError, TlsTrace};
 use crate::stats::{MessageOutcome, ReactorStats, SessionEnd, TlsOutcome};
@@ -453,6 +461,12 @@ impl<'r> Conn<'r> {
                 }
             };
             used += n;
+            if self.session.phase() == Phase::AwaitingVerdict {
+                if let Err(closed) = self.verify_rcpt().await {
+                    self.write_out().await?;
+                    return Err(End::Closed(closed));
+                }
+            }
             self.flush_body().await;
             let acked_at = self.end_message().await;
             self.write_out().await?;
@@ -481,6 +495,71 @@ impl<'r> Conn<'r> {
                 return Ok(used);
             }
         }
+    }
+
+    /// The session waits for a RCPT verdict: asks the verifier (a channel send, never
+    /// blocking), awaits its answer (bounded by [`Verifier::wait_limit`]), counts, logs, and
+    /// hands the verdict to the session.
+    ///
+    /// [`Verifier::wait_limit`]: crate::relay::verify::Verifier::wait_limit
+    async fn verify_rcpt(&mut self) -> Result<(), Closed> {
+        let Some(address) = self.session.awaiting_verdict().map(str::to_owned) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let answer = match &self.r.abuse.verify {
+            Some(v) => match v.ask(&address) {
+                Ok(rx) => match tokio::time::timeout(v.wait_limit(), rx).await {
+                    Ok(Ok(a)) => a,
+                    _ => Answer::new(Verdict::Unverified, Source::Failed, "no answer in time"),
+                },
+                Err(a) => a,
+            },
+            // The session asks only when a verifier is configured.
+            None => Answer::new(Verdict::Unverified, Source::Failed, "no verifier"),
+        };
+        let c = &self.r.stats.counters;
+        if answer.probed {
+            ReactorStats::inc(&c.verify_probes);
+        }
+        match answer.source {
+            Source::Cache | Source::Stale => ReactorStats::inc(&c.verify_cache_hits),
+            Source::Joined => ReactorStats::inc(&c.verify_coalesced),
+            Source::Probe | Source::Busy | Source::Failed => {}
+        }
+        let ms = started.elapsed().as_millis();
+        let why = match answer.verdict {
+            Verdict::Accepted => {
+                tracing::debug!(
+                    "verified rcpt=<{address}> client={} source={} ms={ms} reply=\"{}\"",
+                    self.peer.ip(),
+                    answer.source.name(),
+                    answer.detail
+                );
+                None
+            }
+            Verdict::Refused => {
+                ReactorStats::inc(&c.refused_unverified);
+                Some(RecipientRefusal::VerifyRefused)
+            }
+            Verdict::Unverified => {
+                ReactorStats::inc(&c.deferred_unverified);
+                Some(RecipientRefusal::Unverified)
+            }
+        };
+        if let Some(why) = why {
+            let (code, status) = why.reply();
+            tracing::info!(
+                "reject rcpt=<{address}> from=<{}> client={} reason={} reply={code} {status} source={} ms={ms} next-hop=\"{}\"",
+                self.session.envelope().mail_from,
+                self.peer.ip(),
+                why.name(),
+                answer.source.name(),
+                answer.detail
+            );
+        }
+        self.session
+            .handle_verdict(Instant::now(), answer.verdict, &mut self.out)
     }
 
     /// Hands the body bytes pushed during the last `handle_input` to the spool.

@@ -137,8 +137,33 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     let n = config.reactors();
     // Before binding: a client must not wait in the backlog while a large table loads.
-    let abuse = abuse_controls(&config)?;
+    let mut abuse = abuse_controls(&config)?;
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
+    // Recipient verification (only when a route verifies): its thread must run before the
+    // first RCPT can ask it.
+    let verifier = match config.verify_config() {
+        Some(vc) => {
+            let verifying: Vec<&str> = vc
+                .routes
+                .all()
+                .iter()
+                .filter(|r| r.verify)
+                .map(|r| r.name.as_str())
+                .collect();
+            tracing::info!(
+                "recipient verification on routes {}: timeout {}s, cache accepted {}s refused {}s",
+                verifying.join(","),
+                vc.timeout.as_secs(),
+                vc.cache_accept.as_secs(),
+                vc.cache_refuse.as_secs()
+            );
+            let (v, handle) = crate::relay::verify::spawn(vc)
+                .map_err(|e| ServerError::Setup("the recipient verifier", e))?;
+            abuse.verify = Some(v);
+            Some(handle)
+        }
+        None => None,
+    };
     let mut registry = Registry::new(n, config.sync());
     // Delivery (only with routes): read the spool and the journal before the reactors recover
     // their segments; the stage's thread starts once they are ready.
@@ -316,6 +341,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Some(stage) = stage {
         stage.stop();
     }
+    if let Some(verifier) = verifier {
+        verifier.stop();
+    }
     drop(stats_server);
     drop(signals);
     drop(reload);
@@ -370,6 +398,7 @@ fn abuse_controls(config: &Config) -> Result<reactor::Abuse, ServerError> {
         rates,
         trusted: a.trusted_networks.clone(),
         greet_pause: a.greet_pause,
+        verify: None,
     })
 }
 

@@ -93,6 +93,9 @@ pub struct Abuse {
     pub trusted: Vec<ipnet::IpNet>,
     /// `--greet-pause` (zero: off).
     pub greet_pause: Duration,
+    /// Recipient verification with the next hop (`--verify-recipients`, `verify = true` on a
+    /// route); `None` when no route verifies.
+    pub verify: Option<Arc<crate::relay::verify::Verifier>>,
 }
 
 impl Abuse {
@@ -103,7 +106,8 @@ impl Abuse {
     }
 
     /// The policy of a new session from a client that is `trusted` or not: the recipient table
-    /// in force now, and the message/recipient rate limits unless trusted.
+    /// in force now, the message/recipient rate limits unless trusted, and recipient
+    /// verification (for trusted clients too: it is about the recipient, not the client).
     pub fn policy(&self, trusted: bool) -> crate::smtp::Policy {
         crate::smtp::Policy {
             recipients: self.recipients.as_ref().map(|r| r.current()),
@@ -113,6 +117,10 @@ impl Abuse {
                 }
                 _ => None,
             },
+            verify: self
+                .verify
+                .as_ref()
+                .map(|v| v.clone() as Arc<dyn crate::smtp::VerifyCheck>),
         }
     }
 }

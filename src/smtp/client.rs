@@ -287,6 +287,8 @@ struct Txn {
     last: Option<u8>,
     /// The one before it.
     prev: Option<u8>,
+    /// A recipient probe ([`Client::probe`]): no DATA; every RCPT reply is the outcome.
+    probe: bool,
 }
 
 /// The client state machine of one connection. See the module docs.
@@ -660,6 +662,40 @@ impl Client {
         Ok(())
     }
 
+    /// Asks whether the server takes `rcpt` without sending mail: `MAIL FROM:<>`, `RCPT
+    /// TO:<rcpt>`, `RSET` (pipelined when the server offers PIPELINING, else one by one).
+    /// [`Event::Done`] then carries one outcome: the RCPT reply (or the MAIL reply, if MAIL was
+    /// refused), `Delivered` meaning "would be accepted"; [`Event::Ready`] follows the reply to
+    /// RSET, and the connection can probe again.
+    ///
+    /// # Errors
+    /// [`StartError::NotReady`] when not ready.
+    pub fn probe(&mut self, rcpt: &str, out: &mut Vec<u8>) -> Result<(), StartError> {
+        if self.state != State::Ready {
+            return Err(StartError::NotReady);
+        }
+        command(out, "MAIL FROM:<>");
+        self.expect.push_back(Expect::Mail);
+        let mut t = Txn {
+            rcpts: vec![rcpt.to_owned()],
+            outcomes: vec![None],
+            probe: true,
+            ..Txn::default()
+        };
+        if self.ext.pipelining {
+            command(out, &format!("RCPT TO:<{rcpt}>"));
+            self.expect.push_back(Expect::Rcpt(0));
+            command(out, "RSET");
+            self.expect.push_back(Expect::Rset);
+            t.next_rcpt = 1;
+            // Every command of the probe is out (`data_sent` means that here).
+            t.data_sent = true;
+        }
+        self.txn = Some(t);
+        self.state = State::Transaction;
+        Ok(())
+    }
+
     fn mail_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
         let Some(t) = self.txn.as_mut() else { return };
         if reply.class() != ReplyClass::Positive {
@@ -680,7 +716,7 @@ impl Client {
             command(out, &format!("RCPT TO:<{}>", t.rcpts[t.next_rcpt]));
             self.expect.push_back(Expect::Rcpt(t.next_rcpt));
             t.next_rcpt += 1;
-        } else if t.accepted.is_empty() {
+        } else if t.probe || t.accepted.is_empty() {
             self.end_transaction(out);
         } else {
             command(out, "DATA");
@@ -693,6 +729,11 @@ impl Client {
         let Some(t) = self.txn.as_mut() else { return };
         if t.mail_refused.is_some() {
             // MAIL decides; RCPT replies after a refused MAIL (pipelined) say nothing new.
+        } else if t.probe {
+            t.outcomes[i] = Some(RcptOutcome {
+                status: Status::of(&reply),
+                reply,
+            });
         } else if reply.class() == ReplyClass::Positive {
             t.accepted.push(i);
         } else {
@@ -701,7 +742,12 @@ impl Client {
                 reply,
             });
         }
-        if !t.data_sent {
+        if t.probe && t.data_sent {
+            // Pipelined probe: RSET is already on its way; its reply makes us ready.
+            if let Some(t) = self.txn.take() {
+                self.events.push_back(Event::Done(finish(t)));
+            }
+        } else if !t.data_sent {
             self.send_next_rcpt(out);
         }
     }
@@ -997,6 +1043,79 @@ mod tests {
         250-hop.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n\
         250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n450 4.2.0 <y@b.test>: mailbox busy\r\n354 go\r\n\
         250 2.0.0 Ok: queued as X\r\n221 2.0.0 Bye\r\n";
+
+    /// Probes `a@b.test` then `c@b.test` on one connection, then quits.
+    fn probe_driver() -> impl FnMut(&mut Client, &Event, &mut Vec<u8>) {
+        let mut probes = ["a@b.test", "c@b.test"].into_iter();
+        move |c, e, out| {
+            if let Event::Ready(_) = e {
+                match probes.next() {
+                    Some(r) => c.probe(r, out).unwrap(),
+                    None => c.quit(out),
+                }
+            }
+        }
+    }
+
+    fn done_codes(events: &[Event]) -> Vec<(u16, Status)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Done(o) => Some((o[0].reply.code, o[0].status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn probes_pipelined_and_one_by_one_reuse_the_connection() {
+        let pipelined = b"220 x\r\n250-x\r\n250 PIPELINING\r\n\
+            250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok\r\n\
+            250 2.1.0 Ok\r\n550 5.1.1 <c@b.test>: User unknown\r\n250 2.0.0 Ok\r\n221 bye\r\n";
+        let lmtp = b"220 x\r\n250 x\r\n\
+            250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok\r\n\
+            250 2.1.0 Ok\r\n451 4.3.0 try later\r\n250 2.0.0 Ok\r\n221 bye\r\n";
+        let expect = "MAIL FROM:<>\r\nRCPT TO:<a@b.test>\r\nRSET\r\nMAIL FROM:<>\r\nRCPT TO:<c@b.test>\r\nRSET\r\nQUIT\r\n";
+        for split in 0..=pipelined.len() {
+            let mut c = Client::new(Protocol::Smtp, "mx");
+            let (out, events) = run(&mut c, pipelined, &[split], probe_driver());
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                format!("EHLO mx\r\n{expect}")
+            );
+            assert_eq!(
+                done_codes(&events),
+                [(250, Status::Delivered), (550, Status::Failed)]
+            );
+        }
+        let mut c = Client::new(Protocol::Lmtp, "mx");
+        let (out, events) = run(&mut c, lmtp, &[], probe_driver());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("LHLO mx\r\n{expect}")
+        );
+        assert_eq!(
+            done_codes(&events),
+            [(250, Status::Delivered), (451, Status::Deferred)]
+        );
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn probe_with_refused_mail_reports_the_mail_reply() {
+        let server = b"220 x\r\n250-x\r\n250 PIPELINING\r\n550 5.7.1 no null sender\r\n503 5.5.1 need MAIL\r\n250 Ok\r\n";
+        let mut c = Client::new(Protocol::Smtp, "mx");
+        let mut once = true;
+        let (_, events) = run(&mut c, server, &[], |c, e, out| {
+            if matches!(e, Event::Ready(_)) && std::mem::take(&mut once) {
+                c.probe("a@b.test", out).unwrap();
+            }
+        });
+        assert_eq!(done_codes(&events), [(550, Status::Failed)]);
+        assert!(c.is_ready());
+        assert_eq!(c.probe("x@y", &mut Vec::new()), Ok(()));
+        assert_eq!(c.probe("x@y", &mut Vec::new()), Err(StartError::NotReady));
+    }
 
     #[test]
     fn pipelined_transaction_at_every_split() {

@@ -52,6 +52,8 @@
 //!   │   BDAT n [LAST] (Phase::Data while its n octets come): octets → sink.segment as sent;
 //!   │      non-LAST → 250 2.0.0 <n> octets received; LAST → sink.end(Ok) as above
 //!   │      ▼
+//!   │   (RCPT verified with the next hop: Phase::AwaitingVerdict, nothing consumed until
+//!   │    handle_verdict → 250 / 550 5.1.1 / 450 4.1.1; then handle_input again)
 //!   │   Phase::AwaitingCommit (no 250 yet: the driver makes it durable)
 //!   │      │ handle_commit(Ok(id)) → 250 2.0.0 Ok queued as <id>
 //!   │      │ handle_commit(Err(_)) → 452 4.3.1 / 451 4.3.0
@@ -71,7 +73,7 @@ mod recipients;
 mod reply;
 mod session;
 
-pub use policy::{Policy, Rate, RateCheck};
+pub use policy::{Policy, Rate, RateCheck, Verdict, VerifyCheck};
 pub use recipients::{RecipientTable, TableError, MAX_RECIPIENT_TABLE_BYTES};
 pub use session::Session;
 
@@ -232,6 +234,10 @@ pub enum Phase {
     Data,
     /// A message has ended; waiting for the driver's [`Session::handle_commit`].
     AwaitingCommit,
+    /// A RCPT waits for the driver's [`Session::handle_verdict`] (recipient verification,
+    /// [`Policy::verify`]); the address is [`Session::awaiting_verdict`]. Nothing is consumed
+    /// until then, so pipelined commands behind it are answered after it, in order.
+    AwaitingVerdict,
     /// `220 2.0.0 Ready to start TLS` was written: the driver must discard every byte it holds
     /// (they arrived before the handshake: CVE-2011-0411), run the TLS handshake, then call
     /// [`Session::tls_started`]. Nothing is consumed until then.
@@ -310,11 +316,15 @@ pub enum RecipientRefusal {
     UnknownUser,
     /// The client is over its recipient rate ([`Policy::rates`]): 450 4.7.1.
     RateLimited,
+    /// The next hop refused it when asked ([`Policy::verify`]): 550 5.1.1.
+    VerifyRefused,
+    /// The next hop could not say in time ([`Policy::verify`]): 450 4.1.1.
+    Unverified,
 }
 
 impl RecipientRefusal {
     /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`,
-    /// `unknown-user`, `recipient-rate`).
+    /// `unknown-user`, `recipient-rate`, `verify-refused`, `unverified`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Relay => "relay-denied",
@@ -322,6 +332,8 @@ impl RecipientRefusal {
             Self::NeedsSmtputf8 => "needs-smtputf8",
             Self::UnknownUser => "unknown-user",
             Self::RateLimited => "recipient-rate",
+            Self::VerifyRefused => "verify-refused",
+            Self::Unverified => "unverified",
         }
     }
 
@@ -330,8 +342,9 @@ impl RecipientRefusal {
         match self {
             Self::Relay | Self::SourceRoute => (550, "5.7.1"),
             Self::NeedsSmtputf8 => (553, "5.6.7"),
-            Self::UnknownUser => (550, "5.1.1"),
+            Self::UnknownUser | Self::VerifyRefused => (550, "5.1.1"),
             Self::RateLimited => (450, "4.7.1"),
+            Self::Unverified => (450, "4.1.1"),
         }
     }
 }

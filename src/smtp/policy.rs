@@ -2,6 +2,10 @@
 //! message/recipient rate check, both as plain data or a trait object, so the session decides
 //! its replies (`550 5.1.1`, `450 4.7.1`) without knowing where the answers come from.
 //!
+//! Recipient verification ([`VerifyCheck`], [`Verdict`]): the session only learns whether a
+//! recipient's route asks its next hop; it then waits in [`super::Phase::AwaitingVerdict`] for
+//! the driver's [`Verdict`], which comes from elsewhere (a probe, a cache).
+//!
 //! This module does not count anything or read a clock; the driver's [`RateCheck`]
 //! implementation does (shared by all reactors). A session without a [`Policy`] checks nothing
 //! beyond the local domains.
@@ -31,6 +35,27 @@ pub trait RateCheck: fmt::Debug + Send + Sync {
     fn allow(&self, what: Rate, client: IpAddr, now: Instant) -> bool;
 }
 
+/// Whether a recipient is verified with its next hop (recipient verification, per route).
+/// Implemented by the driver; must be cheap and must not block: it only says *whether*, the
+/// answer comes later as a [`Verdict`].
+pub trait VerifyCheck: fmt::Debug + Send + Sync {
+    /// Whether RCPT `address` (`local@domain`, as the client wrote it, of a local domain) must
+    /// wait for a verdict.
+    fn wants_verdict(&self, address: &str) -> bool;
+}
+
+/// The driver's answer about a recipient the session waits for
+/// ([`super::Session::handle_verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The next hop takes it: 250.
+    Accepted,
+    /// The next hop refused it (5xx): `550 5.1.1 … User unknown`.
+    Refused,
+    /// No answer in time, 4xx, or too busy to ask: `450 4.1.1 … unverified address`.
+    Unverified,
+}
+
 /// The policy of one session, fixed when it starts.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -39,4 +64,7 @@ pub struct Policy {
     pub recipients: Option<Arc<RecipientTable>>,
     /// The rate limits (`None`: none, e.g. for a trusted client).
     pub rates: Option<Arc<dyn RateCheck>>,
+    /// Recipient verification (`None`: off). Asked only for a recipient the table does not
+    /// decide: no table, or one matched only by its `@domain` entry; never for postmaster.
+    pub verify: Option<Arc<dyn VerifyCheck>>,
 }

@@ -170,6 +170,12 @@ impl RecipientTable {
             || self.find(&mut buf, &[b"@", domain.as_bytes()])
     }
 
+    /// Whether `address` itself is in the table (not through its `@domain`). Does not allocate.
+    pub fn lists_address(&self, address: &str) -> bool {
+        let mut buf = [0u8; MAX_PATH];
+        self.find(&mut buf, &[address.as_bytes()])
+    }
+
     /// Whether `@domain` is in the table, or any address of `domain` (linear: for start-up
     /// checks, not for the hot path).
     pub fn mentions_domain(&self, domain: &str) -> bool {

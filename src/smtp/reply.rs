@@ -155,6 +155,18 @@ pub(crate) fn encode_unknown_user(out: &mut Out<'_>, address: &str) {
     out.extend_from_slice(b">: Recipient address rejected: User unknown\r\n");
 }
 
+/// 450 to a recipient whose next hop could not say in time whether it exists (recipient
+/// verification, a probe that timed out or got 4xx), as Postfix words it:
+/// `450 4.1.1 <addr>: Recipient address rejected: unverified address: try again later`.
+pub(crate) fn encode_unverified(out: &mut Out<'_>, address: &str) {
+    push_code(out, 450, b' ');
+    out.extend_from_slice(b"4.1.1 <");
+    push_sanitized(out, address);
+    out.extend_from_slice(
+        b">: Recipient address rejected: unverified address: try again later\r\n",
+    );
+}
+
 /// The positive reply to HELO.
 pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
     push_code(out, 250, b' ');

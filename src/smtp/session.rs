@@ -16,7 +16,7 @@ use super::envelope::{AddressError, Body, MailParams, Path};
 use super::reply::{self, Out, Reply};
 use super::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rate, RecipientRefusal,
-    Rejection, ReplyTally, SessionConfig, TlsInfo, MAX_COMMAND_LINE,
+    Rejection, ReplyTally, SessionConfig, TlsInfo, Verdict, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
 
@@ -31,16 +31,22 @@ use crate::data::DataScanner;
 ///    [`BodySink::end`] with `Ok`): make the message durable, then call
 ///    [`Session::handle_commit`], write `out`, and call `handle_input` again with the bytes
 ///    still held (they may already hold the next commands). No `handle_input` in between.
-/// 4. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
+/// 4. If [`Session::phase`] is [`Phase::AwaitingVerdict`] (a RCPT whose recipient the
+///    [`Policy::verify`] check wants verified; nothing after that line was consumed): find the
+///    verdict for [`Session::awaiting_verdict`] (the driver may write `out` meanwhile), call
+///    [`Session::handle_verdict`], write `out`, then call `handle_input` again with the bytes
+///    still held. No `handle_input` in between; there is no session deadline meanwhile (the
+///    driver bounds the wait).
+/// 5. If [`Session::next_deadline`] passes before more bytes arrive: [`Session::handle_timeout`].
 ///    To stop the server: [`Session::handle_shutdown`]. Both return the [`Closed`] reason.
-/// 5. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
+/// 6. If [`Session::phase`] is [`Phase::StartTls`] after `handle_input` (STARTTLS accepted,
 ///    `220 2.0.0 Ready to start TLS` in `out`): write `out`, **discard** every unconsumed byte
 ///    (those after the STARTTLS line, and anything that arrives before the handshake starts:
 ///    CVE-2011-0411 command injection), run the TLS handshake within
 ///    [`Session::next_deadline`], then call [`Session::tls_started`] and from then on feed
 ///    decrypted bytes. If the handshake fails or times out, close without a reply (no
 ///    `handle_timeout`: a plaintext 421 would be garbage to a TLS client).
-/// 6. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
+/// 7. On `Err(Closed)` from any call: write what is in `out`, then close the connection. A
 ///    message begun with [`BodySink::begin`] but never ended (timeout or shutdown in DATA) must
 ///    be discarded by the driver.
 ///
@@ -69,7 +75,7 @@ use crate::data::DataScanner;
 ///   HELO/EHLO discard a partial BDAT message, MAIL after a failed one starts afresh.
 /// - After every [`BodySink::end`], `handle_input` returns (having consumed what it handled),
 ///   so the driver settles that message before another begins; it calls again with the rest.
-/// - In [`Phase::AwaitingCommit`] nothing is consumed (`Ok(0)`).
+/// - In [`Phase::AwaitingCommit`] and [`Phase::AwaitingVerdict`] nothing is consumed (`Ok(0)`).
 ///
 /// # Lines
 /// A command line ends at LF. Only CRLF is a valid ending: a line ended by a bare LF, or
@@ -145,6 +151,8 @@ enum State {
     /// Reading the octets of a BDAT chunk.
     Chunk(Chunk),
     AwaitingCommit,
+    /// A RCPT for this address waits for [`Session::handle_verdict`].
+    AwaitingVerdict(String),
     StartTls,
     Closed(Closed),
 }
@@ -237,7 +245,9 @@ impl Session {
         loop {
             match self.state {
                 State::Closed(reason) => return Err(reason),
-                State::AwaitingCommit | State::StartTls => return Ok(pos),
+                State::AwaitingCommit | State::AwaitingVerdict(_) | State::StartTls => {
+                    return Ok(pos)
+                }
                 State::Data(ref mut data) => {
                     if pos == input.len() {
                         return Ok(pos);
@@ -371,6 +381,54 @@ impl Session {
         self.last_progress = now;
     }
 
+    /// The RCPT address waiting for a verdict ([`Phase::AwaitingVerdict`]), as the client wrote
+    /// it; `None` in any other phase.
+    pub fn awaiting_verdict(&self) -> Option<&str> {
+        match &self.state {
+            State::AwaitingVerdict(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The driver's answer for the RCPT in [`Phase::AwaitingVerdict`]: appends `250 2.1.5 Ok`
+    /// (the recipient joins the envelope), `550 5.1.1 … User unknown` or `450 4.1.1 …
+    /// unverified address: try again later` (both count as errors), and goes back to reading
+    /// commands; `now` starts the next command timeout. Does nothing in any other phase.
+    ///
+    /// # Errors
+    /// `Err(Closed::TooManyErrors)` when this refusal was the last error allowed (421 4.7.0
+    /// appended after it).
+    pub fn handle_verdict(
+        &mut self,
+        now: Instant,
+        verdict: Verdict,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Closed> {
+        let State::AwaitingVerdict(address) = std::mem::replace(&mut self.state, State::Command)
+        else {
+            return Ok(());
+        };
+        self.last_progress = now;
+        let mut out = Out::new(out);
+        let res = match verdict {
+            Verdict::Accepted => {
+                self.envelope.rcpts.push(address);
+                reply::RCPT_OK.encode(&mut out);
+                Ok(())
+            }
+            Verdict::Refused => {
+                reply::encode_unknown_user(&mut out, &address);
+                self.count_error(&mut out)
+            }
+            Verdict::Unverified => {
+                reply::encode_unverified(&mut out, &address);
+                self.count_error(&mut out)
+            }
+        };
+        self.replies.add(out.tally);
+        res
+    }
+
     /// The deadline passed: appends `421 4.4.2 <hostname> …` and closes. If the session was
     /// already closed, appends nothing and returns the earlier reason.
     pub fn handle_timeout(&mut self, out: &mut Vec<u8>) -> Closed {
@@ -397,6 +455,7 @@ impl Session {
             State::Command => Phase::Command,
             State::Data(_) | State::Chunk(_) => Phase::Data,
             State::AwaitingCommit => Phase::AwaitingCommit,
+            State::AwaitingVerdict(_) => Phase::AwaitingVerdict,
             State::StartTls => Phase::StartTls,
             State::Closed(_) => Phase::Closed,
         }
@@ -420,7 +479,7 @@ impl Session {
             State::StartTls => self
                 .last_progress
                 .checked_add(self.config.tls_handshake_timeout),
-            State::AwaitingCommit | State::Closed(_) => None,
+            State::AwaitingCommit | State::AwaitingVerdict(_) | State::Closed(_) => None,
         }
     }
 
@@ -687,13 +746,26 @@ impl Session {
                 return self.fail(out, reply::RELAY_DENIED);
             }
             // postmaster@ one of our domains is always taken (RFC 5321 §4.5.1).
-            let known = |t: &super::RecipientTable| {
-                local.eq_ignore_ascii_case("postmaster") || t.accepts(address, domain)
-            };
-            if self.policy.recipients.as_deref().is_some_and(|t| !known(t)) {
+            let postmaster = local.eq_ignore_ascii_case("postmaster");
+            let known = |t: &super::RecipientTable| postmaster || t.accepts(address, domain);
+            let table = self.policy.recipients.as_deref();
+            if table.is_some_and(|t| !known(t)) {
                 sink.recipient_refused(&self.envelope, address, RecipientRefusal::UnknownUser);
                 reply::encode_unknown_user(out, address);
                 return self.count_error(out);
+            }
+            // The table decides a listed address; no table, or only its `@domain` entry,
+            // leaves it to the next hop when the route verifies.
+            let decided = postmaster || table.is_some_and(|t| t.lists_address(address));
+            if !decided
+                && self
+                    .policy
+                    .verify
+                    .as_deref()
+                    .is_some_and(|v| v.wants_verdict(address))
+            {
+                self.state = State::AwaitingVerdict(address.to_owned());
+                return Ok(());
             }
         }
         self.envelope.rcpts.push(address.to_owned());

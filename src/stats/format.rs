@@ -130,6 +130,15 @@ pub fn text(snap: &Snapshot) -> String {
         c.refused_recipient_rate,
         c.refused_pregreet
     );
+    let _ = writeln!(
+        s,
+        "verify       probes {}  cache-hits {}  coalesced {}  refused {}  deferred {}",
+        c.verify_probes,
+        c.verify_cache_hits,
+        c.verify_coalesced,
+        c.refused_unverified,
+        c.deferred_unverified
+    );
     if let Some(d) = &snap.delivery {
         let figures: Vec<String> = d
             .fields()
@@ -372,8 +381,17 @@ mod tests {
         ReactorStats::add(&r0.counters.refused_message_rate, 2);
         ReactorStats::add(&r0.counters.refused_recipient_rate, 3);
         r0.session_ended(crate::stats::SessionEnd::Pregreet, Duration::from_millis(5));
+        ReactorStats::add(&r0.counters.verify_probes, 5);
+        ReactorStats::add(&r0.counters.verify_cache_hits, 6);
+        ReactorStats::add(&r0.counters.verify_coalesced, 7);
+        ReactorStats::add(&r0.counters.refused_unverified, 8);
+        ReactorStats::add(&r0.counters.deferred_unverified, 9);
         let snap = reg.snapshot();
         let t = text(&snap);
+        assert!(
+            t.contains("verify       probes 5  cache-hits 6  coalesced 7  refused 8  deferred 9"),
+            "{t}"
+        );
         assert!(
             t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1"),
             "{t}"
@@ -385,6 +403,11 @@ mod tests {
             ("refused_message_rate", 2),
             ("refused_recipient_rate", 3),
             ("refused_pregreet", 1),
+            ("verify_probes", 5),
+            ("verify_cache_hits", 6),
+            ("verify_coalesced", 7),
+            ("refused_unverified", 8),
+            ("deferred_unverified", 9),
         ] {
             assert_eq!(v["total"]["counters"][name], n, "{name}");
             let p = prometheus(&snap);

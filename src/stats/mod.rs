@@ -141,6 +141,17 @@ counters! {
     /// Clients that talked before the end of the greet pause (554 5.5.1, closed); also how
     /// those sessions ended.
     refused_pregreet,
+    /// Recipients the next hop refused when verified (550 5.1.1), probed or from the cache.
+    refused_unverified,
+    /// Recipients that could not be verified in time (450 4.1.1): timeout, 4xx, next hop
+    /// down, verifier busy.
+    deferred_unverified,
+    /// Recipient verifications answered from the cache, without a probe.
+    verify_cache_hits,
+    /// Recipient verification probes made (`MAIL FROM:<>`, `RCPT`, `RSET` to the next hop).
+    verify_probes,
+    /// Recipient verifications that joined a probe already in flight for the same address.
+    verify_coalesced,
 }
 
 /// How a STARTTLS handshake ended, as the `tls_*` counters count it.

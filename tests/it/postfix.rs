@@ -242,7 +242,7 @@ impl Drop for Postfix {
 }
 
 /// A port on 127.0.0.1 that is free now (the kernel's pick, released at once).
-fn free_loopback_port() -> SocketAddr {
+pub(crate) fn free_loopback_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::smtp::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, RecipientRefusal, Rejection, Session,
-    SessionConfig, DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
+    SessionConfig, Verdict, DEFAULT_MAX_RECIPIENTS, MAX_COMMAND_LINE, MAX_LOCAL_PART,
 };
 
 // ---- harness --------------------------------------------------------------------------------
@@ -82,6 +82,10 @@ struct Driver {
     committed: usize,
     /// Bytes dropped after a STARTTLS line.
     discarded: usize,
+    /// Verdicts to hand out for RCPTs that wait for one, in order; when empty, `Accepted`.
+    verdicts: VecDeque<Verdict>,
+    /// The addresses that waited for a verdict, in order.
+    asked: Vec<String>,
 }
 
 impl Driver {
@@ -104,6 +108,8 @@ impl Driver {
             commits: VecDeque::new(),
             committed: 0,
             discarded: 0,
+            verdicts: VecDeque::new(),
+            asked: Vec::new(),
         }
     }
 
@@ -128,6 +134,18 @@ impl Driver {
                     assert!(n <= self.pending.len());
                     self.pending.drain(..n);
                     let phase = self.session.phase();
+                    if phase == Phase::AwaitingVerdict {
+                        assert!(self.session.next_deadline().is_none());
+                        let address = self.session.awaiting_verdict().expect("an address");
+                        self.asked.push(address.to_owned());
+                        let v = self.verdicts.pop_front().unwrap_or(Verdict::Accepted);
+                        if let Err(c) = self.session.handle_verdict(self.now, v, &mut self.out) {
+                            self.closed = Some(c);
+                            self.pending.clear();
+                            return;
+                        }
+                        continue;
+                    }
                     if phase != Phase::AwaitingCommit && n > 0 && !self.pending.is_empty() {
                         continue; // returned after a message ended: settle it, go on
                     }
@@ -149,6 +167,7 @@ impl Driver {
                             return;
                         }
                         Phase::Closed => unreachable!("closed without Err"),
+                        Phase::AwaitingVerdict => unreachable!("handled above"),
                     }
                 }
             }
@@ -2300,6 +2319,7 @@ fn unknown_recipients_get_550_5_1_1_and_known_and_wildcard_ones_pass() {
     let policy = crate::smtp::Policy {
         recipients: Some(table("alice@local.test\n@example.org\n")),
         rates: None,
+        verify: None,
     };
     let d = run_with(
         with_policy(config(), policy),
@@ -2351,6 +2371,7 @@ fn unknown_recipients_count_as_errors() {
     let policy = crate::smtp::Policy {
         recipients: Some(table("# nobody\n")),
         rates: None,
+        verify: None,
     };
     let mut c = config();
     c.max_errors = 3;
@@ -2399,6 +2420,7 @@ fn over_the_rate_mail_and_rcpt_get_450_4_7_1() {
     let policy = crate::smtp::Policy {
         recipients: None,
         rates: Some(budget.clone()),
+        verify: None,
     };
     let d = run_with(
         with_policy(config(), policy),
@@ -2441,4 +2463,99 @@ fn over_the_rate_mail_and_rcpt_get_450_4_7_1() {
         d.sink.refused[1],
         ("c@local.test".to_owned(), RecipientRefusal::RateLimited)
     );
+}
+
+// ---- recipient verification (Policy::verify) ------------------------------------------------
+
+/// Verifies every address of `example.org` (one route verifies, the other does not).
+#[derive(Debug)]
+struct VerifyExampleOrg;
+
+impl crate::smtp::VerifyCheck for VerifyExampleOrg {
+    fn wants_verdict(&self, address: &str) -> bool {
+        address.to_ascii_lowercase().ends_with("@example.org")
+    }
+}
+
+#[test]
+fn verified_recipients_wait_for_their_verdict_and_pipelined_replies_stay_in_order() {
+    let policy = crate::smtp::Policy {
+        recipients: Some(table(
+            "listed@example.org\n@example.org\nalice@local.test\n",
+        )),
+        rates: None,
+        verify: Some(Arc::new(VerifyExampleOrg)),
+    };
+    let mut d = with_policy(no_cap(), policy);
+    d.verdicts = VecDeque::from([Verdict::Accepted, Verdict::Refused, Verdict::Unverified]);
+    let d = run_with(
+        d,
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<known@example.org>
+        C: RCPT TO:<alice@local.test>
+        C: RCPT TO:<gone@example.org>
+        C: RCPT TO:<Listed@example.org>
+        C: RCPT TO:<postmaster@example.org>
+        C: RCPT TO:<later@example.org>
+        C: DATA
+        S: 250 2.1.0
+        S: 250 2.1.5
+        S: 250 2.1.5
+        S: 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown
+        S: 250 2.1.5
+        S: 250 2.1.5
+        S: 450 4.1.1 <later@example.org>: Recipient address rejected: unverified address: try again later
+        S: 354
+        C: hi
+        C: .
+        S: 250 2.0.0 Ok queued as Q1
+        ",
+        ),
+    );
+    // Listed addresses and postmaster are decided by the table; only the rest is asked.
+    assert_eq!(
+        d.asked,
+        ["known@example.org", "gone@example.org", "later@example.org"]
+    );
+    assert_eq!(
+        d.sink.messages[0].envelope.rcpts,
+        [
+            "known@example.org",
+            "alice@local.test",
+            "Listed@example.org",
+            "postmaster@example.org"
+        ]
+    );
+}
+
+#[test]
+fn verify_refusals_count_as_errors_and_the_last_closes() {
+    let policy = crate::smtp::Policy {
+        recipients: None,
+        rates: None,
+        verify: Some(Arc::new(VerifyExampleOrg)),
+    };
+    let mut c = config();
+    c.max_errors = 2;
+    let mut d = with_policy(c, policy);
+    d.verdicts = VecDeque::from([Verdict::Refused, Verdict::Unverified, Verdict::Accepted]);
+    let d = run_with(
+        d,
+        &greeted(
+            "
+        C: MAIL FROM:<a@s.test>
+        C: RCPT TO:<a@example.org>
+        C: RCPT TO:<b@example.org>
+        C: RCPT TO:<c@example.org>
+        S: 250 2.1.0
+        S: 550 5.1.1
+        S: 450 4.1.1
+        S: 421 4.7.0
+        ",
+        ),
+    );
+    assert_eq!(d.closed, Some(Closed::TooManyErrors));
+    assert_eq!(d.asked, ["a@example.org", "b@example.org"]);
 }
