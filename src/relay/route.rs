@@ -212,7 +212,7 @@ impl Route {
                 "route {name:?}: verify = true needs a fixed next hop, not {target}"
             ));
         }
-        let verify = verify.unwrap_or(verify_default && !target.is_mx());
+        let verify = verify.unwrap_or_else(|| verify_default && !target.is_mx());
         Ok(Self {
             name: name.to_ascii_lowercase(),
             target,

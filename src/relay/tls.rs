@@ -318,7 +318,9 @@ mod tests {
                 concurrency: None,
                 helo: None,
                 ca: ca.map(Path::to_path_buf),
+                verify: None,
             }),
+            false,
         )
         .unwrap()
     }
