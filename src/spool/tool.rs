@@ -17,6 +17,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::id::MessageId;
+use super::journal::{self, RecordKind};
 use super::reader::{self, DamageKind, StoredMessage};
 use super::segment;
 
@@ -129,16 +130,57 @@ pub fn cat(dir: &Path, id: &str, out: &mut dyn Write) -> Result<(), ToolError> {
     m.write_data(out).map_err(|e| ToolError::io(id, e))
 }
 
+/// What `check` says about the delivery journal (present only with onward delivery).
+#[derive(Debug, Default, Serialize)]
+struct JournalCheck {
+    records: u64,
+    delivered: u64,
+    deferred: u64,
+    failed: u64,
+    deleted: u64,
+    /// Bytes after the last valid record (a torn tail: cut at the next start).
+    torn_tail_bytes: u64,
+}
+
+fn check_journal(dir: &Path) -> Result<Option<JournalCheck>, ToolError> {
+    if !journal::journal_path(dir).exists() {
+        return Ok(None);
+    }
+    let j = journal::read_journal(dir).map_err(|e| ToolError::io(dir.display(), e))?;
+    let mut c = JournalCheck {
+        records: j.records.len() as u64,
+        torn_tail_bytes: j.file_len - j.valid_end,
+        ..JournalCheck::default()
+    };
+    for r in &j.records {
+        *match r.kind {
+            RecordKind::Delivered => &mut c.delivered,
+            RecordKind::Deferred => &mut c.deferred,
+            RecordKind::Failed => &mut c.failed,
+            RecordKind::Deleted => &mut c.deleted,
+        } += 1;
+    }
+    Ok(Some(c))
+}
+
 /// `check`: verifies every segment and writes the report (one line per segment and a total,
-/// or one JSON object). Returns whether the spool is sound (see [`reader::CheckReport::is_ok`]).
+/// or one JSON object), with a line about the delivery journal if there is one (every record
+/// kind is valid; a torn tail is reported, not an error: the next start cuts it). Returns
+/// whether the spool is sound (see [`reader::CheckReport::is_ok`]).
 ///
 /// # Errors
 /// Reading the spool or writing `out` failed.
 pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolError> {
     let w = |e| ToolError::io("stdout", e);
     let r = reader::check_spool(dir).map_err(|e| ToolError::io(dir.display(), e))?;
+    let journal = check_journal(dir)?;
     if json {
-        let text = serde_json::to_string_pretty(&r).map_err(|e| ToolError::Msg(e.to_string()))?;
+        let mut v = serde_json::to_value(&r).map_err(|e| ToolError::Msg(e.to_string()))?;
+        if let (Some(j), Some(obj)) = (&journal, v.as_object_mut()) {
+            let j = serde_json::to_value(j).map_err(|e| ToolError::Msg(e.to_string()))?;
+            obj.insert("journal".into(), j);
+        }
+        let text = serde_json::to_string_pretty(&v).map_err(|e| ToolError::Msg(e.to_string()))?;
         writeln!(out, "{text}").map_err(w)?;
     } else {
         for s in &r.segments {
@@ -176,6 +218,24 @@ pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolEr
             }
             for a in &s.anomalies {
                 line.push_str(&format!("\tCORRUPT: {a}"));
+            }
+            writeln!(out, "{line}").map_err(w)?;
+        }
+        if let Some(j) = &journal {
+            let mut line = format!(
+                "{}	records {}	delivered {}	deferred {}	failed {}	deleted {}",
+                journal::JOURNAL_NAME,
+                j.records,
+                j.delivered,
+                j.deferred,
+                j.failed,
+                j.deleted
+            );
+            if j.torn_tail_bytes > 0 {
+                line.push_str(&format!(
+                    "	torn tail ({} bytes; cut at next start)",
+                    j.torn_tail_bytes
+                ));
             }
             writeln!(out, "{line}").map_err(w)?;
         }
@@ -411,4 +471,47 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
         .replace('/', "\\057")
         .replace(':', "\\072")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::journal::{DeliveryRecord, Journal};
+
+    #[test]
+    fn check_reports_the_journal_with_deleted_records_and_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |kind, id| DeliveryRecord {
+            kind,
+            id: MessageId(id),
+            rcpt: 0,
+            at_us: 1,
+            next_us: 0,
+            attempts: 0,
+            code: 0,
+            reply: "deleted by the operator".into(),
+        };
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&[rec(RecordKind::Deleted, 1), rec(RecordKind::Delivered, 2)])
+            .unwrap();
+        drop(j);
+        let mut out = Vec::new();
+        assert!(check(dir.path(), false, &mut out).unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "delivery.journal\trecords 2\tdelivered 1\tdeferred 0\tfailed 0\tdeleted 1\n"
+            ),
+            "{text}"
+        );
+        // Half a record after them: reported, still sound.
+        let mut bytes = fs::read(journal::journal_path(dir.path())).unwrap();
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
+        fs::write(journal::journal_path(dir.path()), &bytes).unwrap();
+        let mut out = Vec::new();
+        assert!(check(dir.path(), true, &mut out).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["journal"]["deleted"], 1);
+        assert_eq!(v["journal"]["torn_tail_bytes"], 5);
+    }
 }

@@ -454,6 +454,13 @@ fn queue_delete_is_durable_and_the_message_is_never_delivered() {
         Duration::from_secs(10),
     );
     assert!(out.status.success(), "{out:?}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let journal = report
+        .lines()
+        .find(|l| l.starts_with("delivery.journal"))
+        .unwrap_or_else(|| panic!("no journal line: {report}"));
+    assert!(journal.contains("\tdeleted 1"), "{journal}");
+    assert!(!journal.contains("torn tail"), "{journal}");
 }
 
 #[test]
