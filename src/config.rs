@@ -99,6 +99,7 @@ pub struct Config {
     sync: SyncPolicy,
     max_message_size: u64,
     max_recipients: usize,
+    max_hops: u32,
     max_connections: usize,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,
@@ -358,6 +359,7 @@ struct FileConfig {
     sync: Option<String>,
     max_message_size: Option<u64>,
     max_recipients: Option<usize>,
+    max_hops: Option<u32>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Option<u64>,
@@ -693,7 +695,13 @@ impl Config {
             args.dns_server.clone()
         };
 
+        let max_hops = args
+            .max_hops
+            .or(file.max_hops)
+            .unwrap_or(crate::smtp::DEFAULT_MAX_HOPS);
+
         Ok(Self {
+            max_hops,
             abuse,
             dns_servers,
             routes: Routes::new(routes),
@@ -817,6 +825,7 @@ impl Config {
             max_recipients: self.max_recipients,
             max_errors: DEFAULT_MAX_ERRORS,
             max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
+            max_hops: self.max_hops,
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
             bare_lf: self.bare_lf,

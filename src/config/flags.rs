@@ -17,8 +17,8 @@ use super::{
 };
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
 use crate::smtp::{
-    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
-    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::spool::SyncPolicy;
 
@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// (repeatable). Default: none.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// A message carrying more `Received:` header fields than this is refused at the end of
+    /// its data with `554 5.4.6 Too many hops` (a mail loop); 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_hops: Option<u32>,
     /// A DNS server for MX routes and DNSBL lookups, `IP` or `IP:PORT` (repeatable)
     /// [default: the servers of /etc/resolv.conf].
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server_flag)]
@@ -195,6 +199,7 @@ impl ServeArgs {
             ("max_message_rate", "0".to_string()),
             ("max_recipient_rate", "0".to_string()),
             ("greet_pause", "0".to_string()),
+            ("max_hops", DEFAULT_MAX_HOPS.to_string()),
         ]
     }
 

@@ -516,6 +516,7 @@ impl<'r> Conn<'r> {
                 stats.message(match rejection {
                     Rejection::TooBig => MessageOutcome::TooBig,
                     Rejection::BareLineEnding => MessageOutcome::BareLineEnding,
+                    Rejection::TooManyHops => MessageOutcome::TooManyHops,
                     Rejection::Discarded => MessageOutcome::Aborted,
                 });
                 let reason = rejection.name();
@@ -525,7 +526,9 @@ impl<'r> Conn<'r> {
                     Rejection::TooBig => {
                         format!(">{}", self.r.session_config.max_message_size)
                     }
-                    Rejection::BareLineEnding | Rejection::Discarded => self.sink.size.to_string(),
+                    Rejection::BareLineEnding | Rejection::TooManyHops | Rejection::Discarded => {
+                        self.sink.size.to_string()
+                    }
                 };
                 tracing::info!(
                     "rejected from=<{}> client={} reason={reason} size={size}",

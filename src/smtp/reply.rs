@@ -262,6 +262,10 @@ pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
     "Bare CR or LF in message body, message refused",
 );
 
+/// 554 after the terminator: more `Received:` fields than allowed, a mail loop (RFC 5321
+/// §6.3; RFC 3463 X.4.6 "routing loop detected").
+pub(crate) const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Too many hops");
+
 /// 452 after DATA: the driver ran out of space.
 pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
 /// 451 after DATA: the driver hit an I/O error.

@@ -13,6 +13,7 @@ use super::bare_lf::LfNormalizer;
 use super::bdat::{Chunk, Disposition, Ending, Transfer};
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
+use super::hops::HopCounter;
 use super::reply::{self, Out, Reply};
 use super::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rate, RecipientRefusal,
@@ -162,6 +163,8 @@ struct DataState {
     deadline: Option<Instant>,
     /// Rewrites bare LF under [`BareLf::Normalize`]; `None` under [`BareLf::Reject`].
     normalizer: Option<LfNormalizer>,
+    /// Counts the `Received:` fields of the header.
+    hops: HopCounter,
 }
 
 impl Session {
@@ -249,6 +252,7 @@ impl Session {
                         size,
                         too_big,
                         normalizer,
+                        hops,
                         ..
                     } = data;
                     let mut push = |piece: &[u8]| {
@@ -259,6 +263,7 @@ impl Session {
                         if *size > max {
                             *too_big = true;
                         } else {
+                            hops.feed(piece);
                             sink.segment(piece);
                         }
                     };
@@ -278,6 +283,8 @@ impl Session {
                         Err(Rejection::BareLineEnding)
                     } else if *too_big {
                         Err(Rejection::TooBig)
+                    } else if hops.over() {
+                        Err(Rejection::TooManyHops)
                     } else {
                         Ok(())
                     };
@@ -300,7 +307,11 @@ impl Session {
                         chunk.remaining -= take as u64;
                         if chunk.disposition == Disposition::Store {
                             if let Some(t) = self.bdat.as_mut() {
-                                t.lines.feed(piece, &mut |p: &[u8]| sink.segment(p));
+                                let hops = &mut t.hops;
+                                t.lines.feed(piece, &mut |p: &[u8]| {
+                                    hops.feed(p);
+                                    sink.segment(p);
+                                });
                             }
                         }
                         if chunk.remaining > 0 {
@@ -534,6 +545,7 @@ impl Session {
                     deadline,
                     normalizer: (self.config.bare_lf == BareLf::Normalize)
                         .then(LfNormalizer::default),
+                    hops: HopCounter::new(self.config.max_hops),
                 });
                 sink.begin(&self.envelope);
             }
@@ -737,9 +749,11 @@ impl Session {
     ) -> Disposition {
         let refuse = |reply| Disposition::Refuse { reply, count: true };
         let normalize = self.config.bare_lf == BareLf::Normalize;
+        let max_hops = self.config.max_hops;
         if ending == Ending::Invalid {
             if self.in_transaction {
-                self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+                self.bdat
+                    .get_or_insert_with(|| Transfer::new(normalize, max_hops));
                 self.fail_transfer(reply::BDAT_FAILED, Rejection::Discarded, sink);
             }
             return refuse(reply::BDAT_SYNTAX);
@@ -750,7 +764,9 @@ impl Session {
         if self.envelope.rcpts.is_empty() {
             return refuse(reply::NEED_RCPT);
         }
-        let t = self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+        let t = self
+            .bdat
+            .get_or_insert_with(|| Transfer::new(normalize, max_hops));
         if let Some(reply) = t.failed {
             return Disposition::Refuse {
                 reply,
@@ -831,6 +847,11 @@ impl Session {
             }
             return self.fail(out, reply::BODY_BARE_LINE_ENDING);
         }
+        if chunk.last && t.hops.over() {
+            self.fail_transfer(reply::TOO_MANY_HOPS, Rejection::TooManyHops, sink);
+            self.reset_transaction();
+            return self.fail(out, reply::TOO_MANY_HOPS);
+        }
         if chunk.last {
             t.open = false;
             sink.end(&self.envelope, Ok(()));
@@ -864,6 +885,7 @@ impl Session {
                     out,
                     match rejection {
                         Rejection::TooBig => reply::TOO_BIG,
+                        Rejection::TooManyHops => reply::TOO_MANY_HOPS,
                         Rejection::BareLineEnding | Rejection::Discarded => {
                             reply::BODY_BARE_LINE_ENDING
                         }

@@ -92,10 +92,11 @@ pub fn text(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "messages     accepted {}  rejected: too-big {}  bare-line-ending {}  no-space {}  io {}  aborted {}",
+        "messages     accepted {}  rejected: too-big {}  bare-line-ending {}  too-many-hops {}  no-space {}  io {}  aborted {}",
         c.messages_accepted,
         c.messages_rejected_too_big,
         c.messages_rejected_bare_line_ending,
+        c.messages_rejected_too_many_hops,
         c.messages_failed_no_space,
         c.messages_failed_io,
         c.messages_aborted

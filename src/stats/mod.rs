@@ -97,6 +97,8 @@ counters! {
     messages_rejected_too_big,
     /// Messages refused for a bare CR or LF (550 5.6.0).
     messages_rejected_bare_line_ending,
+    /// Messages refused for carrying more `Received:` fields than `--max-hops` (554 5.4.6).
+    messages_rejected_too_many_hops,
     /// Messages not stored because the disk is full (452 4.3.1).
     messages_failed_no_space,
     /// Messages not stored because of an I/O error (451 4.3.0).
@@ -194,6 +196,8 @@ pub enum MessageOutcome {
     TooBig,
     /// Refused for a bare CR or LF.
     BareLineEnding,
+    /// Refused for too many `Received:` fields.
+    TooManyHops,
     /// Not stored: the disk is full.
     NoSpace,
     /// Not stored: an I/O error.
@@ -299,6 +303,7 @@ impl ReactorStats {
             }
             MessageOutcome::TooBig => Self::inc(&c.messages_rejected_too_big),
             MessageOutcome::BareLineEnding => Self::inc(&c.messages_rejected_bare_line_ending),
+            MessageOutcome::TooManyHops => Self::inc(&c.messages_rejected_too_many_hops),
             MessageOutcome::NoSpace => Self::inc(&c.messages_failed_no_space),
             MessageOutcome::Io => Self::inc(&c.messages_failed_io),
             MessageOutcome::Aborted => Self::inc(&c.messages_aborted),
