@@ -145,6 +145,15 @@ pub struct ServeArgs {
     /// its data with `554 5.4.6 Too many hops` (a mail loop); 0: no limit.
     #[arg(long, value_name = "N")]
     pub max_hops: Option<u32>,
+    /// A DNS blocklist zone, with an optional weight (`ZONE*WEIGHT`, default 1; repeatable):
+    /// the client's address is looked up in each at connect time; at or over
+    /// --dnsbl-threshold every RCPT gets `554 5.7.1 ... blocked using ZONE`. A failed lookup
+    /// counts as not listed. Default: none.
+    #[arg(long, value_name = "ZONE[*WEIGHT]")]
+    pub dnsbl: Vec<String>,
+    /// The sum of the weights of the listing zones at which a client is refused.
+    #[arg(long, value_name = "N")]
+    pub dnsbl_threshold: Option<u32>,
     /// A DNS server for MX routes and DNSBL lookups, `IP` or `IP:PORT` (repeatable)
     /// [default: the servers of /etc/resolv.conf].
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server_flag)]
@@ -200,6 +209,10 @@ impl ServeArgs {
             ("max_recipient_rate", "0".to_string()),
             ("greet_pause", "0".to_string()),
             ("max_hops", DEFAULT_MAX_HOPS.to_string()),
+            (
+                "dnsbl_threshold",
+                super::DEFAULT_DNSBL_THRESHOLD.to_string(),
+            ),
         ]
     }
 

@@ -221,9 +221,10 @@ struct Conn<'r> {
     messages: u64,
     rejected: u64,
     bytes_in: u64,
-    /// The client is in `--trusted-networks`: no greet pause, no rate limits (and for checks
-    /// such as DNSBL: none).
+    /// The client is in `--trusted-networks`: no greet pause, no rate limits, no DNSBL.
     trusted: bool,
+    /// The DNSBL lookups sent at connect, until their verdict is in.
+    dnsbl: Option<super::dnsbl::Check>,
 }
 
 impl<'r> Conn<'r> {
@@ -232,7 +233,13 @@ impl<'r> Conn<'r> {
         let trusted = r.abuse.is_trusted(peer.ip());
         let mut session = Session::new(r.session_config.clone(), peer.ip(), now);
         session.set_policy(r.abuse.policy(trusted));
+        // Sent now, answered while the client is greeted; awaited before its first command.
+        let dnsbl = match &r.abuse.dnsbl {
+            Some(d) if !trusted => Some(d.start(peer.ip())),
+            _ => None,
+        };
         Self {
+            dnsbl,
             r,
             stream,
             peer,
@@ -434,6 +441,9 @@ impl<'r> Conn<'r> {
     /// Runs the session over `input` until it needs more bytes, committing messages on the way.
     /// Returns how many bytes it consumed.
     async fn drive(&mut self, input: &[u8]) -> Result<usize, End> {
+        if self.dnsbl.is_some() {
+            self.settle_dnsbl().await;
+        }
         let mut used = 0;
         loop {
             let res = self.session.handle_input(
@@ -480,6 +490,35 @@ impl<'r> Conn<'r> {
             if used >= input.len() || (acked_at.is_none() && n == 0) {
                 return Ok(used);
             }
+        }
+    }
+
+    /// Awaits the DNSBL verdict (bounded by [`super::dnsbl::DNSBL_WAIT`] from the connect; a
+    /// task wait, never a blocked reactor) and blocks the client's recipients if it is listed.
+    async fn settle_dnsbl(&mut self) {
+        let (Some(check), Some(d)) = (self.dnsbl.take(), self.r.abuse.dnsbl.clone()) else {
+            return;
+        };
+        let v = d.verdict(check).await;
+        if v.failures > 0 {
+            ReactorStats::add(&self.r.stats.counters.dnsbl_failures, u64::from(v.failures));
+            tracing::info!(
+                "dnsbl client={} lookups-failed={} (counted as not listed)",
+                self.peer.ip(),
+                v.failures
+            );
+        }
+        if !v.listed.is_empty() {
+            tracing::info!(
+                "dnsbl client={} listed-by={} score={} blocked={}",
+                self.peer.ip(),
+                v.listed.join(","),
+                v.score,
+                v.blocked_by.is_some()
+            );
+        }
+        if let Some(zone) = v.blocked_by {
+            self.session.block_recipients(&zone);
         }
     }
 
@@ -891,6 +930,9 @@ impl BodySink for SpoolSink<'_> {
             }
             RecipientRefusal::RateLimited => {
                 ReactorStats::inc(&self.stats.counters.refused_recipient_rate);
+            }
+            RecipientRefusal::Dnsbl => {
+                ReactorStats::inc(&self.stats.counters.refused_dnsbl);
             }
             _ => {}
         }

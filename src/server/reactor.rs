@@ -93,6 +93,8 @@ pub struct Abuse {
     pub trusted: Vec<ipnet::IpNet>,
     /// `--greet-pause` (zero: off).
     pub greet_pause: Duration,
+    /// The DNSBL checks (`--dnsbl`), shared by all reactors.
+    pub dnsbl: Option<Arc<super::dnsbl::Dnsbl>>,
 }
 
 impl Abuse {

@@ -322,11 +322,13 @@ pub enum RecipientRefusal {
     UnknownUser,
     /// The client is over its recipient rate ([`Policy::rates`]): 450 4.7.1.
     RateLimited,
+    /// The client is listed by DNSBLs ([`Session::block_recipients`]): 554 5.7.1.
+    Dnsbl,
 }
 
 impl RecipientRefusal {
     /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`,
-    /// `unknown-user`, `recipient-rate`).
+    /// `unknown-user`, `recipient-rate`, `dnsbl`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Relay => "relay-denied",
@@ -334,6 +336,7 @@ impl RecipientRefusal {
             Self::NeedsSmtputf8 => "needs-smtputf8",
             Self::UnknownUser => "unknown-user",
             Self::RateLimited => "recipient-rate",
+            Self::Dnsbl => "dnsbl",
         }
     }
 
@@ -344,6 +347,7 @@ impl RecipientRefusal {
             Self::NeedsSmtputf8 => (553, "5.6.7"),
             Self::UnknownUser => (550, "5.1.1"),
             Self::RateLimited => (450, "4.7.1"),
+            Self::Dnsbl => (554, "5.7.1"),
         }
     }
 }

@@ -155,6 +155,17 @@ pub(crate) fn encode_unknown_user(out: &mut Out<'_>, address: &str) {
     out.extend_from_slice(b">: Recipient address rejected: User unknown\r\n");
 }
 
+/// 554 to every recipient of a client listed by DNSBLs (at or over `--dnsbl-threshold`), as
+/// Postfix words it: `554 5.7.1 Service unavailable; client [ip] blocked using ZONE`.
+pub(crate) fn encode_dnsbl(out: &mut Out<'_>, client: std::net::IpAddr, zone: &str) {
+    push_code(out, 554, b' ');
+    out.extend_from_slice(b"5.7.1 Service unavailable; client [");
+    push_sanitized(out, &client.to_string());
+    out.extend_from_slice(b"] blocked using ");
+    push_sanitized(out, zone);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The positive reply to HELO.
 pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
     push_code(out, 250, b' ');

@@ -137,6 +137,8 @@ pub struct Session {
     yield_now: bool,
     /// This connection's recipient table and rate limits ([`Session::set_policy`]).
     policy: Policy,
+    /// The DNSBL zone the client is blocked by ([`Session::block_recipients`]).
+    blocked_by: Option<String>,
 }
 
 #[derive(Debug)]
@@ -185,6 +187,7 @@ impl Session {
             bdat: None,
             yield_now: false,
             policy: Policy::default(),
+            blocked_by: None,
         }
     }
 
@@ -195,6 +198,14 @@ impl Session {
     /// rate (accepted or not, as Postfix counts), at the time its line was read.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// The client is listed by DNSBLs (the driver's lookups, done while the client was being
+    /// greeted): from now on every RCPT gets `554 5.7.1 Service unavailable; client [ip]
+    /// blocked using ZONE` (at RCPT rather than at connect, so the log shows sender and
+    /// recipient, as Postfix's `reject_rbl_client` does).
+    pub fn block_recipients(&mut self, zone: &str) {
+        self.blocked_by = Some(zone.to_string());
     }
 
     /// Appends the 220 greeting: `220 <hostname> ESMTP ringmx`.
@@ -689,6 +700,11 @@ impl Session {
                 );
             }
         };
+        if let Some(zone) = &self.blocked_by {
+            sink.recipient_refused(&self.envelope, address, RecipientRefusal::Dnsbl);
+            reply::encode_dnsbl(out, self.client, zone);
+            return self.count_error(out);
+        }
         if !self.within_rate(Rate::Recipient) {
             sink.recipient_refused(&self.envelope, address, RecipientRefusal::RateLimited);
             return self.fail(out, reply::RECIPIENT_RATE);

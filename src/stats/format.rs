@@ -124,12 +124,14 @@ pub fn text(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "refused      unknown-recipient {}  connect-rate {}  message-rate {}  recipient-rate {}  pregreet {}",
+        "refused      unknown-recipient {}  connect-rate {}  message-rate {}  recipient-rate {}  pregreet {}  dnsbl {}  (dnsbl lookup failures {})",
         c.refused_unknown_recipient,
         c.refused_connect_rate,
         c.refused_message_rate,
         c.refused_recipient_rate,
-        c.refused_pregreet
+        c.refused_pregreet,
+        c.refused_dnsbl,
+        c.dnsbl_failures
     );
     if let Some(d) = &snap.delivery {
         let figures: Vec<String> = d
@@ -372,11 +374,13 @@ mod tests {
         ReactorStats::inc(&r0.counters.refused_connect_rate);
         ReactorStats::add(&r0.counters.refused_message_rate, 2);
         ReactorStats::add(&r0.counters.refused_recipient_rate, 3);
+        ReactorStats::add(&r0.counters.refused_dnsbl, 5);
+        ReactorStats::add(&r0.counters.dnsbl_failures, 6);
         r0.session_ended(crate::stats::SessionEnd::Pregreet, Duration::from_millis(5));
         let snap = reg.snapshot();
         let t = text(&snap);
         assert!(
-            t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1"),
+            t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1  dnsbl 5  (dnsbl lookup failures 6)"),
             "{t}"
         );
         let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
@@ -386,6 +390,8 @@ mod tests {
             ("refused_message_rate", 2),
             ("refused_recipient_rate", 3),
             ("refused_pregreet", 1),
+            ("refused_dnsbl", 5),
+            ("dnsbl_failures", 6),
         ] {
             assert_eq!(v["total"]["counters"][name], n, "{name}");
             let p = prometheus(&snap);

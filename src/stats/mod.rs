@@ -143,6 +143,11 @@ counters! {
     /// Clients that talked before the end of the greet pause (554 5.5.1, closed); also how
     /// those sessions ended.
     refused_pregreet,
+    /// Recipients refused because the client is listed by DNSBLs at or over the threshold
+    /// (554 5.7.1).
+    refused_dnsbl,
+    /// DNSBL lookups that failed or did not answer in time (counted as not listed).
+    dnsbl_failures,
 }
 
 /// How a STARTTLS handshake ended, as the `tls_*` counters count it.

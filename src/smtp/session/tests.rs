@@ -2502,3 +2502,36 @@ fn more_received_fields_than_max_hops_is_554_5_4_6_with_data_and_bdat() {
     assert_eq!(d.committed, 0);
     assert_eq!(d.session.phase(), Phase::Command);
 }
+
+#[test]
+fn a_client_blocked_by_a_dnsbl_gets_554_5_7_1_at_every_rcpt() {
+    let mut d = Driver::new(config());
+    d.feed(b"EHLO c\r\n");
+    d.session.block_recipients("bl.test");
+    d.feed(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n");
+    let lines = d.take_lines();
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "250 2.1.0 Ok",
+            "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.test",
+            "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.test",
+            "503 5.5.1 Need RCPT command",
+        ]
+    );
+    assert_eq!(
+        d.sink.refused,
+        [
+            ("a@local.test".to_string(), RecipientRefusal::Dnsbl),
+            ("postmaster".to_string(), RecipientRefusal::Dnsbl),
+        ]
+    );
+    assert!(d.sink.messages.is_empty());
+}
