@@ -100,6 +100,7 @@ pub struct Config {
     sync: SyncPolicy,
     max_message_size: u64,
     max_recipients: usize,
+    max_hops: u32,
     max_connections: usize,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,
@@ -135,8 +136,12 @@ pub struct AbuseConfig {
     pub max_recipient_rate: u32,
     /// The greet pause (zero: off).
     pub greet_pause: Duration,
-    /// Clients exempt from the greet pause and the rate limits.
+    /// Clients exempt from the greet pause, the rate limits and the DNSBL checks.
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// DNSBL zones and their weights (`--dnsbl ZONE[*WEIGHT]`).
+    pub dnsbl: Vec<(String, u32)>,
+    /// The score at which a DNSBL-listed client is refused (`--dnsbl-threshold`).
+    pub dnsbl_threshold: u32,
 }
 
 /// One certificate chain and its private key, both PEM files.
@@ -252,6 +257,8 @@ pub enum ConfigError {
     BadDnsServer(String),
     /// A `verify-*` duration out of its range (name, value, limit).
     VerifyRange(&'static str, u64, u64),
+    /// A `dnsbl` entry is not `ZONE` or `ZONE*WEIGHT`, or there are too many.
+    Dnsbl(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -325,6 +332,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "greet-pause = {n} s is above the limit of {MAX_GREET_PAUSE_SECS} s"
             ),
+            Self::Dnsbl(m) => f.write_str(m),
             Self::BadDnsServer(s) => write!(
                 f,
                 "dns-server {s:?} is not an IP address or IP:PORT (like 192.0.2.53 or 127.0.0.1:5353)"
@@ -367,6 +375,7 @@ struct FileConfig {
     sync: Option<String>,
     max_message_size: Option<u64>,
     max_recipients: Option<usize>,
+    max_hops: Option<u32>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Option<u64>,
@@ -394,6 +403,8 @@ struct FileConfig {
     verify_timeout: Option<u64>,
     verify_cache_accept: Option<u64>,
     verify_cache_refuse: Option<u64>,
+    dnsbl: Option<Vec<String>>,
+    dnsbl_threshold: Option<u32>,
 }
 
 impl Config {
@@ -711,7 +722,29 @@ impl Config {
             verify::MAX_CACHE_SECS,
             verify::DEFAULT_CACHE_REFUSE,
         )?;
+        let dnsbl_specs = if args.dnsbl.is_empty() {
+            file.dnsbl.unwrap_or_default()
+        } else {
+            args.dnsbl.clone()
+        };
+        let mut dnsbl = Vec::new();
+        for s in &dnsbl_specs {
+            dnsbl.push(parse_dnsbl_zone(s).map_err(ConfigError::Dnsbl)?);
+        }
+        if dnsbl.len() > MAX_DNSBL_ZONES {
+            return Err(ConfigError::Dnsbl(format!(
+                "{} dnsbl zones: at most {MAX_DNSBL_ZONES}",
+                dnsbl.len()
+            )));
+        }
+        let dnsbl_threshold = match args.dnsbl_threshold.or(file.dnsbl_threshold) {
+            Some(0) => return Err(ConfigError::Zero("dnsbl-threshold")),
+            Some(n) => n,
+            None => DEFAULT_DNSBL_THRESHOLD,
+        };
         let abuse = AbuseConfig {
+            dnsbl,
+            dnsbl_threshold,
             recipients: args.recipients.clone().or(file.recipients),
             max_connect_rate: rate(
                 args.max_connect_rate,
@@ -742,7 +775,13 @@ impl Config {
             args.dns_server.clone()
         };
 
+        let max_hops = args
+            .max_hops
+            .or(file.max_hops)
+            .unwrap_or(crate::smtp::DEFAULT_MAX_HOPS);
+
         Ok(Self {
+            max_hops,
             abuse,
             dns_servers,
             verify_timeout,
@@ -869,6 +908,7 @@ impl Config {
             max_recipients: self.max_recipients,
             max_errors: DEFAULT_MAX_ERRORS,
             max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
+            max_hops: self.max_hops,
             idle_timeout: self.idle_timeout,
             data_timeout: Some(self.data_timeout),
             bare_lf: self.bare_lf,
@@ -999,6 +1039,36 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
+/// Parses `ZONE` or `ZONE*WEIGHT` (weight 1 by default).
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_dnsbl_zone(s: &str) -> Result<(String, u32), String> {
+    let (name, weight) = match s.rsplit_once('*') {
+        Some((n, w)) => (
+            n,
+            w.parse::<u32>().ok().filter(|w| *w > 0).ok_or_else(|| {
+                format!("dnsbl {s:?}: the weight after * must be a positive integer")
+            })?,
+        ),
+        None => (s, 1),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !ok {
+        return Err(format!(
+            "dnsbl {s:?} is not a DNS zone (like zen.example.org or zen.example.org*2)"
+        ));
+    }
+    Ok((name, weight))
+}
+
 /// A DNS server: `IP` (port [`DNS_PORT`]) or `IP:PORT`.
 pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| {
@@ -1007,6 +1077,11 @@ pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
             .map(|ip| SocketAddr::new(ip, DNS_PORT))
     })
 }
+
+/// Default `--dnsbl-threshold`: one listing (of weight 1) blocks.
+pub const DEFAULT_DNSBL_THRESHOLD: u32 = 1;
+/// Most `--dnsbl` zones (each is one query per connection).
+pub const MAX_DNSBL_ZONES: usize = 32;
 
 /// The DNS port, for a `dns-server` given without one.
 pub const DNS_PORT: u16 = 53;
@@ -1210,7 +1285,13 @@ mod tests {
     #[test]
     fn abuse_controls_from_file_and_flags_and_their_limits() {
         let c = merge(&args(), "").unwrap();
-        assert_eq!(c.abuse(), &AbuseConfig::default());
+        assert_eq!(
+            c.abuse(),
+            &AbuseConfig {
+                dnsbl_threshold: DEFAULT_DNSBL_THRESHOLD,
+                ..AbuseConfig::default()
+            }
+        );
         let toml = r#"
             recipients = "/etc/ringmx/recipients"
             max-connect-rate = 60
@@ -1341,6 +1422,34 @@ mod tests {
         let e = merge(&args(), "dns-server = [\"ns.example\"]").unwrap_err();
         assert!(e.to_string().contains("IP:PORT"), "{e}");
         assert!(merge(&args(), "relay-to = \"mx:0\"").is_err());
+    }
+
+    #[test]
+    fn dnsbl_zones_and_threshold() {
+        let c = merge(
+            &args(),
+            "dnsbl = [\"Bl.Test.\", \"zen.test*3\"]\ndnsbl-threshold = 2",
+        )
+        .unwrap();
+        assert_eq!(
+            c.abuse().dnsbl,
+            [("bl.test".to_string(), 1), ("zen.test".to_string(), 3)]
+        );
+        assert_eq!(c.abuse().dnsbl_threshold, 2);
+        let d = merge(&args(), "").unwrap();
+        assert_eq!(d.abuse().dnsbl_threshold, DEFAULT_DNSBL_THRESHOLD);
+        for bad in [
+            "\"\"",
+            "\"bl..test\"",
+            "\"bl.test*0\"",
+            "\"bl.test*x\"",
+            "\"bl test\"",
+            "\"*2\"",
+        ] {
+            let e = merge(&args(), &format!("dnsbl = [{bad}]")).unwrap_err();
+            assert!(e.to_string().contains("dnsbl"), "{bad}: {e}");
+        }
+        assert!(merge(&args(), "dnsbl-threshold = 0").is_err());
     }
 
     #[test]

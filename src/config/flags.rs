@@ -17,8 +17,8 @@ use super::{
 };
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
 use crate::smtp::{
-    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS,
-    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::spool::SyncPolicy;
 
@@ -141,6 +141,19 @@ pub struct ServeArgs {
     /// (repeatable). Default: none.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr_flag)]
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// A message carrying more `Received:` header fields than this is refused at the end of
+    /// its data with `554 5.4.6 Too many hops` (a mail loop); 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_hops: Option<u32>,
+    /// A DNS blocklist zone, with an optional weight (`ZONE*WEIGHT`, default 1; repeatable):
+    /// the client's address is looked up in each at connect time; at or over
+    /// --dnsbl-threshold every RCPT gets `554 5.7.1 ... blocked using ZONE`. A failed lookup
+    /// counts as not listed. Default: none.
+    #[arg(long, value_name = "ZONE[*WEIGHT]")]
+    pub dnsbl: Vec<String>,
+    /// The sum of the weights of the listing zones at which a client is refused.
+    #[arg(long, value_name = "N")]
+    pub dnsbl_threshold: Option<u32>,
     /// A DNS server for MX routes and DNSBL lookups, `IP` or `IP:PORT` (repeatable)
     /// [default: the servers of /etc/resolv.conf].
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server_flag)]
@@ -225,6 +238,11 @@ impl ServeArgs {
                 crate::relay::verify::DEFAULT_CACHE_REFUSE
                     .as_secs()
                     .to_string(),
+            ),
+            ("max_hops", DEFAULT_MAX_HOPS.to_string()),
+            (
+                "dnsbl_threshold",
+                super::DEFAULT_DNSBL_THRESHOLD.to_string(),
             ),
         ]
     }

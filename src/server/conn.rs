@@ -229,9 +229,10 @@ struct Conn<'r> {
     messages: u64,
     rejected: u64,
     bytes_in: u64,
-    /// The client is in `--trusted-networks`: no greet pause, no rate limits (and for checks
-    /// such as DNSBL: none).
+    /// The client is in `--trusted-networks`: no greet pause, no rate limits, no DNSBL.
     trusted: bool,
+    /// The DNSBL lookups sent at connect, until their verdict is in.
+    dnsbl: Option<super::dnsbl::Check>,
 }
 
 impl<'r> Conn<'r> {
@@ -240,7 +241,13 @@ impl<'r> Conn<'r> {
         let trusted = r.abuse.is_trusted(peer.ip());
         let mut session = Session::new(r.session_config.clone(), peer.ip(), now);
         session.set_policy(r.abuse.policy(trusted));
+        // Sent now, answered while the client is greeted; awaited before its first command.
+        let dnsbl = match &r.abuse.dnsbl {
+            Some(d) if !trusted => Some(d.start(peer.ip())),
+            _ => None,
+        };
         Self {
+            dnsbl,
             r,
             stream,
             peer,
@@ -442,6 +449,9 @@ impl<'r> Conn<'r> {
     /// Runs the session over `input` until it needs more bytes, committing messages on the way.
     /// Returns how many bytes it consumed.
     async fn drive(&mut self, input: &[u8]) -> Result<usize, End> {
+        if self.dnsbl.is_some() {
+            self.settle_dnsbl().await;
+        }
         let mut used = 0;
         loop {
             let res = self.session.handle_input(
@@ -562,6 +572,35 @@ impl<'r> Conn<'r> {
             .handle_verdict(Instant::now(), answer.verdict, &mut self.out)
     }
 
+    /// Awaits the DNSBL verdict (bounded by [`super::dnsbl::DNSBL_WAIT`] from the connect; a
+    /// task wait, never a blocked reactor) and blocks the client's recipients if it is listed.
+    async fn settle_dnsbl(&mut self) {
+        let (Some(check), Some(d)) = (self.dnsbl.take(), self.r.abuse.dnsbl.clone()) else {
+            return;
+        };
+        let v = d.verdict(check).await;
+        if v.failures > 0 {
+            ReactorStats::add(&self.r.stats.counters.dnsbl_failures, u64::from(v.failures));
+            tracing::info!(
+                "dnsbl client={} lookups-failed={} (counted as not listed)",
+                self.peer.ip(),
+                v.failures
+            );
+        }
+        if !v.listed.is_empty() {
+            tracing::info!(
+                "dnsbl client={} listed-by={} score={} blocked={}",
+                self.peer.ip(),
+                v.listed.join(","),
+                v.score,
+                v.blocked_by.is_some()
+            );
+        }
+        if let Some(zone) = v.blocked_by {
+            self.session.block_recipients(&zone);
+        }
+    }
+
     /// Hands the body bytes pushed during the last `handle_input` to the spool.
     async fn flush_body(&mut self) {
         let sink = &mut self.sink;
@@ -595,6 +634,7 @@ impl<'r> Conn<'r> {
                 stats.message(match rejection {
                     Rejection::TooBig => MessageOutcome::TooBig,
                     Rejection::BareLineEnding => MessageOutcome::BareLineEnding,
+                    Rejection::TooManyHops => MessageOutcome::TooManyHops,
                     Rejection::Discarded => MessageOutcome::Aborted,
                 });
                 let reason = rejection.name();
@@ -604,7 +644,9 @@ impl<'r> Conn<'r> {
                     Rejection::TooBig => {
                         format!(">{}", self.r.session_config.max_message_size)
                     }
-                    Rejection::BareLineEnding | Rejection::Discarded => self.sink.size.to_string(),
+                    Rejection::BareLineEnding | Rejection::TooManyHops | Rejection::Discarded => {
+                        self.sink.size.to_string()
+                    }
                 };
                 tracing::info!(
                     "rejected from=<{}> client={} reason={reason} size={size}",
@@ -967,6 +1009,9 @@ impl BodySink for SpoolSink<'_> {
             }
             RecipientRefusal::RateLimited => {
                 ReactorStats::inc(&self.stats.counters.refused_recipient_rate);
+            }
+            RecipientRefusal::Dnsbl => {
+                ReactorStats::inc(&self.stats.counters.refused_dnsbl);
             }
             _ => {}
         }

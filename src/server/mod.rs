@@ -7,13 +7,15 @@
 //! every reactor has synced and closed its spool. STARTTLS certificates, their SIGHUP reload
 //! and the rustls wrapper the driver uses live in [`tls`]. Connections are driven by [`conn`],
 //! their read and write deadlines checked by a coarse per-reactor sweep ([`deadline`]); limits
-//! shared by the reactors live in [`limit`].
+//! shared by the reactors live in [`limit`]. The DNS resolver thread ([`crate::dns`]) starts
+//! before the reactors when an `mx` route or a DNSBL zone ([`dnsbl`]) needs it.
 //!
 //! Nothing here parses SMTP or writes spool frames: that is [`crate::smtp`] and
 //! [`crate::spool`].
 
 pub mod conn;
 pub mod deadline;
+pub mod dnsbl;
 pub mod limit;
 pub mod listener;
 pub mod notify;
@@ -136,8 +138,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let tls = tls::TlsAcceptor::from_config(&config).map_err(ServerError::Tls)?;
 
     let n = config.reactors();
+    // One resolver (its own thread) for the MX routes and the DNSBL checks, when either is used.
+    let needs_dns = config.delivery_config().is_some_and(|d| d.needs_resolver())
+        || !config.abuse().dnsbl.is_empty();
+    let resolver = if needs_dns {
+        let r = crate::dns::Resolver::start(config.dns_servers())
+            .map_err(|e| ServerError::Setup("the DNS resolver", e))?;
+        tracing::info!("dns: resolver started (servers: {})", r.servers());
+        Some(r)
+    } else {
+        None
+    };
     // Before binding: a client must not wait in the backlog while a large table loads.
-    let mut abuse = abuse_controls(&config)?;
+    let mut abuse = abuse_controls(&config, resolver.as_ref())?;
     let (listeners, bound) = listener::bind_all(config.listen(), n).map_err(ServerError::Bind)?;
     // Recipient verification (only when a route verifies): its thread must run before the
     // first RCPT can ask it.
@@ -167,25 +180,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut registry = Registry::new(n, config.sync());
     // Delivery (only with routes): read the spool and the journal before the reactors recover
     // their segments; the stage's thread starts once they are ready.
-    let mut needs_dns = false;
     let delivery = match config.delivery_config() {
         Some(dc) => {
-            needs_dns |= dc.needs_resolver();
             let stats = registry.enable_delivery();
             let (notifier, prepared) = crate::relay::stage::prepare(dc)
                 .map_err(|e| ServerError::Setup("the delivery queue", e))?;
             Some((notifier, prepared, stats))
         }
         None => None,
-    };
-    // One resolver (its own thread) for the MX routes and the DNSBL checks, when either is used.
-    let resolver = if needs_dns {
-        let r = crate::dns::Resolver::start(config.dns_servers())
-            .map_err(|e| ServerError::Setup("the DNS resolver", e))?;
-        tracing::info!("dns: resolver started (servers: {})", r.servers());
-        Some(r)
-    } else {
-        None
     };
     let registry = Arc::new(registry);
     let limits = ConnLimits::new(config.max_connections(), config.max_connections_per_ip());
@@ -358,7 +360,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
 /// Loads the recipient table (logging its size and load time, and warning about local domains
 /// it does not mention) and sets up the rate limits.
-fn abuse_controls(config: &Config) -> Result<reactor::Abuse, ServerError> {
+fn abuse_controls(
+    config: &Config,
+    resolver: Option<&crate::dns::Resolver>,
+) -> Result<reactor::Abuse, ServerError> {
     let a = config.abuse();
     let recipients = match &a.recipients {
         None => None,
@@ -393,7 +398,35 @@ fn abuse_controls(config: &Config) -> Result<reactor::Abuse, ServerError> {
             a.trusted_networks.len()
         );
     }
+    let dnsbl = match resolver {
+        Some(r) if !a.dnsbl.is_empty() => {
+            let zones: Vec<dnsbl::Zone> = a
+                .dnsbl
+                .iter()
+                .map(|(name, weight)| dnsbl::Zone {
+                    name: name.clone(),
+                    weight: *weight,
+                })
+                .collect();
+            tracing::info!(
+                "dnsbl: {} at threshold {} (not for trusted networks)",
+                zones
+                    .iter()
+                    .map(|z| format!("{}*{}", z.name, z.weight))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.dnsbl_threshold
+            );
+            Some(Arc::new(dnsbl::Dnsbl::new(
+                zones,
+                a.dnsbl_threshold,
+                r.clone(),
+            )))
+        }
+        _ => None,
+    };
     Ok(reactor::Abuse {
+        dnsbl,
         recipients,
         rates,
         trusted: a.trusted_networks.clone(),

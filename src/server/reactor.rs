@@ -96,6 +96,8 @@ pub struct Abuse {
     /// Recipient verification with the next hop (`--verify-recipients`, `verify = true` on a
     /// route); `None` when no route verifies.
     pub verify: Option<Arc<crate::relay::verify::Verifier>>,
+    /// The DNSBL checks (`--dnsbl`), shared by all reactors.
+    pub dnsbl: Option<Arc<super::dnsbl::Dnsbl>>,
 }
 
 impl Abuse {

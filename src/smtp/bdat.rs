@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use memchr::memchr2;
 
+use super::hops::HopCounter;
 use super::reply::Reply;
 
 /// Most decimal digits accepted in a chunk size: enough for any `u64`; a longer size cannot be
@@ -78,15 +79,18 @@ pub(crate) struct Transfer {
     pub(crate) failed: Option<Reply>,
     /// The line-ending check across the chunks.
     pub(crate) lines: LineCheck,
+    /// The `Received:` count across the chunks.
+    pub(crate) hops: HopCounter,
 }
 
 impl Transfer {
-    pub(crate) fn new(normalize: bool) -> Self {
+    pub(crate) fn new(normalize: bool, max_hops: u32) -> Self {
         Self {
             octets: 0,
             open: false,
             failed: None,
             lines: LineCheck::new(normalize),
+            hops: HopCounter::new(max_hops),
         }
     }
 }

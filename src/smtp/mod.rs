@@ -22,6 +22,7 @@
 //! - [`client`]: the outbound side: a sans-IO SMTP/LMTP client for delivery to a next hop.
 //! - `bdat`: CHUNKING (RFC 3030): BDAT arguments, chunk accounting, the line-ending check of
 //!   chunk content.
+//! - `hops`: the `Received:` count of a message's header (`--max-hops`, 554 5.4.6).
 //! - `recipients`: the recipient table ([`RecipientTable`]: parsing, allocation-free lookup).
 //! - `policy`: what the driver hands a session per connection ([`Policy`]: the table snapshot,
 //!   the [`RateCheck`] for MAIL and RCPT), set with [`Session::set_policy`].
@@ -68,6 +69,7 @@ mod bdat;
 pub mod client;
 mod command;
 mod envelope;
+mod hops;
 mod policy;
 mod recipients;
 mod reply;
@@ -101,6 +103,8 @@ pub const DEFAULT_MAX_ERRORS: u32 = 10;
 pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
 /// Default time a client gets for the whole TLS handshake after `220 2.0.0 Ready to start TLS`.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`SessionConfig::max_hops`]: Postfix's `hopcount_limit`.
+pub const DEFAULT_MAX_HOPS: u32 = 50;
 /// Default time a client gets for one command line or between two reads of a body: the five
 /// minutes of RFC 5321 §4.5.3.2.7 (server timeout while waiting for the next command).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -123,6 +127,9 @@ pub struct SessionConfig {
     /// NOOP/RSET/VRFY/HELP commands allowed between two accepted messages before each further
     /// one counts as an error (its reply is unchanged). 0 turns the limit off.
     pub max_junk_commands: u32,
+    /// `Received:` header fields a message may carry; one with more is refused at its end
+    /// with `554 5.4.6 Too many hops` (a mail loop). 0 turns the check off.
+    pub max_hops: u32,
     /// How long a client may take for one command line, or stay silent in DATA.
     pub idle_timeout: Duration,
     /// How long a whole message body may take, from the 354 to the terminator, however
@@ -189,6 +196,7 @@ impl SessionConfig {
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
             max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
+            max_hops: DEFAULT_MAX_HOPS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             data_timeout: None,
             bare_lf: BareLf::Reject,
@@ -287,16 +295,20 @@ pub enum Rejection {
     TooBig,
     /// Bare CR or LF in the body: 550 5.6.0.
     BareLineEnding,
+    /// More `Received:` fields than [`SessionConfig::max_hops`]: 554 5.4.6.
+    TooManyHops,
     /// A BDAT message discarded before its LAST chunk: by RSET, HELO/EHLO, or a bad BDAT line
     /// (whose reply is the one written).
     Discarded,
 }
 
 impl Rejection {
-    /// A short name for log lines (`too-big`, `bare-line-ending`, `discarded`).
+    /// A short name for log lines (`too-big`, `bare-line-ending`, `too-many-hops`,
+    /// `discarded`).
     pub fn name(self) -> &'static str {
         match self {
             Self::TooBig => "too-big",
+            Self::TooManyHops => "too-many-hops",
             Self::BareLineEnding => "bare-line-ending",
             Self::Discarded => "discarded",
         }
@@ -320,11 +332,13 @@ pub enum RecipientRefusal {
     VerifyRefused,
     /// The next hop could not say in time ([`Policy::verify`]): 450 4.1.1.
     Unverified,
+    /// The client is listed by DNSBLs ([`Session::block_recipients`]): 554 5.7.1.
+    Dnsbl,
 }
 
 impl RecipientRefusal {
     /// A short name for log lines (`relay-denied`, `source-route`, `needs-smtputf8`,
-    /// `unknown-user`, `recipient-rate`, `verify-refused`, `unverified`).
+    /// `unknown-user`, `recipient-rate`, `verify-refused`, `unverified`, `dnsbl`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Relay => "relay-denied",
@@ -334,6 +348,7 @@ impl RecipientRefusal {
             Self::RateLimited => "recipient-rate",
             Self::VerifyRefused => "verify-refused",
             Self::Unverified => "unverified",
+            Self::Dnsbl => "dnsbl",
         }
     }
 
@@ -345,6 +360,7 @@ impl RecipientRefusal {
             Self::UnknownUser | Self::VerifyRefused => (550, "5.1.1"),
             Self::RateLimited => (450, "4.7.1"),
             Self::Unverified => (450, "4.1.1"),
+            Self::Dnsbl => (554, "5.7.1"),
         }
     }
 }

@@ -167,6 +167,17 @@ pub(crate) fn encode_unverified(out: &mut Out<'_>, address: &str) {
     );
 }
 
+/// 554 to every recipient of a client listed by DNSBLs (at or over `--dnsbl-threshold`), as
+/// Postfix words it: `554 5.7.1 Service unavailable; client [ip] blocked using ZONE`.
+pub(crate) fn encode_dnsbl(out: &mut Out<'_>, client: std::net::IpAddr, zone: &str) {
+    push_code(out, 554, b' ');
+    out.extend_from_slice(b"5.7.1 Service unavailable; client [");
+    push_sanitized(out, &client.to_string());
+    out.extend_from_slice(b"] blocked using ");
+    push_sanitized(out, zone);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The positive reply to HELO.
 pub(crate) fn encode_helo(out: &mut Out<'_>, host: &str) {
     push_code(out, 250, b' ');
@@ -273,6 +284,10 @@ pub(crate) const BODY_BARE_LINE_ENDING: Reply = Reply::new(
     "5.6.0",
     "Bare CR or LF in message body, message refused",
 );
+
+/// 554 after the terminator: more `Received:` fields than allowed, a mail loop (RFC 5321
+/// §6.3; RFC 3463 X.4.6 "routing loop detected").
+pub(crate) const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Too many hops");
 
 /// 452 after DATA: the driver ran out of space.
 pub(crate) const COMMIT_NO_SPACE: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");

@@ -13,6 +13,7 @@ use super::bare_lf::LfNormalizer;
 use super::bdat::{Chunk, Disposition, Ending, Transfer};
 use super::command::{self, Command};
 use super::envelope::{AddressError, Body, MailParams, Path};
+use super::hops::HopCounter;
 use super::reply::{self, Out, Reply};
 use super::{
     BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rate, RecipientRefusal,
@@ -142,6 +143,8 @@ pub struct Session {
     yield_now: bool,
     /// This connection's recipient table and rate limits ([`Session::set_policy`]).
     policy: Policy,
+    /// The DNSBL zone the client is blocked by ([`Session::block_recipients`]).
+    blocked_by: Option<String>,
 }
 
 #[derive(Debug)]
@@ -170,6 +173,8 @@ struct DataState {
     deadline: Option<Instant>,
     /// Rewrites bare LF under [`BareLf::Normalize`]; `None` under [`BareLf::Reject`].
     normalizer: Option<LfNormalizer>,
+    /// Counts the `Received:` fields of the header.
+    hops: HopCounter,
 }
 
 impl Session {
@@ -190,6 +195,7 @@ impl Session {
             bdat: None,
             yield_now: false,
             policy: Policy::default(),
+            blocked_by: None,
         }
     }
 
@@ -200,6 +206,14 @@ impl Session {
     /// rate (accepted or not, as Postfix counts), at the time its line was read.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// The client is listed by DNSBLs (the driver's lookups, done while the client was being
+    /// greeted): from now on every RCPT gets `554 5.7.1 Service unavailable; client [ip]
+    /// blocked using ZONE` (at RCPT rather than at connect, so the log shows sender and
+    /// recipient, as Postfix's `reject_rbl_client` does).
+    pub fn block_recipients(&mut self, zone: &str) {
+        self.blocked_by = Some(zone.to_string());
     }
 
     /// Appends the 220 greeting: `220 <hostname> ESMTP ringmx`.
@@ -259,6 +273,7 @@ impl Session {
                         size,
                         too_big,
                         normalizer,
+                        hops,
                         ..
                     } = data;
                     let mut push = |piece: &[u8]| {
@@ -269,6 +284,7 @@ impl Session {
                         if *size > max {
                             *too_big = true;
                         } else {
+                            hops.feed(piece);
                             sink.segment(piece);
                         }
                     };
@@ -288,6 +304,8 @@ impl Session {
                         Err(Rejection::BareLineEnding)
                     } else if *too_big {
                         Err(Rejection::TooBig)
+                    } else if hops.over() {
+                        Err(Rejection::TooManyHops)
                     } else {
                         Ok(())
                     };
@@ -310,7 +328,11 @@ impl Session {
                         chunk.remaining -= take as u64;
                         if chunk.disposition == Disposition::Store {
                             if let Some(t) = self.bdat.as_mut() {
-                                t.lines.feed(piece, &mut |p: &[u8]| sink.segment(p));
+                                let hops = &mut t.hops;
+                                t.lines.feed(piece, &mut |p: &[u8]| {
+                                    hops.feed(p);
+                                    sink.segment(p);
+                                });
                             }
                         }
                         if chunk.remaining > 0 {
@@ -593,6 +615,7 @@ impl Session {
                     deadline,
                     normalizer: (self.config.bare_lf == BareLf::Normalize)
                         .then(LfNormalizer::default),
+                    hops: HopCounter::new(self.config.max_hops),
                 });
                 sink.begin(&self.envelope);
             }
@@ -736,6 +759,11 @@ impl Session {
                 );
             }
         };
+        if let Some(zone) = &self.blocked_by {
+            sink.recipient_refused(&self.envelope, address, RecipientRefusal::Dnsbl);
+            reply::encode_dnsbl(out, self.client, zone);
+            return self.count_error(out);
+        }
         if !self.within_rate(Rate::Recipient) {
             sink.recipient_refused(&self.envelope, address, RecipientRefusal::RateLimited);
             return self.fail(out, reply::RECIPIENT_RATE);
@@ -809,9 +837,11 @@ impl Session {
     ) -> Disposition {
         let refuse = |reply| Disposition::Refuse { reply, count: true };
         let normalize = self.config.bare_lf == BareLf::Normalize;
+        let max_hops = self.config.max_hops;
         if ending == Ending::Invalid {
             if self.in_transaction {
-                self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+                self.bdat
+                    .get_or_insert_with(|| Transfer::new(normalize, max_hops));
                 self.fail_transfer(reply::BDAT_FAILED, Rejection::Discarded, sink);
             }
             return refuse(reply::BDAT_SYNTAX);
@@ -822,7 +852,9 @@ impl Session {
         if self.envelope.rcpts.is_empty() {
             return refuse(reply::NEED_RCPT);
         }
-        let t = self.bdat.get_or_insert_with(|| Transfer::new(normalize));
+        let t = self
+            .bdat
+            .get_or_insert_with(|| Transfer::new(normalize, max_hops));
         if let Some(reply) = t.failed {
             return Disposition::Refuse {
                 reply,
@@ -903,6 +935,11 @@ impl Session {
             }
             return self.fail(out, reply::BODY_BARE_LINE_ENDING);
         }
+        if chunk.last && t.hops.over() {
+            self.fail_transfer(reply::TOO_MANY_HOPS, Rejection::TooManyHops, sink);
+            self.reset_transaction();
+            return self.fail(out, reply::TOO_MANY_HOPS);
+        }
         if chunk.last {
             t.open = false;
             sink.end(&self.envelope, Ok(()));
@@ -936,6 +973,7 @@ impl Session {
                     out,
                     match rejection {
                         Rejection::TooBig => reply::TOO_BIG,
+                        Rejection::TooManyHops => reply::TOO_MANY_HOPS,
                         Rejection::BareLineEnding | Rejection::Discarded => {
                             reply::BODY_BARE_LINE_ENDING
                         }

@@ -92,10 +92,11 @@ pub fn text(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "messages     accepted {}  rejected: too-big {}  bare-line-ending {}  no-space {}  io {}  aborted {}",
+        "messages     accepted {}  rejected: too-big {}  bare-line-ending {}  too-many-hops {}  no-space {}  io {}  aborted {}",
         c.messages_accepted,
         c.messages_rejected_too_big,
         c.messages_rejected_bare_line_ending,
+        c.messages_rejected_too_many_hops,
         c.messages_failed_no_space,
         c.messages_failed_io,
         c.messages_aborted
@@ -123,12 +124,14 @@ pub fn text(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "refused      unknown-recipient {}  connect-rate {}  message-rate {}  recipient-rate {}  pregreet {}",
+        "refused      unknown-recipient {}  connect-rate {}  message-rate {}  recipient-rate {}  pregreet {}  dnsbl {}  (dnsbl lookup failures {})",
         c.refused_unknown_recipient,
         c.refused_connect_rate,
         c.refused_message_rate,
         c.refused_recipient_rate,
-        c.refused_pregreet
+        c.refused_pregreet,
+        c.refused_dnsbl,
+        c.dnsbl_failures
     );
     let _ = writeln!(
         s,
@@ -380,6 +383,8 @@ mod tests {
         ReactorStats::inc(&r0.counters.refused_connect_rate);
         ReactorStats::add(&r0.counters.refused_message_rate, 2);
         ReactorStats::add(&r0.counters.refused_recipient_rate, 3);
+        ReactorStats::add(&r0.counters.refused_dnsbl, 5);
+        ReactorStats::add(&r0.counters.dnsbl_failures, 6);
         r0.session_ended(crate::stats::SessionEnd::Pregreet, Duration::from_millis(5));
         ReactorStats::add(&r0.counters.verify_probes, 5);
         ReactorStats::add(&r0.counters.verify_cache_hits, 6);
@@ -393,7 +398,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1"),
+            t.contains("refused      unknown-recipient 4  connect-rate 1  message-rate 2  recipient-rate 3  pregreet 1  dnsbl 5  (dnsbl lookup failures 6)"),
             "{t}"
         );
         let v: serde_json::Value = serde_json::from_str(&json(&snap)).unwrap();
@@ -408,6 +413,8 @@ mod tests {
             ("verify_coalesced", 7),
             ("refused_unverified", 8),
             ("deferred_unverified", 9),
+            ("refused_dnsbl", 5),
+            ("dnsbl_failures", 6),
         ] {
             assert_eq!(v["total"]["counters"][name], n, "{name}");
             let p = prometheus(&snap);

@@ -97,6 +97,8 @@ counters! {
     messages_rejected_too_big,
     /// Messages refused for a bare CR or LF (550 5.6.0).
     messages_rejected_bare_line_ending,
+    /// Messages refused for carrying more `Received:` fields than `--max-hops` (554 5.4.6).
+    messages_rejected_too_many_hops,
     /// Messages not stored because the disk is full (452 4.3.1).
     messages_failed_no_space,
     /// Messages not stored because of an I/O error (451 4.3.0).
@@ -152,6 +154,11 @@ counters! {
     verify_probes,
     /// Recipient verifications that joined a probe already in flight for the same address.
     verify_coalesced,
+    /// Recipients refused because the client is listed by DNSBLs at or over the threshold
+    /// (554 5.7.1).
+    refused_dnsbl,
+    /// DNSBL lookups that failed or did not answer in time (counted as not listed).
+    dnsbl_failures,
 }
 
 /// How a STARTTLS handshake ended, as the `tls_*` counters count it.
@@ -205,6 +212,8 @@ pub enum MessageOutcome {
     TooBig,
     /// Refused for a bare CR or LF.
     BareLineEnding,
+    /// Refused for too many `Received:` fields.
+    TooManyHops,
     /// Not stored: the disk is full.
     NoSpace,
     /// Not stored: an I/O error.
@@ -310,6 +319,7 @@ impl ReactorStats {
             }
             MessageOutcome::TooBig => Self::inc(&c.messages_rejected_too_big),
             MessageOutcome::BareLineEnding => Self::inc(&c.messages_rejected_bare_line_ending),
+            MessageOutcome::TooManyHops => Self::inc(&c.messages_rejected_too_many_hops),
             MessageOutcome::NoSpace => Self::inc(&c.messages_failed_no_space),
             MessageOutcome::Io => Self::inc(&c.messages_failed_io),
             MessageOutcome::Aborted => Self::inc(&c.messages_aborted),

@@ -1,7 +1,7 @@
 //! Tests against a real DNS server: `dnsmasq` started by each test on 127.0.0.1 and a free
 //! port (no upstream, no hosts file, only the records the test gives), killed by pid. MX
 //! routes deliver to Postfix's `smtp-sink` instances on several 127.0.0.x addresses sharing
-//! one port (`mx:PORT`).
+//! one port (`mx:PORT`); DNSBL tests connect from several 127.0.0.x source addresses.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::deliver::{files, free_port, nix_is_root, queue, send, wait_for};
 use crate::require_io_uring;
-use crate::util::{require_tool, Server};
+use crate::util::{require_tool, Client, Server, DOMAIN};
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const SINK: &str = "/usr/sbin/smtp-sink";
@@ -305,4 +305,112 @@ fn mx_dns_down_defers_then_delivers_when_it_comes_back() {
         files(&dump).len() >= 2
     });
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+}
+
+/// Connects from `src`, greets, sends MAIL and two RCPTs; returns the two RCPT replies.
+fn rcpts_from(server: &Server, src: &str) -> [(u16, String); 2] {
+    let mut c = Client::connect_from(src.parse().unwrap(), server.addr);
+    assert_eq!(c.reply().0, 220);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@src.test>", 250);
+    let a = c.cmd(&format!("RCPT TO:<a@{DOMAIN}>"));
+    let b = c.cmd(&format!("RCPT TO:<b@{DOMAIN}>"));
+    c.expect("QUIT", 221);
+    [a, b]
+}
+
+#[test]
+fn dnsbl_listed_clients_get_554_at_every_rcpt_others_pass_and_trusted_skip() {
+    require_io_uring!();
+    require_tool(DNSMASQ, "dnsmasq-base");
+    let tmp = tempfile::tempdir().unwrap();
+    let dns = Dnsmasq::start(
+        &tmp.path().join("dns"),
+        free_udp_port(),
+        &[
+            // 127.0.0.2 is listed by bl.test; 127.0.0.4 by weak.test only (weight 1 of 2).
+            "host-record=2.0.0.127.bl.test,127.0.0.2".into(),
+            "host-record=4.0.0.127.weak.test,127.0.0.2".into(),
+        ],
+    );
+    let dns_addr = dns.addr.to_string();
+    let server = Server::start(&[
+        "--dns-server",
+        &dns_addr,
+        "--dnsbl",
+        "bl.test*2",
+        "--dnsbl",
+        "weak.test",
+        "--dnsbl-threshold",
+        "2",
+    ]);
+    let blocked = "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test";
+    for (code, text) in rcpts_from(&server, "127.0.0.2") {
+        assert_eq!((code, text.trim_end()), (554, blocked));
+    }
+    for (code, text) in rcpts_from(&server, "127.0.0.3") {
+        assert_eq!(code, 250, "unlisted: {text}");
+    }
+    for (code, text) in rcpts_from(&server, "127.0.0.4") {
+        assert_eq!(code, 250, "listed below the threshold: {text}");
+    }
+    let v = server.stats_json();
+    assert_eq!(
+        v["total"]["counters"]["refused_dnsbl"].as_u64(),
+        Some(2),
+        "{v}"
+    );
+    assert_eq!(
+        v["total"]["counters"]["dnsbl_failures"].as_u64(),
+        Some(0),
+        "{v}"
+    );
+    let log = server.log();
+    assert!(
+        log.contains(&format!("reject rcpt=<a@{DOMAIN}> from=<s@src.test> client=127.0.0.2 reason=dnsbl reply=554 5.7.1")),
+        "{log}"
+    );
+    assert!(
+        log.contains("dnsbl client=127.0.0.4 listed-by=weak.test score=1 blocked=false"),
+        "{log}"
+    );
+    let text = server.stats(&[]);
+    assert!(text.contains("dnsbl 2"), "{text}");
+    let prom = server.stats(&["--prometheus"]);
+    assert!(prom.contains("ringmx_refused_dnsbl_total"), "{prom}");
+
+    // A trusted client is not looked up.
+    let trusted = Server::start(&[
+        "--dns-server",
+        &dns_addr,
+        "--dnsbl",
+        "bl.test",
+        "--trusted-networks",
+        "127.0.0.2",
+    ]);
+    for (code, text) in rcpts_from(&trusted, "127.0.0.2") {
+        assert_eq!(code, 250, "trusted: {text}");
+    }
+}
+
+#[test]
+fn dnsbl_with_the_dns_server_down_fails_open_and_counts_it() {
+    require_io_uring!();
+    let port = free_udp_port();
+    let dns_addr = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--dns-server", &dns_addr, "--dnsbl", "bl.test"]);
+    for (code, text) in rcpts_from(&server, "127.0.0.2") {
+        assert_eq!(code, 250, "fails open: {text}");
+    }
+    let v = server.stats_json();
+    assert_eq!(
+        v["total"]["counters"]["refused_dnsbl"].as_u64(),
+        Some(0),
+        "{v}"
+    );
+    assert_eq!(
+        v["total"]["counters"]["dnsbl_failures"].as_u64(),
+        Some(1),
+        "{v}"
+    );
 }

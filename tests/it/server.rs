@@ -523,3 +523,47 @@ fn notifies_systemd_ready_and_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1\n", "{}", server.log());
     assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
+
+#[test]
+fn a_message_over_max_hops_is_refused_with_554_5_4_6_and_not_stored() {
+    require_io_uring!();
+    let server = Server::start(&["--max-hops", "5"]);
+    let body = |hops: usize| -> Vec<u8> {
+        let mut b =
+            b"Received: from a.test by b.test; Mon, 7 Dec 2026 10:00:00 +0000\r\n".repeat(hops);
+        b.extend_from_slice(b"Subject: loop\r\n\r\nbody\r\n");
+        b
+    };
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    // 5 hops, then our own Received: makes 6 when it goes on: still taken.
+    let (code, _) = c.send_message("s@src.test", &rcpt(), &body(5));
+    assert_eq!(code, 250);
+    let (code, text) = c.send_message("s@src.test", &rcpt(), &body(6));
+    assert_eq!((code, text.trim_end()), (554, "554 5.4.6 Too many hops"));
+    // BDAT too, counted across chunks.
+    c.expect("MAIL FROM:<s@src.test>", 250);
+    c.expect(&format!("RCPT TO:<{}>", rcpt()), 250);
+    let b = body(6);
+    let (x, y) = b.split_at(100);
+    c.send(format!("BDAT {}\r\n", x.len()).as_bytes());
+    c.send(x);
+    assert_eq!(c.reply().0, 250);
+    c.send(format!("BDAT {} LAST\r\n", y.len()).as_bytes());
+    c.send(y);
+    let (code, text) = c.reply();
+    assert_eq!((code, text.trim_end()), (554, "554 5.4.6 Too many hops"));
+    c.expect("QUIT", 221);
+    assert_eq!(
+        server.accepted_ids().len(),
+        1,
+        "only the 5-hop message is stored"
+    );
+    assert_eq!(spool_ls(&server.spool()).lines().count(), 1);
+    let v = server.stats_json();
+    assert_eq!(
+        v["total"]["counters"]["messages_rejected_too_many_hops"].as_u64(),
+        Some(2),
+        "{v}"
+    );
+}

@@ -2559,3 +2559,96 @@ fn verify_refusals_count_as_errors_and_the_last_closes() {
     assert_eq!(d.closed, Some(Closed::TooManyErrors));
     assert_eq!(d.asked, ["a@example.org", "b@example.org"]);
 }
+
+// ---- hop count (--max-hops) -----------------------------------------------------------------
+
+#[test]
+fn more_received_fields_than_max_hops_is_554_5_4_6_with_data_and_bdat() {
+    let mut c = config();
+    c.max_hops = 3;
+    let header = |n: usize| -> Vec<u8> {
+        let mut h = b"Received: from a by b\r\n".repeat(n);
+        h.extend_from_slice(b"Subject: loop\r\n\r\nReceived: in the body\r\n");
+        h
+    };
+    let head = b"MAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nDATA\r\n";
+    let mut d = Driver::new(c.clone());
+    d.feed(b"EHLO c\r\n");
+    d.feed(head);
+    d.feed(&header(3));
+    d.feed(b".\r\n");
+    d.feed(head);
+    // Split inside a field name: counted all the same.
+    let four = header(4);
+    d.feed(&four[..30]);
+    d.feed(&four[30..]);
+    d.feed(b".\r\nNOOP\r\n");
+    let lines = d.take_lines();
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["554 5.4.6 Too many hops", "250 2.0.0 Ok"]);
+    let m = &d.sink.messages;
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].outcome, Some(Ok(())), "3 hops are fine");
+    assert_eq!(m[1].outcome, Some(Err(Rejection::TooManyHops)));
+    assert_eq!(d.committed, 1, "the looping message is not stored");
+
+    // BDAT: counted across chunks, refused at LAST.
+    let mut d = Driver::new(c);
+    d.feed(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\n");
+    let body = header(4);
+    let (a, b) = body.split_at(40);
+    d.feed(format!("BDAT {}\r\n", a.len()).as_bytes());
+    d.feed(a);
+    d.feed(format!("BDAT {} LAST\r\n", b.len()).as_bytes());
+    d.feed(b);
+    let lines = d.take_lines();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("554 5.4.6 Too many hops")
+    );
+    assert_eq!(
+        d.sink.messages[0].outcome,
+        Some(Err(Rejection::TooManyHops))
+    );
+    assert_eq!(d.committed, 0);
+    assert_eq!(d.session.phase(), Phase::Command);
+}
+
+#[test]
+fn a_client_blocked_by_a_dnsbl_gets_554_5_7_1_at_every_rcpt() {
+    let mut d = Driver::new(config());
+    d.feed(b"EHLO c\r\n");
+    d.session.block_recipients("bl.test");
+    d.feed(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<a@local.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n");
+    let lines = d.take_lines();
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "250 2.1.0 Ok",
+            "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.test",
+            "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.test",
+            "503 5.5.1 Need RCPT command",
+        ]
+    );
+    assert_eq!(
+        d.sink.refused,
+        [
+            ("a@local.test".to_string(), RecipientRefusal::Dnsbl),
+            ("postmaster".to_string(), RecipientRefusal::Dnsbl),
+        ]
+    );
+    assert!(d.sink.messages.is_empty());
+}
