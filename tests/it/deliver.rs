@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::require_io_uring;
 use crate::util::{require_tool, run_tool, Client, Server, DOMAIN, RINGMX};
 
-const SINK: &str = "/usr/sbin/smtp-sink";
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const SINK: &str = "/usr/sbin/smtp-sink";
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -21,10 +21,10 @@ fn free_port() -> u16 {
 }
 
 /// `smtp-sink` on `port`, dumping each transaction into `dump` (killed on drop).
-struct Sink(Child);
+pub(crate) struct Sink(Child);
 
 impl Sink {
-    fn start(port: u16, dump: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(port: u16, dump: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(dump).unwrap();
         let mut cmd = Command::new(SINK);
         if nix_is_root() {
@@ -61,7 +61,7 @@ fn nix_is_root() -> bool {
     unsafe { libc::getuid() == 0 }
 }
 
-fn files(dir: &Path) -> Vec<Vec<u8>> {
+pub(crate) fn files(dir: &Path) -> Vec<Vec<u8>> {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -71,7 +71,7 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -79,7 +79,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn queue(spool: &Path, args: &[&str]) -> String {
+pub(crate) fn queue(spool: &Path, args: &[&str]) -> String {
     let out = run_tool(
         Command::new(RINGMX)
             .arg("queue")
@@ -96,7 +96,7 @@ fn queue(spool: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn send(server: &Server, n: usize, to: &str) {
+pub(crate) fn send(server: &Server, n: usize, to: &str) {
     for i in 0..n {
         let mut c = Client::greeted(server.addr);
         c.expect("EHLO client.test", 250);
@@ -106,7 +106,7 @@ fn send(server: &Server, n: usize, to: &str) {
     }
 }
 
-fn segments(spool: &Path) -> Vec<String> {
+pub(crate) fn segments(spool: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(spool)
         .unwrap()
         .filter_map(Result::ok)

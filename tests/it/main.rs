@@ -9,6 +9,7 @@ mod deliver;
 mod haproxy;
 mod postfix;
 mod proxy;
+mod relay_peers;
 mod server;
 mod shutdown;
 mod spool;
