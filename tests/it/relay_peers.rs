@@ -61,19 +61,51 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
     );
     let ca_file = tmp.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
-    let config = route_config(
-        tmp.path(),
-        &format!(
-            "{{ target = \"smtp:[127.0.0.1]:{}\", tls = \"encrypt\", ca = \"{}\" }}",
-            postfix.smtpd.port(),
-            ca_file.display()
+    // Another CA, which did not sign the hop's certificate.
+    let other_ca = tmp.path().join("other-ca.pem");
+    std::fs::write(&other_ca, Ca::new().pem()).unwrap();
+    let hop = format!("smtp:[127.0.0.1]:{}", postfix.smtpd.port());
+    // DOMAIN: encrypt, verified; may.test: may without ca (unverified); wrong.test: encrypt
+    // against the wrong CA (deferred).
+    let config = tmp.path().join("ringmx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes]\n\
+             \"{DOMAIN}\" = {{ target = \"{hop}\", tls = \"encrypt\", ca = \"{}\" }}\n\
+             \"may.test\" = \"{hop}\"\n\
+             \"wrong.test\" = {{ target = \"{hop}\", tls = \"encrypt\", ca = \"{}\" }}\n",
+            ca_file.display(),
+            other_ca.display()
         ),
-    );
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--domain",
+        "may.test",
+        "--domain",
+        "wrong.test",
+    ]);
     send(&server, 3, &format!("tls@{DOMAIN}"));
-    wait_for("3 messages through Postfix at the sink", || {
-        files(&dump).len() >= 3
+    send(&server, 1, "opportunistic@may.test");
+    send(&server, 1, "mitm@wrong.test");
+    wait_for("4 messages through Postfix at the sink", || {
+        files(&dump).len() >= 4
     });
+    wait_for("the wrong CA's message deferred", || {
+        queue(&server.spool(), &["ls", "--deferred"])
+            .lines()
+            .count()
+            == 1
+    });
+    let wrong = server.accepted_ids()[4].clone();
+    let shown = queue(&server.spool(), &["show", &wrong]);
+    assert!(shown.contains("4.7.5"), "{shown}");
+    assert!(shown.contains("invalid peer certificate"), "{shown}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(files(&dump).len(), 4, "nothing sent for wrong.test");
     for f in files(&dump) {
         let text = String::from_utf8_lossy(&f);
         // Postfix's Received line for our connection says ESMTPS (ESMTP over TLS).
@@ -83,14 +115,18 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
         );
         assert!(text.contains("\n.leading dot"), "{text}");
     }
-    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("status=sent"))
-        .expect("a delivery line");
-    assert!(line.contains("tls=TLSv1."), "{line}");
-    assert!(line.contains("/verified"), "{line}");
+    let line = |to: &str| {
+        log.lines()
+            .find(|l| l.contains(to) && l.contains("status=sent"))
+            .unwrap_or_else(|| panic!("no delivery of {to}: {log}"))
+    };
+    let verified = line(&format!("to=<tls@{DOMAIN}>"));
+    assert!(verified.contains("tls=TLSv1."), "{verified}");
+    assert!(verified.contains("/verified"), "{verified}");
+    let may = line("to=<opportunistic@may.test>");
+    assert!(may.contains("tls=TLSv1."), "{may}");
+    assert!(may.contains("/unverified"), "{may}");
     assert!(
         postfix
             .maillog()
@@ -133,15 +169,31 @@ fn encrypt_to_a_hop_without_starttls_defers_and_sends_nothing() {
     );
 }
 
-/// aiosmtpd with a handler: `busy` answers 450 to RCPT for `busy@…`; `drop-first` closes the
-/// first connection that sends a message, after its data and before the reply. Each accepted
-/// message is written to `DUMP/<n>.eml` behind an `X-Rcpts:` line.
+/// aiosmtpd with a handler: `busy` answers 450 to RCPT for `busy@…`; `drop-mid-data` closes
+/// the first connection that sends a message in the middle of its data (after its first few
+/// KiB), and behaves afterwards. Each accepted message is written to `DUMP/<n>.eml` behind an
+/// `X-Rcpts:` line. aiosmtpd offers neither CHUNKING nor STARTTLS: the body goes with DATA.
 const HOP_PY: &str = r#"
 import os, sys, time
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 port, dump, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 state = {"dropped": 0, "n": 0}
+
+class DroppingSMTP(SMTP):
+    async def smtp_DATA(self, arg):
+        if mode == "drop-mid-data" and state["dropped"] == 0 and self.envelope.rcpt_tos:
+            state["dropped"] += 1
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.read(4096)
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
+
+class HopController(Controller):
+    def factory(self):
+        return DroppingSMTP(self.handler, **self.SMTP_kwargs)
 
 class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -151,10 +203,6 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if mode == "drop-first" and state["dropped"] == 0:
-            state["dropped"] += 1
-            server.transport.close()
-            return "421 4.3.0 gone"
         state["n"] += 1
         tmp = os.path.join(os.path.dirname(dump), "hop-%d.tmp" % state["n"])
         with open(tmp, "wb") as f:
@@ -163,7 +211,7 @@ class Handler:
         os.rename(tmp, os.path.join(dump, "%d.eml" % state["n"]))
         return "250 2.0.0 OK"
 
-controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+controller = HopController(Handler(), hostname="127.0.0.1", port=port)
 controller.start()
 print("ready", flush=True)
 while True:
@@ -263,12 +311,12 @@ fn one_recipient_deferred_and_one_delivered_in_the_same_message() {
 }
 
 #[test]
-fn hop_closing_before_the_reply_to_the_data_defers_then_delivers_once() {
+fn hop_closing_mid_data_defers_then_delivers_once() {
     require_io_uring!();
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let dump = tmp.path().join("dump");
-    let _hop = AioHop::start(tmp.path(), port, &dump, "drop-first");
+    let _hop = AioHop::start(tmp.path(), port, &dump, "drop-mid-data");
     let route = format!("smtp:[127.0.0.1]:{port}");
     let server = Server::start(&[
         "--relay-to",
@@ -278,18 +326,37 @@ fn hop_closing_before_the_reply_to_the_data_defers_then_delivers_once() {
         "--retry-max",
         "1",
     ]);
-    send(&server, 1, &format!("d@{DOMAIN}"));
+    // Big enough that the hop hangs up while the body is still coming (256 KiB).
+    let line = "x".repeat(78);
+    let mut body = String::from("Subject: big\r\n\r\n");
+    for i in 0..3300 {
+        body.push_str(&format!("{i:05} {line}\r\n"));
+    }
+    // Dot-stuffed as it goes over DATA here: stored and relayed as ".leading dot".
+    body.push_str("..leading dot\r\nend\r\n");
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    let (code, _) = c.send_message("s@src.test", &format!("d@{DOMAIN}"), body.as_bytes());
+    assert_eq!(code, 250);
     assert!(server.wait_log("status=deferred", WAIT), "{}", server.log());
+    let log = server.log();
     assert!(
-        server.log().contains("connection closed by"),
-        "{}",
-        server.log()
+        log.contains("connection closed by")
+            || log.contains("write to")
+            || log.contains("read from"),
+        "{log}"
     );
     wait_for("delivered on the retry", || files(&dump).len() == 1);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(files(&dump).len(), 1);
-    assert!(String::from_utf8_lossy(&files(&dump)[0]).contains("\n.leading dot"));
+    let got = files(&dump);
+    assert_eq!(got.len(), 1, "once");
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(
+        text.ends_with("\r\n.leading dot\r\nend\r\n"),
+        "dot-unstuffed, whole"
+    );
+    assert!(text.contains("03299 xxx"));
 }
 
 /// A private Dovecot with only the LMTP service, on a 127.0.0.1 port, delivering to Maildirs
