@@ -609,3 +609,44 @@ fn wait_for_long(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn check_config_refuses_an_unusable_route_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing-ca.pem");
+    let garbage = tmp.path().join("garbage.pem");
+    std::fs::write(&garbage, "no certificate here\n").unwrap();
+    for (route, why) in [
+        (
+            format!(
+                "{{ target = \"smtp:[127.0.0.1]:25\", tls = \"encrypt\", ca = \"{}\" }}",
+                missing.display()
+            ),
+            "missing-ca.pem",
+        ),
+        (
+            format!(
+                "{{ target = \"smtp:[127.0.0.1]:25\", ca = \"{}\" }}",
+                garbage.display()
+            ),
+            "no certificate",
+        ),
+        (
+            "{ target = \"lmtp:unix:/run/lmtp\", tls = \"encrypt\" }".to_string(),
+            "not a unix socket",
+        ),
+    ] {
+        let config = route_config(tmp.path(), &route);
+        let out = run_tool(
+            Command::new(RINGMX)
+                .args(["check-config", "--domain", DOMAIN, "--config"])
+                .arg(&config)
+                .arg("--spool")
+                .arg(tmp.path().join("spool")),
+            Duration::from_secs(10),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{route}");
+        assert!(err.contains(why), "{route}: {err}");
+    }
+}
