@@ -1,6 +1,7 @@
-//! `ringmx queue ls|show`: the delivery queue, read from the spool and its delivery journal
-//! (the server may be running or not). The work is [`crate::relay::tool`]'s. Errors are one
-//! line on stderr, `ringmx queue: …`, exit status 1.
+//! `ringmx queue ls|show|retry|delete`. `ls` and `show` read the spool and its delivery journal
+//! (the server may be running or not; the work is [`crate::relay::tool`]'s); `retry` and
+//! `delete` ask the running server through its control socket ([`crate::relay::control`]) and
+//! fail when no server runs. Errors are one line on stderr, `ringmx queue: …`, exit status 1.
 
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -8,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::relay::control::{self, Command, ControlError};
 use crate::relay::tool::{self, Filter};
+use crate::spool::id::MessageId;
 use crate::spool::tool::ToolError;
 
 /// `ringmx queue` arguments.
@@ -44,6 +47,23 @@ pub enum QueueCommand {
         /// The message id.
         id: String,
     },
+    /// Make deferred recipients due now, without waiting for their backoff (like Postfix's
+    /// `postqueue -i ID` / `postqueue -f`). Needs the running server.
+    Retry {
+        /// The message id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message from the queue: its recipients not yet delivered never will be (like
+    /// Postfix's `postsuper -d ID`). Recorded durably in the delivery journal; needs the
+    /// running server.
+    Delete {
+        /// The message id.
+        id: String,
+    },
 }
 
 /// Runs a queue subcommand; prints errors and returns the exit code.
@@ -67,6 +87,15 @@ pub fn run(args: &QueueArgs) -> ExitCode {
             tool::ls(dir, filter, *json, &mut out)
         }
         QueueCommand::Show { id } => tool::show(dir, id, &mut out),
+        QueueCommand::Retry { id, all } => match (id, all) {
+            (Some(id), _) => {
+                parse_id(id).and_then(|id| control_cmd(dir, Command::Retry(Some(id)), &mut out))
+            }
+            (None, _) => control_cmd(dir, Command::Retry(None), &mut out),
+        },
+        QueueCommand::Delete { id } => {
+            parse_id(id).and_then(|id| control_cmd(dir, Command::Delete(id), &mut out))
+        }
     }
     .and_then(|()| out.flush().map_err(|e| ToolError::io("stdout", e)));
     match res {
@@ -77,4 +106,23 @@ pub fn run(args: &QueueArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_id(id: &str) -> Result<MessageId, ToolError> {
+    id.parse()
+        .map_err(|_| ToolError::Msg(format!("{id:?} is not a message id")))
+}
+
+/// Sends `cmd` to the server's control socket and says what it did.
+fn control_cmd(dir: &std::path::Path, cmd: Command, out: &mut dyn Write) -> Result<(), ToolError> {
+    let n = control::request(dir, cmd).map_err(|e| match e {
+        ControlError::Refused(why) => ToolError::Msg(why),
+        e => ToolError::Msg(e.to_string()),
+    })?;
+    let line = match cmd {
+        Command::Retry(Some(id)) => format!("{id}: {n} recipient(s) due now"),
+        Command::Retry(None) => format!("{n} recipient(s) due now"),
+        Command::Delete(id) => format!("{id}: deleted ({n} recipient(s) not delivered)"),
+    };
+    writeln!(out, "{line}").map_err(|e| ToolError::io("stdout", e))
 }

@@ -11,11 +11,14 @@
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
 //!   schedules, drives the sans-IO [`crate::smtp::client`] over TCP or unix sockets, records
 //!   outcomes in the [`crate::spool::journal`], deletes finished segments.
+//! - [`control`]: the control socket `<spool>/control.sock` that the stage serves, and the
+//!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
 //! It does not send bounces (failed recipients are held),
 //! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
 
+pub mod control;
 pub mod queue;
 pub mod route;
 pub mod stage;

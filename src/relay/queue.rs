@@ -118,6 +118,23 @@ impl QueuedMessage {
         e.last_us = r.at_us;
     }
 
+    /// `queue retry`: every pending recipient is due now (its backoff forgotten until the next
+    /// deferral; not journaled, so a restart restores the recorded retry times). Returns how
+    /// many recipients are pending.
+    pub fn retry_now(&mut self) -> usize {
+        if self.deleted {
+            return 0;
+        }
+        let mut n = 0;
+        for r in &mut self.rcpts {
+            if r.state == RcptState::Pending {
+                r.next_us = 0;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Every recipient delivered, or deleted: its segment space may go.
     pub fn is_finished(&self) -> bool {
         self.deleted || self.rcpts.iter().all(|r| r.state == RcptState::Delivered)

@@ -21,11 +21,15 @@
 //! is durable delivers again, never loses). A sealed segment whose messages are all finished is
 //! then deleted.
 //!
+//! The operator's `queue retry` and `queue delete` arrive from the control socket
+//! ([`super::control`], served on this runtime) as commands in the same loop: a retry makes the
+//! pending recipients due now (the [`DueQueue`]), a delete appends a durable Deleted record and
+//! finishes the message.
+//!
 //! Outbound STARTTLS is [`super::tls`]'s (this file only swaps a connection's socket for the
 //! TLS stream when the client asks); BDAT is the sans-IO client's.
 //!
-//! Not here yet: bounces, compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
-//! walks the queue), a control socket for `queue retry`/`delete`.
+//! Not here yet: bounces, compaction of segments pinned by long-deferred or failed messages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -38,6 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
+use super::control::{self, Command, ControlSocket, Refusal};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target};
 use super::tls::{Io, RouteTls};
@@ -107,6 +112,9 @@ struct SegState {
     tail: Option<Tail>,
     /// Its messages not finished yet (unnotified ones included).
     live: HashSet<MessageId>,
+    /// The journal records that say its finished messages are finished: kept (and rewritten
+    /// by every compaction) while the segment exists, so a restart never delivers them again.
+    done: Vec<DeliveryRecord>,
 }
 
 /// The stage's state from [`prepare`], ready for [`spawn`].
@@ -117,16 +125,19 @@ pub struct Prepared {
     segments: HashMap<PathBuf, SegState>,
     journal: Journal,
     rx: UnboundedReceiver<MessageId>,
+    control: ControlSocket,
 }
 
-/// Reads the spool and the journal, compacts the journal, and returns the reactors'
-/// [`Notifier`]. Call before the reactors open their spools (their recovery then only seals
-/// and trims what this read: the valid prefixes are the same).
+/// Binds the control socket, reads the spool and the journal, compacts the journal, and
+/// returns the reactors' [`Notifier`]. Call before the reactors open their spools (their
+/// recovery then only seals and trims what this read: the valid prefixes are the same).
 ///
 /// # Errors
-/// Reading the spool or the journal, or rewriting the journal, failed.
+/// The control socket is in use or cannot be bound; reading the spool or the journal, or
+/// rewriting the journal, failed.
 pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
     segment::ensure_dir(&cfg.spool_dir)?;
+    let control = control::bind(&cfg.spool_dir)?;
     let mut messages = Vec::new();
     let mut segments = HashMap::new();
     for (name, path) in segment::list_segments(&cfg.spool_dir)? {
@@ -143,25 +154,29 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
                 closed: true,
                 tail: None,
                 live,
+                done: Vec::new(),
             },
         );
     }
     let (_, records) = Journal::open(&cfg.spool_dir)?;
     let mut queue = queue::build(messages, &records);
-    // Finished messages are forgotten (their segment goes once the others are finished too).
+    // Finished messages leave the queue (their segment goes once the others are finished too);
+    // their segment keeps the records that say so.
     queue.retain(|id, m| {
         let keep = !m.is_finished();
         if !keep {
             for s in segments.values_mut() {
-                s.live.remove(id);
+                if s.live.remove(id) {
+                    s.done.extend(m.summary_records());
+                }
             }
         }
         keep
     });
-    // The journal restarts with one record per tried recipient of each live message, so it
-    // never names a message that is gone (whose id a new message could in principle reuse).
-    let summary: Vec<DeliveryRecord> = queue.values().flat_map(|m| m.summary_records()).collect();
-    let journal = Journal::rewrite(&cfg.spool_dir, &summary)?;
+    // The journal restarts with one record per tried recipient of each message still in the
+    // spool, so it never names a message that is gone (whose id a new message could in
+    // principle reuse).
+    let journal = Journal::rewrite(&cfg.spool_dir, &summary(&queue, &segments))?;
     let (tx, rx) = unbounded_channel();
     Ok((
         Notifier(tx),
@@ -171,8 +186,22 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
             segments,
             journal,
             rx,
+            control,
         },
     ))
+}
+
+/// The compacted journal: a summary of every queued message, and the records of the finished
+/// messages whose segments are still there.
+fn summary(
+    queue: &BTreeMap<MessageId, QueuedMessage>,
+    segments: &HashMap<PathBuf, SegState>,
+) -> Vec<DeliveryRecord> {
+    queue
+        .values()
+        .flat_map(|m| m.summary_records())
+        .chain(segments.values().flat_map(|s| s.done.iter().cloned()))
+        .collect()
 }
 
 /// The running stage.
@@ -257,11 +286,16 @@ struct Stage {
     jobs: Vec<UnboundedSender<Job>>,
     outcomes_tx: UnboundedSender<Outcome>,
     outcomes_rx: UnboundedReceiver<Outcome>,
+    /// The control socket (its file is removed when the stage ends) and its commands.
+    control: ControlSocket,
+    control_tx: UnboundedSender<control::Request>,
+    control_rx: UnboundedReceiver<control::Request>,
 }
 
 impl Stage {
     fn new(p: Prepared, stats: Arc<DeliveryStats>, stop: Arc<AtomicBool>) -> Self {
         let (outcomes_tx, outcomes_rx) = unbounded_channel();
+        let (control_tx, control_rx) = unbounded_channel();
         let mut due = DueQueue::new();
         for (id, m) in &p.queue {
             if let Some(at) = m.next_due() {
@@ -284,6 +318,9 @@ impl Stage {
             jobs: Vec::new(),
             outcomes_tx,
             outcomes_rx,
+            control: p.control,
+            control_tx,
+            control_rx,
         }
     }
 
@@ -319,6 +356,9 @@ impl Stage {
             self.jobs.len(),
             self.queue.len()
         );
+        if let Some(l) = self.control.take_listener() {
+            tokio::task::spawn_local(control::serve(l, self.control_tx.clone()));
+        }
         self.reclaim();
         while !self.stop.load(Ordering::Relaxed) {
             let mut ids = Vec::new();
@@ -326,6 +366,7 @@ impl Stage {
             tokio::select! {
                 n = self.rx.recv_many(&mut ids, 4096) => if n == 0 { break },
                 Some(o) = self.outcomes_rx.recv() => outcomes.push(o),
+                Some(r) = self.control_rx.recv() => self.control(r).await,
                 () = tokio::time::sleep(TICK) => {}
             }
             while let Ok(o) = self.outcomes_rx.try_recv() {
@@ -344,6 +385,76 @@ impl Stage {
             self.update_stats();
         }
         tracing::info!("delivery stopped: {} message(s) queued", self.queue.len());
+    }
+
+    /// A command from the control socket (`ringmx queue retry|delete`).
+    async fn control(&mut self, req: control::Request) {
+        let res = match req.command {
+            Command::Retry(Some(id)) => match self.queue.get_mut(&id) {
+                Some(m) if !m.deleted => {
+                    let n = m.retry_now();
+                    if n > 0 {
+                        self.due.push(0, id);
+                    }
+                    tracing::info!("delivery id={id} retry requested: {n} recipient(s) due now");
+                    Ok(n)
+                }
+                _ => Err(Refusal::NotQueued(id)),
+            },
+            Command::Retry(None) => {
+                let mut n = 0;
+                for (id, m) in &mut self.queue {
+                    let k = m.retry_now();
+                    if k > 0 {
+                        self.due.push(0, *id);
+                        n += k;
+                    }
+                }
+                tracing::info!(
+                    "delivery: retry of every message requested: {n} recipient(s) due now"
+                );
+                Ok(n)
+            }
+            Command::Delete(id) => self.delete(id).await,
+        };
+        let _ = req.reply.send(res);
+    }
+
+    /// Deletes a queued message: a durable Deleted record first, then it leaves the queue (a
+    /// transaction already under way for it is not interrupted; its outcome is ignored).
+    async fn delete(&mut self, id: MessageId) -> Result<usize, Refusal> {
+        let left = match self.queue.get(&id) {
+            Some(m) if !m.deleted => m
+                .rcpts
+                .iter()
+                .filter(|r| r.state != RcptState::Delivered)
+                .count(),
+            _ => return Err(Refusal::NotQueued(id)),
+        };
+        let rec = queue::record(
+            RecordKind::Deleted,
+            id,
+            0,
+            unix_us(SystemTime::now()),
+            0,
+            0,
+            "deleted by the operator".into(),
+        );
+        if let Err(e) = self.append(vec![rec.clone()]).await {
+            tracing::error!("delivery journal: {e}; message {id} is not deleted");
+            return Err(Refusal::Other(format!(
+                "the delivery journal could not record the deletion: {e}"
+            )));
+        }
+        if let Some(m) = self.queue.get_mut(&id) {
+            m.apply(&rec);
+        }
+        tracing::info!(
+            "delivery id={id} deleted by the operator: {left} recipient(s) will not be delivered"
+        );
+        self.finish(id);
+        self.reclaim();
+        Ok(left)
     }
 
     /// Notified ids: find them in their reactors' segments.
@@ -393,6 +504,7 @@ impl Stage {
                                 closed: false,
                                 tail: Some(Tail::new(path)),
                                 live: HashSet::new(),
+                                done: Vec::new(),
                             },
                         );
                     }
@@ -634,10 +746,7 @@ impl Stage {
             }
         }
         for id in finished {
-            self.queue.remove(&id);
-            for s in self.segments.values_mut() {
-                s.live.remove(&id);
-            }
+            self.finish(id);
         }
         self.reclaim();
         self.compact_journal().await;
@@ -670,16 +779,25 @@ impl Stage {
         {
             return;
         }
-        let summary: Vec<DeliveryRecord> = self
-            .queue
-            .values()
-            .flat_map(|m| m.summary_records())
-            .collect();
+        let summary = summary(&self.queue, &self.segments);
         let dir = self.cfg.spool_dir.clone();
         match tokio::task::spawn_blocking(move || Journal::rewrite(&dir, &summary)).await {
             Ok(Ok(j)) => self.journal = Some(j),
             Ok(Err(e)) => tracing::warn!("delivery journal: compaction failed: {e}"),
             Err(e) => tracing::warn!("delivery journal: compaction task: {e}"),
+        }
+    }
+
+    /// A finished message leaves the queue; its segment keeps the records saying so.
+    fn finish(&mut self, id: MessageId) {
+        let Some(m) = self.queue.remove(&id) else {
+            return;
+        };
+        let records = m.summary_records();
+        for s in self.segments.values_mut() {
+            if s.live.remove(&id) {
+                s.done.extend(records.iter().cloned());
+            }
         }
     }
 

@@ -213,9 +213,20 @@ fn memlock_applies() -> bool {
 fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Runtime> {
     let memlock = crate::sys::memlock_limit();
     let mut entries = initial_ring_entries(memlock, reactors, memlock_applies());
+    // Kernels before 6.0 refuse the setup flags with EINVAL: then the ring is made without them.
+    let mut flags = true;
     loop {
         let mut builder = tokio_uring::builder();
         builder.entries(entries);
+        if flags {
+            let mut urb = tokio_uring::uring_builder();
+            // COOP_TASKRUN: completions are run when this thread next enters the kernel instead
+            // of interrupting it (an IPI and a context switch per completion otherwise);
+            // SINGLE_ISSUER: only this thread submits (true: the reactor owns its ring), which
+            // lets the kernel skip the submission lock.
+            urb.setup_coop_taskrun().setup_taskrun_flag().setup_single_issuer();
+            builder.uring_builder(&urb);
+        }
         match tokio_uring::Runtime::new(&builder) {
             Ok(rt) => {
                 if entries < RING_ENTRIES {
@@ -224,6 +235,10 @@ fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Ru
                     );
                 }
                 return Ok(rt);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && flags => {
+                tracing::debug!("reactor {index}: io_uring setup flags refused ({e}); without them");
+                flags = false;
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && entries > MIN_RING_ENTRIES => {
                 entries /= 2;

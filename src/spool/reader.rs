@@ -200,6 +200,18 @@ struct Partial {
     crc: u32,
 }
 
+impl Partial {
+    /// A message whose envelope frame was just read, before any body.
+    fn new(envelope: EnvelopeRecord) -> Self {
+        Self {
+            envelope,
+            extents: Vec::new(),
+            size: 0,
+            crc: 0,
+        }
+    }
+}
+
 /// Walks one segment, calling `each` for every committed message in commit order. With
 /// `classify`, also looks past the end of the valid prefix to classify the damage (reads the
 /// rest of the file).
@@ -260,15 +272,7 @@ pub fn scan_segment(
             }
             Kind::Envelope => match EnvelopeRecord::decode(payload) {
                 Ok(envelope) => {
-                    let old = open.insert(
-                        header.id,
-                        Partial {
-                            envelope,
-                            extents: Vec::new(),
-                            size: 0,
-                            crc: 0,
-                        },
-                    );
+                    let old = open.insert(header.id, Partial::new(envelope));
                     if old.is_some() {
                         rep.anomalies
                             .push(format!("second Envelope for {}", MessageId(header.id)));
@@ -493,15 +497,7 @@ impl Tail {
                 Kind::Segment => {}
                 Kind::Envelope => {
                     if let Ok(envelope) = EnvelopeRecord::decode(&payload) {
-                        self.open.insert(
-                            header.id,
-                            Partial {
-                                envelope,
-                                extents: Vec::new(),
-                                size: 0,
-                                crc: 0,
-                            },
-                        );
+                        self.open.insert(header.id, Partial::new(envelope));
                     }
                 }
                 Kind::Data => {

@@ -1,5 +1,6 @@
 //! Onward delivery with real next hops on loopback: Postfix's `smtp-sink` as the SMTP (and
-//! LMTP) next hop, started by each test on a free port and killed by pid.
+//! LMTP) next hop, started by each test on a free port and killed by pid. Also `ringmx queue
+//! retry|delete` through the running server's control socket.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -79,15 +80,19 @@ pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-pub(crate) fn queue(spool: &Path, args: &[&str]) -> String {
-    let out = run_tool(
+fn queue_output(spool: &Path, args: &[&str]) -> std::process::Output {
+    run_tool(
         Command::new(RINGMX)
             .arg("queue")
             .args(args)
             .arg("--spool")
             .arg(spool),
         Duration::from_secs(10),
-    );
+    )
+}
+
+pub(crate) fn queue(spool: &Path, args: &[&str]) -> String {
+    let out = queue_output(spool, args);
     assert!(
         out.status.success(),
         "{}",
@@ -301,4 +306,212 @@ fn without_routes_nothing_is_delivered_or_deleted() {
     assert!(server.stats_json().get("delivery").is_none());
     assert!(!server.spool().join("delivery.journal").exists());
     assert!(!server.log().contains("delivery"));
+}
+
+/// How many sink dumps carry ringmx's message id `id` (in its Received: header).
+fn arrived(dump: &Path, id: &str) -> usize {
+    let needle = format!("id {id}");
+    files(dump)
+        .iter()
+        .filter(|f| memchr::memmem::find(f, needle.as_bytes()).is_some())
+        .count()
+}
+
+/// Sends `n` messages over one connection (so one reactor, one segment, stores them all).
+fn send_one_connection(server: &Server, n: usize, to: &str) {
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    for i in 0..n {
+        let body = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+        let (code, _) = c.send_message("s@src.test", to, body.as_bytes());
+        assert_eq!(code, 250);
+    }
+}
+
+/// The flags of a server whose next hop is on `port` and that would wait an hour between tries.
+fn long_backoff(route: &str) -> Vec<&str> {
+    vec![
+        "--relay-to",
+        route,
+        "--retry-first",
+        "3600",
+        "--retry-max",
+        "3600",
+    ]
+}
+
+#[test]
+fn queue_retry_delivers_a_deferred_message_now() {
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump");
+    let route = format!("smtp:[127.0.0.1]:{port}");
+    let server = Server::start(&long_backoff(&route));
+    let spool = server.spool();
+    send(&server, 3, &format!("r@{DOMAIN}"));
+    wait_for("3 deferred", || {
+        queue(&spool, &["ls", "--deferred"]).lines().count() == 3
+    });
+    let ids = server.accepted_ids();
+    let _sink = Sink::start(port, &dump, &[]);
+    // The hop is up, but the backoff (an hour) holds them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(files(&dump).is_empty(), "delivered before any retry");
+
+    let t = Instant::now();
+    let out = queue(&spool, &["retry", &ids[0]]);
+    assert_eq!(out, format!("{}: 1 recipient(s) due now\n", ids[0]));
+    wait_for("the retried message at the sink", || {
+        arrived(&dump, &ids[0]) == 1
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    wait_for("it leaves the queue", || {
+        queue(&spool, &["ls"]).lines().count() == 2
+    });
+    let left = queue(&spool, &["ls"]);
+    assert!(!left.contains(&ids[0]), "{left}");
+    assert_eq!(arrived(&dump, &ids[1]) + arrived(&dump, &ids[2]), 0);
+    assert!(server.wait_log(&format!("delivery id={} retry requested", ids[0]), WAIT));
+
+    let out = queue(&spool, &["retry", "--all"]);
+    assert_eq!(out, "2 recipient(s) due now\n");
+    wait_for("every message at the sink", || files(&dump).len() == 3);
+    wait_for("queue empty", || queue(&spool, &["ls"]).is_empty());
+    for id in &ids {
+        assert_eq!(arrived(&dump, id), 1, "{id}");
+    }
+    // Nothing left: `retry --all` touches nothing.
+    assert_eq!(
+        queue(&spool, &["retry", "--all"]),
+        "0 recipient(s) due now\n"
+    );
+}
+
+#[test]
+fn queue_delete_is_durable_and_the_message_is_never_delivered() {
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump");
+    let route = format!("smtp:[127.0.0.1]:{port}");
+    let flags = long_backoff(&route);
+    let mut server = Server::start(&flags);
+    // Both in one segment: the deleted message's segment stays (pinned by the other), so the
+    // record of the deletion must survive the journal's compaction at each restart.
+    send_one_connection(&server, 2, &format!("x@{DOMAIN}"));
+    wait_for("2 deferred", || {
+        queue(&server.spool(), &["ls", "--deferred"])
+            .lines()
+            .count()
+            == 2
+    });
+    let ids = server.accepted_ids();
+    let (gone, kept) = (&ids[0], &ids[1]);
+    let out = queue(&server.spool(), &["delete", gone]);
+    assert_eq!(
+        out,
+        format!("{gone}: deleted (1 recipient(s) not delivered)\n")
+    );
+    assert!(server.wait_log(&format!("delivery id={gone} deleted by the operator"), WAIT));
+    let ls = queue(&server.spool(), &["ls"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    assert!(ls.starts_with(kept.as_str()), "{ls}");
+    // Gone for the server too.
+    let out = queue_output(&server.spool(), &["retry", gone]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("ringmx queue: no message {gone} in the queue\n")
+    );
+    // Two restarts (each compacts the journal), then the hop comes up and everything is retried.
+    for _ in 0..2 {
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(WAIT).success());
+        server = server.restart(&flags);
+        let ls = queue(&server.spool(), &["ls"]);
+        assert_eq!(ls.lines().count(), 1, "after a restart: {ls}");
+        assert!(ls.starts_with(kept.as_str()), "{ls}");
+    }
+    let _sink = Sink::start(port, &dump, &[]);
+    assert_eq!(
+        queue(&server.spool(), &["retry", "--all"]),
+        "1 recipient(s) due now\n"
+    );
+    wait_for("the kept message at the sink", || arrived(&dump, kept) == 1);
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(arrived(&dump, gone), 0, "the deleted message was delivered");
+    assert_eq!(files(&dump).len(), 1);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(WAIT).success());
+    let out = run_tool(
+        Command::new(RINGMX)
+            .args(["spool", "check", "--spool"])
+            .arg(server.spool()),
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn queue_retry_and_delete_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    require_io_uring!();
+    let port = free_port();
+    let route = format!("smtp:[127.0.0.1]:{port}");
+    let mut server = Server::start(&long_backoff(&route));
+    let spool = server.spool();
+    let sock = spool.join("control.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    send(&server, 1, &format!("e@{DOMAIN}"));
+    let id = server.accepted_ids()[0].clone();
+    // A well-formed id that is not queued: the real one with its last character changed.
+    let mut unknown = id.clone();
+    let last = if id.ends_with('0') { "2" } else { "0" };
+    unknown.replace_range(id.len() - 1.., last);
+    for cmd in ["retry", "delete"] {
+        let out = queue_output(&spool, &[cmd, &unknown]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("ringmx queue: no message {unknown} in the queue\n")
+        );
+        let out = queue_output(&spool, &[cmd, "nonsense"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("\"nonsense\" is not a message id"),
+            "{out:?}"
+        );
+    }
+    // Neither an id nor --all, or both: a usage error.
+    assert_eq!(queue_output(&spool, &["retry"]).status.code(), Some(2));
+    assert_eq!(
+        queue_output(&spool, &["retry", &id, "--all"]).status.code(),
+        Some(2)
+    );
+
+    // The server stops: the socket goes, retry and delete say so; ls and show still work.
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(WAIT).success());
+    assert!(!sock.exists());
+    let not_running = |args: &[&str]| {
+        let out = queue_output(&spool, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("ringmx queue: the server is not running"),
+            "{err}"
+        );
+    };
+    not_running(&["retry", "--all"]);
+    not_running(&["delete", &id]);
+    assert_eq!(queue(&spool, &["ls"]).lines().count(), 1);
+    assert!(queue(&spool, &["show", &id]).contains(&id));
+    // A socket file left behind by a crash (nobody listening): refused, same answer.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    not_running(&["retry", &id]);
 }

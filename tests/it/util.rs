@@ -86,7 +86,26 @@ impl Server {
         env: &[(&str, &std::ffi::OsStr)],
         customize: impl FnOnce(&mut Command),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra, env, customize)
+    }
+
+    /// Stops this server (kill, if it still runs) and starts another on the same spool with
+    /// `extra` flags.
+    pub(crate) fn restart(mut self, extra: &[&str]) -> Self {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, extra, &[], |_| {})
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let spool = dir.path().join("spool");
         let mut cmd = Command::new(RINGMX);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--domain", DOMAIN])
