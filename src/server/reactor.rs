@@ -224,7 +224,9 @@ fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Ru
             // of interrupting it (an IPI and a context switch per completion otherwise);
             // SINGLE_ISSUER: only this thread submits (true: the reactor owns its ring), which
             // lets the kernel skip the submission lock.
-            urb.setup_coop_taskrun().setup_taskrun_flag().setup_single_issuer();
+            urb.setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_single_issuer();
             builder.uring_builder(&urb);
         }
         match tokio_uring::Runtime::new(&builder) {
@@ -237,7 +239,9 @@ fn new_runtime(index: usize, reactors: usize) -> std::io::Result<tokio_uring::Ru
                 return Ok(rt);
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && flags => {
-                tracing::debug!("reactor {index}: io_uring setup flags refused ({e}); without them");
+                tracing::debug!(
+                    "reactor {index}: io_uring setup flags refused ({e}); without them"
+                );
                 flags = false;
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && entries > MIN_RING_ENTRIES => {
