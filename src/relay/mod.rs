@@ -15,8 +15,8 @@
 //!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
-//! It does not send bounces (failed recipients are held),
-//! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
+//! It does not send bounces (failed recipients are held), look up MX records, check DANE or
+//! MTA-STS, or compact segments pinned by undelivered mail (see docs/spool.md).
 
 pub mod control;
 pub mod queue;
