@@ -650,3 +650,50 @@ fn check_config_refuses_an_unusable_route_ca() {
         assert!(err.contains(why), "{route}: {err}");
     }
 }
+
+#[test]
+fn may_without_ca_falls_back_to_clear_when_the_handshake_fails() {
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    if !postfix_usable() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sink_port = free_port();
+    let dump = tmp.path().join("dump");
+    let _sink = Sink::start(sink_port, &dump, &[]);
+    let ca = Ca::new();
+    // STARTTLS offered, but only with protocol versions rustls does not speak.
+    let postfix = Postfix::start(
+        format!("127.0.0.1:{sink_port}").parse().unwrap(),
+        "smtpd_tls_security_level = may\n\
+         smtpd_tls_cert_file = {DIR}/hop.pem\n\
+         smtpd_tls_key_file = {DIR}/hop.key\n\
+         smtpd_tls_protocols = !SSLv2, !SSLv3, !TLSv1.2, !TLSv1.3\n\
+         smtpd_tls_mandatory_protocols = !SSLv2, !SSLv3, !TLSv1.2, !TLSv1.3\n",
+        |dir| {
+            let (cert, key, _) = ca.leaf(dir, "hop", &["relay.example.org", "127.0.0.1"], 30);
+            for f in [&cert, &key] {
+                let out = run_tool(
+                    Command::new("chown").arg("postfix").arg(f),
+                    Duration::from_secs(10),
+                );
+                assert!(out.status.success());
+            }
+        },
+    );
+    let route = format!("smtp:[127.0.0.1]:{}", postfix.smtpd.port());
+    let server = Server::start(&["--relay-to", &route]);
+    send(&server, 1, &format!("fallback@{DOMAIN}"));
+    wait_for("the message in clear at the sink", || {
+        files(&dump).len() == 1
+    });
+    let text = String::from_utf8_lossy(&files(&dump)[0]).into_owned();
+    assert!(
+        text.contains("by relay.example.org (Postfix) with ESMTP id"),
+        "{text}"
+    );
+    let log = server.log();
+    assert!(log.contains("again in clear"), "{log}");
+    assert!(log.contains("tls=none"), "{log}");
+}
