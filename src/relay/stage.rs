@@ -1365,6 +1365,23 @@ impl Conn {
         }
     }
 
+    /// Feeds the client the replies already here, without waiting: pipelined BDAT chunks
+    /// each get one, and reading them as the body goes keeps the next hop from blocking on
+    /// its writes while we block on ours.
+    async fn read_ready(&mut self) {
+        while !self.client.is_closed() {
+            // A zero timeout polls the read once: ready bytes, or nothing now.
+            match tokio::time::timeout(Duration::ZERO, self.io.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    let (client, buf, out) = (&mut self.client, &self.buf, &mut self.out);
+                    client.feed(&buf[..n], out);
+                }
+                // Nothing ready, or an end or error that the next wait for a reply reports.
+                _ => return,
+            }
+        }
+    }
+
     /// Runs one transaction for `job`.
     async fn transact(&mut self, job: &Job) -> Vec<RcptOutcome> {
         while !self.client.is_ready() {
@@ -1408,6 +1425,7 @@ impl Conn {
                         } else {
                             self.client.body(chunk, &mut self.out);
                             self.flush().await;
+                            self.read_ready().await;
                         }
                     }
                     if data.is_empty() {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::require_io_uring;
 use crate::util::{require_tool, run_tool, Client, Server, DOMAIN, RINGMX};
 
-const SINK: &str = "/usr/sbin/smtp-sink";
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const SINK: &str = "/usr/sbin/smtp-sink";
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound, then released).
 pub(crate) fn free_port() -> u16 {
@@ -22,10 +22,10 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// `smtp-sink` on `port`, dumping each transaction into `dump` (killed on drop).
-struct Sink(Child);
+pub(crate) struct Sink(Child);
 
 impl Sink {
-    fn start(port: u16, dump: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(port: u16, dump: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(dump).unwrap();
         let mut cmd = Command::new(SINK);
         if nix_is_root() {
@@ -111,7 +111,7 @@ pub(crate) fn send(server: &Server, n: usize, to: &str) {
     }
 }
 
-fn segments(spool: &Path) -> Vec<String> {
+pub(crate) fn segments(spool: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(spool)
         .unwrap()
         .filter_map(Result::ok)

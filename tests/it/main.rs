@@ -11,6 +11,7 @@ mod dovecot;
 mod haproxy;
 mod postfix;
 mod proxy;
+mod relay_peers;
 mod server;
 mod shutdown;
 mod spool;

@@ -20,13 +20,13 @@ use crate::util::{
 };
 
 /// A test CA and the certificates it signs.
-struct Ca {
+pub(crate) struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     der: CertificateDer<'static>,
 }
 
 impl Ca {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -42,7 +42,7 @@ impl Ca {
 
     /// Writes `<name>.pem` (leaf, then the CA: a full chain) and `<name>.key` for `names`,
     /// valid for `days` more days; returns the paths and the leaf's DER.
-    fn leaf(
+    pub(crate) fn leaf(
         &self,
         dir: &Path,
         name: &str,
@@ -63,6 +63,11 @@ impl Ca {
         std::fs::write(&c, format!("{}{ca_pem}", cert.pem())).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k, cert.der().clone())
+    }
+
+    /// The CA certificate, PEM.
+    pub(crate) fn pem(&self) -> String {
+        pem(&self.der)
     }
 
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
