@@ -783,17 +783,13 @@ impl Session {
                 return self.count_error(out);
             }
             // The table decides a listed address; no table, or only its `@domain` entry,
-            // leaves it to the next hop when the route verifies.
-            let decided = postmaster || table.is_some_and(|t| t.lists_address(address));
-            if !decided
-                && self
-                    .policy
-                    .verify
-                    .as_deref()
-                    .is_some_and(|v| v.wants_verdict(address))
-            {
-                self.state = State::AwaitingVerdict(address.to_owned());
-                return Ok(());
+            // leaves it to the next hop when the route verifies (looked at only then).
+            if let Some(verify) = self.policy.verify.as_deref() {
+                let decided = postmaster || table.is_some_and(|t| t.lists_address(address));
+                if !decided && verify.wants_verdict(address) {
+                    self.state = State::AwaitingVerdict(address.to_owned());
+                    return Ok(());
+                }
             }
         }
         self.envelope.rcpts.push(address.to_owned());
