@@ -14,6 +14,8 @@
 //! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),
 //! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
 
+pub mod bounce;
+pub mod dsn;
 pub mod queue;
 pub mod route;
 pub mod stage;

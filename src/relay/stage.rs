@@ -36,9 +36,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
+use super::bounce::{self, BounceSettings};
+use super::dsn::{self, RcptReport};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target, TlsMode};
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status};
+use crate::spool::appender::{Appender, Body, NewMessage, APPENDER_REACTOR};
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
 use crate::spool::journal::{DeliveryRecord, Journal, RecordKind};
@@ -64,6 +67,17 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 const READ_BUF: usize = 4096;
 /// The journal is rewritten (compacted) once it grows past this many bytes.
 pub const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default age after which a sealed segment may be compacted (`--compact-after`): one default
+/// retry-max interval, so a segment is not copied while its deferred mail is likely to go soon.
+pub const DEFAULT_COMPACT_AFTER: Duration = Duration::from_secs(3600);
+/// A sealed segment old enough is compacted when its live (undelivered) messages fill less
+/// than this percentage of its size.
+pub const COMPACT_LIVE_PERCENT: u64 = 25;
+/// How often the stage looks for segments to compact.
+pub const COMPACT_CHECK: Duration = Duration::from_secs(1);
+/// Bytes of live messages copied by one compaction pass (at least one segment is, whatever
+/// its size): bounds the time the stage spends copying before it schedules again.
+pub const COMPACT_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What the delivery stage needs (built by `config`).
 #[derive(Debug, Clone)]
@@ -80,6 +94,12 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// A recipient still not delivered this long after arrival fails.
     pub max_queue_lifetime: Duration,
+    /// A copy of every DSN to this address.
+    pub bounce_copy: Option<String>,
+    /// Warn senders of recipients deferred this long after arrival (once per recipient).
+    pub delay_warning: Option<Duration>,
+    /// Sealed segments this old may be compacted (see [`COMPACT_LIVE_PERCENT`]).
+    pub compact_after: Duration,
 }
 
 /// The reactors' side: tells the stage that a message was committed (after its fdatasync,
@@ -113,6 +133,7 @@ pub struct Prepared {
     queue: BTreeMap<MessageId, QueuedMessage>,
     segments: HashMap<PathBuf, SegState>,
     journal: Journal,
+    appender: Appender,
     rx: UnboundedReceiver<MessageId>,
 }
 
@@ -124,15 +145,32 @@ pub struct Prepared {
 /// Reading the spool or the journal, or rewriting the journal, failed.
 pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
     segment::ensure_dir(&cfg.spool_dir)?;
+    // Recovers (seals) the stage's own segments before they are read.
+    let appender = Appender::open(&cfg.spool_dir)?;
     let mut messages = Vec::new();
-    let mut segments = HashMap::new();
+    let mut segments: HashMap<PathBuf, SegState> = HashMap::new();
+    // An id in two segments: a compaction copy whose original was not deleted yet (a stop in
+    // between). The later-listed one (the copy) is used; the original no longer pins its
+    // segment (the queue keeps the last of equal ids too).
+    let mut seen: HashMap<MessageId, PathBuf> = HashMap::new();
+    let mut copies = 0usize;
     for (name, path) in segment::list_segments(&cfg.spool_dir)? {
         let mut live = HashSet::new();
+        let mut dups = Vec::new();
         reader::scan_segment(&path, false, |m| {
+            if let Some(old) = seen.insert(m.id, path.clone()) {
+                dups.push((old, m.id));
+            }
             live.insert(m.id);
             messages.push(m);
             Ok(())
         })?;
+        for (old, id) in dups {
+            copies += 1;
+            if let Some(s) = segments.get_mut(&old) {
+                s.live.remove(&id);
+            }
+        }
         segments.insert(
             path,
             SegState {
@@ -141,6 +179,11 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
                 tail: None,
                 live,
             },
+        );
+    }
+    if copies > 0 {
+        tracing::info!(
+            "delivery: {copies} message(s) found twice (compaction stopped before deleting the old segment); using the copies"
         );
     }
     let (_, records) = Journal::open(&cfg.spool_dir)?;
@@ -167,6 +210,7 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
             queue,
             segments,
             journal,
+            appender,
             rx,
         },
     ))
@@ -237,6 +281,10 @@ struct Stage {
     queue: BTreeMap<MessageId, QueuedMessage>,
     segments: HashMap<PathBuf, SegState>,
     journal: Option<Journal>,
+    /// The stage's own spool writer (DSNs, compaction copies).
+    appender: Option<Appender>,
+    /// When segments were last looked at for compaction.
+    compact_at: Instant,
     rx: UnboundedReceiver<MessageId>,
     stats: Arc<DeliveryStats>,
     stop: Arc<AtomicBool>,
@@ -268,6 +316,8 @@ impl Stage {
             queue: p.queue,
             segments: p.segments,
             journal: Some(p.journal),
+            appender: Some(p.appender),
+            compact_at: Instant::now(),
             rx: p.rx,
             stats,
             stop,
@@ -330,6 +380,7 @@ impl Stage {
                 self.apply(outcomes).await;
             }
             self.schedule().await;
+            self.compact_segments().await;
             self.update_stats();
         }
         tracing::info!("delivery stopped: {} message(s) queued", self.queue.len());
@@ -522,6 +573,9 @@ impl Stage {
         // the journal append's await).
         let mut attempts_took = Vec::new();
         let mut delivered_after = Vec::new();
+        // Recipients whose senders get a DSN (spooled before the records are appended).
+        let mut failed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
+        let mut delayed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
         for o in &outcomes {
             if o.route != usize::MAX {
                 // A real attempt (not a local "no route" or expiry outcome).
@@ -557,6 +611,47 @@ impl Stage {
                 let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
                 if res.status == Status::Delivered {
                     delivered_after.push(age);
+                }
+                let expired = o.route == usize::MAX;
+                let report = RcptReport {
+                    addr: r.addr.clone(),
+                    action: dsn::Action::Failed,
+                    status: res.reply.dsn(),
+                    remote_mta: bounce::remote_mta(&o.relay),
+                    // An expired recipient: the last reply it got says why better than ours.
+                    diagnostic: Some(if expired {
+                        r.last_reply
+                            .clone()
+                            .unwrap_or_else(|| res.reply.to_string())
+                    } else {
+                        res.reply.to_string()
+                    }),
+                    last_attempt: Some(if expired && r.last_us > 0 {
+                        std::time::UNIX_EPOCH + Duration::from_micros(r.last_us)
+                    } else {
+                        now
+                    }),
+                };
+                match kind {
+                    RecordKind::Failed => failed.entry(o.id).or_default().push(report),
+                    RecordKind::Deferred
+                        if !r.warned && self.cfg.delay_warning.is_some_and(|w| age >= w) =>
+                    {
+                        records.push(queue::record(
+                            RecordKind::Warned,
+                            o.id,
+                            i as u32,
+                            now_us,
+                            0,
+                            0,
+                            String::new(),
+                        ));
+                        delayed.entry(o.id).or_default().push(RcptReport {
+                            action: dsn::Action::Delayed,
+                            ..report
+                        });
+                    }
+                    _ => {}
                 }
                 let age = age.as_secs_f64();
                 tracing::info!(
@@ -596,7 +691,13 @@ impl Stage {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = self.append(records.clone()).await {
+        // The DSNs are durable before the failures they report are recorded: a crash in
+        // between sends a DSN twice, never none.
+        let recorded = match self.send_dsns(failed, delayed, now).await {
+            Ok(()) => self.append(records.clone()).await,
+            Err(e) => Err(io::Error::other(format!("spooling DSNs: {e}"))),
+        };
+        if let Err(e) = recorded {
             // Without a durable record nothing may rely on the outcome: leave the recipients
             // pending, so they are tried again (at-least-once).
             tracing::error!(
@@ -628,6 +729,217 @@ impl Stage {
         }
         self.reclaim();
         self.compact_journal().await;
+    }
+
+    /// Builds and spools (durably) one DSN per message with failed or long-delayed recipients,
+    /// and queues them for delivery.
+    async fn send_dsns(
+        &mut self,
+        failed: BTreeMap<MessageId, Vec<RcptReport>>,
+        delayed: BTreeMap<MessageId, Vec<RcptReport>>,
+        now: SystemTime,
+    ) -> io::Result<()> {
+        if failed.is_empty() && delayed.is_empty() {
+            return Ok(());
+        }
+        let Some(mut appender) = self.appender.take() else {
+            return Err(io::Error::other("the stage's spool writer is unavailable"));
+        };
+        let settings = BounceSettings {
+            hostname: &self.cfg.hostname,
+            copy_to: self.cfg.bounce_copy.as_deref(),
+        };
+        let mut msgs = Vec::new();
+        let mut logs = Vec::new();
+        for (reports, warning) in [(failed, false), (delayed, true)] {
+            for (id, rcpts) in reports {
+                let Some(m) = self.queue.get(&id) else {
+                    continue;
+                };
+                let retry_hours = warning.then(|| {
+                    let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
+                    self.cfg.max_queue_lifetime.saturating_sub(age).as_secs() / 3600
+                });
+                match bounce::dsn_message(settings, &mut appender, m, &rcpts, retry_hours, now) {
+                    Some(n) => {
+                        logs.push(format!(
+                            "delivery id={id}: {} dsn={} to=<{}> ({} recipient(s))",
+                            if warning { "delay warning" } else { "bounce" },
+                            n.id,
+                            m.msg.envelope.mail_from,
+                            rcpts.len()
+                        ));
+                        msgs.push(n);
+                    }
+                    None if !warning => tracing::info!(
+                        "delivery id={id}: no DSN for {} failed recipient(s): the sender is <>{}",
+                        rcpts.len(),
+                        if m.msg.id.reactor() == APPENDER_REACTOR {
+                            " (a DSN that failed is dropped)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => {}
+                }
+            }
+        }
+        let written = if msgs.is_empty() {
+            self.appender = Some(appender);
+            return Ok(());
+        } else {
+            self.write_own_segment(appender, msgs).await?
+        };
+        for m in written {
+            self.enqueue(m);
+        }
+        for l in logs {
+            tracing::info!("{l}");
+        }
+        Ok(())
+    }
+
+    /// Writes `msgs` into a new segment of the stage's own (durable when this returns), and
+    /// follows it like a sealed segment found at start. Returns its messages as read back.
+    async fn write_own_segment(
+        &mut self,
+        mut appender: Appender,
+        msgs: Vec<NewMessage>,
+    ) -> io::Result<Vec<StoredMessage>> {
+        let res = tokio::task::spawn_blocking(move || {
+            let r = appender.write_segment(&msgs);
+            (appender, r)
+        })
+        .await;
+        let path = match res {
+            Ok((a, r)) => {
+                self.appender = Some(a);
+                r?
+            }
+            Err(e) => return Err(io::Error::other(format!("spool writer task: {e}"))),
+        };
+        let mut found = Vec::new();
+        reader::scan_segment(&path, false, |m| {
+            found.push(m);
+            Ok(())
+        })?;
+        self.segments.insert(
+            path,
+            SegState {
+                reactor: APPENDER_REACTOR,
+                closed: true,
+                tail: None,
+                live: found.iter().map(|m| m.id).collect(),
+            },
+        );
+        Ok(found)
+    }
+
+    /// Compaction (docs/spool.md): closed segments older than `compact_after` whose queued
+    /// messages fill less than [`COMPACT_LIVE_PERCENT`] of them get those messages copied,
+    /// with their ids, into a new segment of the stage's own; then they are deleted. Segments
+    /// with a message in flight (or not queued: found but not notified yet) wait.
+    async fn compact_segments(&mut self) {
+        if self.compact_at.elapsed() < COMPACT_CHECK {
+            return;
+        }
+        self.compact_at = Instant::now();
+        let now = SystemTime::now();
+        let busy: HashSet<MessageId> = self.in_flight.iter().map(|(id, _)| *id).collect();
+        let mut picked = Vec::new();
+        let mut batch = 0u64;
+        for (path, s) in &self.segments {
+            if !s.closed || s.live.is_empty() {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if age < self.cfg.compact_after {
+                continue;
+            }
+            let mut live = 0u64;
+            let mut movable = true;
+            for id in &s.live {
+                match self.queue.get(id) {
+                    Some(m) if !busy.contains(id) => live += m.msg.size,
+                    _ => {
+                        movable = false;
+                        break;
+                    }
+                }
+            }
+            if !movable
+                || live.saturating_mul(100) >= meta.len().saturating_mul(COMPACT_LIVE_PERCENT)
+            {
+                continue;
+            }
+            if batch > 0 && batch + live > COMPACT_BATCH_BYTES {
+                break;
+            }
+            batch += live;
+            picked.push((path.clone(), meta.len(), live));
+        }
+        if picked.is_empty() {
+            return;
+        }
+        let Some(appender) = self.appender.take() else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        for (path, _, _) in &picked {
+            let Some(s) = self.segments.get(path) else {
+                continue;
+            };
+            let mut ids: Vec<MessageId> = s.live.iter().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                if let Some(m) = self.queue.get(&id) {
+                    msgs.push(NewMessage {
+                        id,
+                        envelope: m.msg.envelope.clone(),
+                        body: Body::Stored(Box::new(m.msg.clone())),
+                    });
+                }
+            }
+        }
+        let copies = match self.write_own_segment(appender, msgs).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("delivery: compaction failed (the segments stay): {e}");
+                return;
+            }
+        };
+        let target = copies
+            .first()
+            .map(|m| file_name(&m.segment))
+            .unwrap_or_default();
+        for c in copies {
+            if let Some(m) = self.queue.get_mut(&c.id) {
+                m.msg = c;
+            }
+        }
+        for (path, size, live) in picked {
+            let n = self.segments.remove(&path).map_or(0, |s| s.live.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "delivery: compacted segment {}: {n} queued message(s), {live} of {size} bytes, copied to {target}; deleted",
+                        file_name(&path)
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // The copies are used from now on; the old file is only space (and is found
+                // again, and ignored as a duplicate, at the next start).
+                Err(e) => tracing::warn!("delivery: cannot delete {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Appends records and fdatasyncs them on the blocking pool.
