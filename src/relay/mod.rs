@@ -6,13 +6,16 @@
 //!   per-route TLS policy and connection limit, lookup by recipient domain.
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
 //!   backoff.
+//! - [`dsn`]: the delivery status notification (RFC 3464) text (pure).
+//! - [`bounce`]: who gets a DSN, and the spooled message it becomes.
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
 //!   schedules, drives the sans-IO [`crate::smtp::client`] over TCP or unix sockets, records
-//!   outcomes in the [`crate::spool::journal`], deletes finished segments.
+//!   outcomes in the [`crate::spool::journal`], spools bounces (through
+//!   [`crate::spool::appender`]) before recording failures, deletes finished segments and
+//!   compacts pinned ones.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
 //!
-//! It does not speak outbound STARTTLS or BDAT, send bounces (failed recipients are held),
-//! look up MX records, or compact segments pinned by undelivered mail (see docs/spool.md).
+//! It does not speak outbound STARTTLS or BDAT, or look up MX records.
 
 pub mod bounce;
 pub mod dsn;

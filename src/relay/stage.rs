@@ -18,12 +18,13 @@
 //! (`concurrency` tasks, each keeping one connection open while jobs keep coming), and applies
 //! their outcomes: a journal record per recipient, appended and fdatasynced in one batch before
 //! anything relies on it (at-least-once: a crash after the next hop's 2xx but before the record
-//! is durable delivers again, never loses). A sealed segment whose messages are all finished is
-//! then deleted.
+//! is durable delivers again, never loses). Failed recipients' senders get a DSN, spooled
+//! durably (the stage's own [`Appender`]) before the failures are recorded. A sealed segment
+//! whose messages are all finished is then deleted; one pinned by a few old messages is
+//! compacted (they are copied forward, see [`COMPACT_LIVE_PERCENT`]).
 //!
-//! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, bounces,
-//! compaction of segments pinned by long-deferred or failed messages, a timer wheel (every tick
-//! walks the queue), a control socket for `queue retry`/`delete`.
+//! Not here yet: outbound STARTTLS (`tls = "encrypt"` defers every attempt), BDAT, a control
+//! socket for `queue retry`/`delete`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -1302,5 +1303,94 @@ impl Conn {
         self.client.quit(&mut self.out);
         self.flush().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.next_event()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::frame::EnvelopeRecord;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn cfg(dir: &Path) -> DeliveryConfig {
+        DeliveryConfig {
+            spool_dir: dir.to_path_buf(),
+            hostname: "mx.test".into(),
+            routes: Routes::new(Vec::new()),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            max_queue_lifetime: Duration::from_secs(60),
+            bounce_copy: None,
+            delay_warning: None,
+            compact_after: DEFAULT_COMPACT_AFTER,
+        }
+    }
+
+    /// A stop between a compaction copy becoming durable and the old segment's deletion: at
+    /// start the message is queued once, from the copy, and the old segment no longer pins it.
+    #[test]
+    fn a_copy_and_its_original_count_once_and_the_copy_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Appender::open(dir.path()).unwrap();
+        let env = EnvelopeRecord {
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            received_us: 1,
+            helo: "c".into(),
+            esmtp: true,
+            mail_from: "s@x.test".into(),
+            declared_size: None,
+            body_8bitmime: false,
+            smtputf8: false,
+            rcpts: vec!["r@y.test".into()],
+            tls: None,
+        };
+        let (keep, done) = (a.next_id(), a.next_id());
+        let msg = |id| NewMessage {
+            id,
+            envelope: env.clone(),
+            body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
+        };
+        let old = a.write_segment(&[msg(keep)]).unwrap();
+        let mut stored = None;
+        reader::scan_segment(&old, false, |m| {
+            stored = Some(m);
+            Ok(())
+        })
+        .unwrap();
+        let copy = a
+            .write_segment(&[
+                NewMessage {
+                    id: keep,
+                    envelope: env.clone(),
+                    body: Body::Stored(Box::new(stored.unwrap())),
+                },
+                msg(done),
+            ])
+            .unwrap();
+        // `done` was delivered before the stop.
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&[queue::record(
+            RecordKind::Delivered,
+            done,
+            0,
+            2,
+            0,
+            1,
+            "250 ok".into(),
+        )])
+        .unwrap();
+        drop(j);
+        let (_, p) = prepare(cfg(dir.path())).unwrap();
+        assert_eq!(p.queue.len(), 1);
+        assert_eq!(p.queue[&keep].msg.segment, copy);
+        assert!(
+            p.segments[&old].live.is_empty(),
+            "the original no longer pins"
+        );
+        assert_eq!(
+            p.segments[&copy].live,
+            HashSet::from([keep]),
+            "the copy holds the queued message"
+        );
     }
 }
