@@ -112,7 +112,8 @@ pub struct ServeArgs {
     /// Without any route, mail is only stored.
     #[arg(long, value_name = "TARGET")]
     pub relay_to: Option<String>,
-    /// A recipient not delivered this long after arrival fails (held, logged), in seconds.
+    /// A recipient not delivered this long after arrival fails (and its sender gets a DSN), in
+    /// seconds.
     #[arg(long, value_name = "SECS")]
     pub max_queue_lifetime: Option<u64>,
     /// First retry after a deferred delivery, in seconds (then doubling up to --retry-max).

@@ -74,6 +74,11 @@ pub const DEFAULT_COMPACT_AFTER: Duration = Duration::from_secs(3600);
 /// A sealed segment old enough is compacted when its live (undelivered) messages fill less
 /// than this percentage of its size.
 pub const COMPACT_LIVE_PERCENT: u64 = 25;
+/// A closed segment of the stage's own smaller than this is merged with others like it, once
+/// there are [`COMPACT_MERGE_MIN`] of them old enough (whatever their live share).
+pub const COMPACT_SMALL_BYTES: u64 = 1024 * 1024;
+/// How many small stage segments make a merge worth it.
+pub const COMPACT_MERGE_MIN: usize = 8;
 /// How often the stage looks for segments to compact.
 pub const COMPACT_CHECK: Duration = Duration::from_secs(1);
 /// Bytes of live messages copied by one compaction pass (at least one segment is, whatever
@@ -875,16 +880,23 @@ impl Stage {
                     }
                 }
             }
-            if !movable
-                || live.saturating_mul(100) >= meta.len().saturating_mul(COMPACT_LIVE_PERCENT)
-            {
+            let sparse = live.saturating_mul(100) < meta.len().saturating_mul(COMPACT_LIVE_PERCENT);
+            // The stage's own small segments (one per bounce or compaction batch) are merged
+            // too, so their number stays bounded.
+            let small = s.reactor == APPENDER_REACTOR && meta.len() < COMPACT_SMALL_BYTES;
+            if !movable || !(sparse || small) {
                 continue;
             }
             if batch > 0 && batch + live > COMPACT_BATCH_BYTES {
                 break;
             }
             batch += live;
-            picked.push((path.clone(), meta.len(), live));
+            picked.push((path.clone(), meta.len(), live, sparse));
+        }
+        let merges = picked.iter().filter(|p| !p.3).count();
+        if merges > 0 && merges < COMPACT_MERGE_MIN {
+            // Too few small segments to be worth merging: only the sparse ones go.
+            picked.retain(|p| p.3);
         }
         if picked.is_empty() {
             return;
@@ -893,7 +905,7 @@ impl Stage {
             return;
         };
         let mut msgs = Vec::new();
-        for (path, _, _) in &picked {
+        for (path, ..) in &picked {
             let Some(s) = self.segments.get(path) else {
                 continue;
             };
@@ -925,7 +937,7 @@ impl Stage {
                 m.msg = c;
             }
         }
-        for (path, size, live) in picked {
+        for (path, size, live, _) in picked {
             let n = self.segments.remove(&path).map_or(0, |s| s.live.len());
             match std::fs::remove_file(&path) {
                 Ok(()) => {

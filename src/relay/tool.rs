@@ -23,7 +23,8 @@ pub enum Filter {
     All,
     /// With a recipient deferred (tried, still pending).
     Deferred,
-    /// With a failed recipient (held).
+    /// With a failed recipient (bounced) while others are still pending (a message with none
+    /// pending is finished and leaves the queue).
     Failed,
 }
 

@@ -288,6 +288,8 @@ mod tests {
         let copy = all.iter().find(|m| m.id == id2).unwrap();
         assert_eq!(copy.segment, p2, "the later segment's copy wins");
         assert_eq!(copy.read_data().unwrap(), big);
+        let check = crate::spool::reader::check_spool(dir.path()).unwrap();
+        assert_eq!((check.committed, check.copies, check.corrupt), (3, 1, 0));
         // Reopening continues after the existing segments with greater ids.
         let mut b = Appender::open(dir.path()).unwrap();
         assert!(b.next_id() > id2);

@@ -193,6 +193,15 @@ pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolEr
             r.corrupt
         )
         .map_err(w)?;
+        if r.copies > 0 {
+            writeln!(
+                out,
+                "{} message(s) stored twice: copies made by compaction before a stop; readers \
+                 use the copy, and the old segment goes once its other messages are delivered",
+                r.copies
+            )
+            .map_err(w)?;
+        }
     }
     Ok(r.is_ok())
 }

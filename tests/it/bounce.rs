@@ -428,7 +428,11 @@ fn compaction_copies_deferred_messages_forward_and_deletes_old_segments() {
         .map(|id| spool_cat(&server.spool(), id))
         .collect();
     let before = segments(&server.spool());
-    assert!(before.len() >= 4, "several segments rolled: {before:?}");
+    // Segments rolled (those with every message delivered may be deleted already).
+    assert!(
+        before.iter().any(|s| !s.ends_with("-00000001.seg")),
+        "segments rolled: {before:?}"
+    );
     wait_for("the others delivered", || hop.got().len() >= n - 3);
     // Each deferred message moves into a segment of the delivery thread's (reactor 1023).
     wait_for("the deferred messages copied forward", || {
