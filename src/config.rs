@@ -41,13 +41,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
+use crate::relay::stage::DEFAULT_COMPACT_AFTER;
 use crate::relay::verify::{self, VerifyConfig};
 use crate::relay::{DeliveryConfig, Route, RouteSpec, Routes};
 use crate::smtp::{
     BareLf, SessionConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
-use crate::spool::{SpoolConfig, SyncPolicy};
+use crate::spool::{SpoolConfig, SyncPolicy, DEFAULT_SEGMENT_SIZE};
 
 mod flags;
 
@@ -79,8 +80,12 @@ pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// Upper bound for `--greet-pause` (postscreen's default is 6 s; clients wait 5 minutes for a
 /// greeting, RFC 5321 §4.5.3.2.1, but some give up sooner).
 pub const MAX_GREET_PAUSE_SECS: u64 = 60;
-/// Upper bound for `--reactors`.
-pub const MAX_REACTORS: usize = 1024;
+/// Upper bound for `--reactors`: reactor indexes fit in message ids (`spool::id::MAX_REACTOR`
+/// is 1023), and the highest index is reserved for the delivery thread's own segments
+/// (`spool::appender::APPENDER_REACTOR`), so reactors use 0..=1022.
+pub const MAX_REACTORS: usize = 1023;
+/// Smallest `--segment-size` (tests and small installations; real ones keep the default).
+pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 /// `sun_path` of a unix socket holds 108 bytes including the trailing NUL (unix(7)).
 pub const MAX_UNIX_SOCKET_PATH: usize = 107;
 /// RFC 1035 §2.3.4: a domain name is at most 255 octets (253 as text).
@@ -107,6 +112,7 @@ pub struct Config {
     data_timeout: Duration,
     bare_lf: BareLf,
     prepare_segments: bool,
+    segment_size: u64,
     tls: Vec<TlsPair>,
     tls_min_version: TlsVersion,
     tls_handshake_timeout: Duration,
@@ -115,6 +121,9 @@ pub struct Config {
     retry_first: Duration,
     retry_max: Duration,
     max_queue_lifetime: Duration,
+    bounce_copy: Option<String>,
+    delay_warning: Option<Duration>,
+    compact_after: Duration,
     abuse: AbuseConfig,
     dns_servers: Vec<SocketAddr>,
     verify_timeout: Duration,
@@ -245,8 +254,10 @@ pub enum ConfigError {
     },
     /// `--tls-handshake-timeout` above [`MAX_TLS_HANDSHAKE_TIMEOUT_SECS`].
     TlsHandshakeTimeoutTooLong(u64),
-    /// A route (`[routes]`, `--relay-to`) or a retry setting is unusable.
+    /// A route (`[routes]`, `--relay-to`), a retry or a bounce setting is unusable.
     Route(String),
+    /// `--segment-size` below [`MIN_SEGMENT_SIZE`].
+    SegmentSize(u64),
     /// A rate limit above [`MAX_RATE_LIMIT`] (name, value).
     RateTooHigh(&'static str, u32),
     /// `--greet-pause` above [`MAX_GREET_PAUSE_SECS`].
@@ -324,6 +335,10 @@ impl fmt::Display for ConfigError {
                 "tls-handshake-timeout = {n} s is above the limit of {MAX_TLS_HANDSHAKE_TIMEOUT_SECS} s"
             ),
             Self::Route(m) => f.write_str(m),
+            Self::SegmentSize(n) => write!(
+                f,
+                "segment-size = {n} is below the minimum of {MIN_SEGMENT_SIZE} bytes"
+            ),
             Self::RateTooHigh(name, n) => write!(
                 f,
                 "{name} = {n} per minute is above the limit of {MAX_RATE_LIMIT}"
@@ -382,6 +397,7 @@ struct FileConfig {
     data_timeout: Option<u64>,
     bare_lf: Option<String>,
     prepare_segments: Option<bool>,
+    segment_size: Option<u64>,
     tls: Option<Vec<TlsPair>>,
     tls_min_version: Option<TlsVersion>,
     tls_handshake_timeout: Option<u64>,
@@ -392,6 +408,9 @@ struct FileConfig {
     max_queue_lifetime: Option<u64>,
     retry_first: Option<u64>,
     retry_max: Option<u64>,
+    bounce_copy: Option<String>,
+    delay_warning: Option<u64>,
+    compact_after: Option<u64>,
     recipients: Option<PathBuf>,
     max_connect_rate: Option<u32>,
     max_message_rate: Option<u32>,
@@ -576,6 +595,11 @@ impl Config {
             None => DEFAULT_DATA_TIMEOUT,
         };
         let prepare_segments = args.prepare_segments || file.prepare_segments.unwrap_or(false);
+        let segment_size = match args.segment_size.or(file.segment_size) {
+            Some(n) if n < MIN_SEGMENT_SIZE => return Err(ConfigError::SegmentSize(n)),
+            Some(n) => n,
+            None => DEFAULT_SEGMENT_SIZE,
+        };
         let bare_lf = match (args.bare_lf, file.bare_lf) {
             (Some(p), _) => p,
             (None, Some(s)) => BareLf::from_name(&s).ok_or(ConfigError::BadBareLf(s))?,
@@ -665,6 +689,27 @@ impl Config {
             "max-queue-lifetime",
             DEFAULT_MAX_QUEUE_LIFETIME,
         )?;
+        let bounce_copy = args.bounce_copy.clone().or(file.bounce_copy);
+        if let Some(a) = &bounce_copy {
+            if a.is_empty()
+                || !a.contains('@')
+                || a.chars()
+                    .any(|c| c.is_control() || c == ' ' || c == '<' || c == '>')
+            {
+                return Err(ConfigError::Route(format!(
+                    "bounce-copy {a:?} is not an address like postmaster@example.net"
+                )));
+            }
+        }
+        let delay_warning = match args.delay_warning.or(file.delay_warning) {
+            Some(0) => return Err(ConfigError::Zero("delay-warning")),
+            v => v.map(Duration::from_secs),
+        };
+        let compact_after = match args.compact_after.or(file.compact_after) {
+            Some(0) => return Err(ConfigError::Zero("compact-after")),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_COMPACT_AFTER,
+        };
         if retry_max < retry_first {
             return Err(ConfigError::Route(format!(
                 "retry-max = {} s is below retry-first = {} s",
@@ -791,6 +836,9 @@ impl Config {
             retry_first,
             retry_max,
             max_queue_lifetime,
+            bounce_copy,
+            delay_warning,
+            compact_after,
             listen,
             domains: domains_lc,
             spool_dir,
@@ -806,6 +854,7 @@ impl Config {
             data_timeout,
             bare_lf,
             prepare_segments,
+            segment_size,
             tls,
             tls_min_version,
             tls_handshake_timeout,
@@ -927,6 +976,9 @@ impl Config {
             retry_max: self.retry_max,
             max_queue_lifetime: self.max_queue_lifetime,
             listen: self.listen.clone(),
+            bounce_copy: self.bounce_copy.clone(),
+            delay_warning: self.delay_warning,
+            compact_after: self.compact_after,
         })
     }
 
@@ -946,6 +998,7 @@ impl Config {
         let mut c = SpoolConfig::new(self.spool_dir.clone(), reactor, self.hostname.clone());
         c.sync = self.sync;
         c.prepare = self.prepare_segments;
+        c.segment_size = self.segment_size;
         c
     }
 

@@ -34,7 +34,7 @@ pub enum QueueCommand {
         /// Only messages with a deferred recipient.
         #[arg(long, conflicts_with = "failed")]
         deferred: bool,
-        /// Only messages with a failed (held) recipient.
+        /// Only messages with a failed recipient (bounced) and others still pending.
         #[arg(long)]
         failed: bool,
         /// One JSON object per line.

@@ -16,11 +16,12 @@ use super::{
     DEFAULT_STATS_NAME,
 };
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
+use crate::relay::stage::DEFAULT_COMPACT_AFTER;
 use crate::smtp::{
     BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
-use crate::spool::SyncPolicy;
+use crate::spool::{SyncPolicy, DEFAULT_SEGMENT_SIZE};
 
 /// The options of `ringmx serve` (and `ringmx check-config`).
 ///
@@ -94,6 +95,10 @@ pub struct ServeArgs {
     /// bulk mail; see docs/spool.md, "Prepared space"). Off by default.
     #[arg(long)]
     pub prepare_segments: bool,
+    /// Start a new spool segment once the current one reaches this many bytes (a soft limit;
+    /// at least 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub segment_size: Option<u64>,
     /// A TOML file with the same keys as these flags (kebab-case); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -108,7 +113,8 @@ pub struct ServeArgs {
     /// Without any route, mail is only stored.
     #[arg(long, value_name = "TARGET")]
     pub relay_to: Option<String>,
-    /// A recipient not delivered this long after arrival fails (held, logged), in seconds.
+    /// A recipient not delivered this long after arrival fails (and its sender gets a DSN), in
+    /// seconds.
     #[arg(long, value_name = "SECS")]
     pub max_queue_lifetime: Option<u64>,
     /// First retry after a deferred delivery, in seconds (then doubling up to --retry-max).
@@ -117,6 +123,18 @@ pub struct ServeArgs {
     /// Longest wait between delivery retries, in seconds.
     #[arg(long, value_name = "SECS")]
     pub retry_max: Option<u64>,
+    /// Also send a copy of every bounce (DSN) to this address, e.g. the postmaster. Default:
+    /// none.
+    #[arg(long, value_name = "ADDRESS")]
+    pub bounce_copy: Option<String>,
+    /// Warn the sender (a DSN with `Action: delayed`, once per recipient) when a recipient is
+    /// still deferred this many seconds after arrival. Default: never.
+    #[arg(long, value_name = "SECS")]
+    pub delay_warning: Option<u64>,
+    /// Compact a sealed spool segment this many seconds old whose undelivered messages fill
+    /// less than a quarter of it: copy them forward and delete it.
+    #[arg(long, value_name = "SECS")]
+    pub compact_after: Option<u64>,
     /// The recipient table: one address per line, or `@domain` for a whole domain, `#`
     /// comments, case-insensitive. A recipient of a local domain not in it gets `550 5.1.1`
     /// at RCPT; SIGHUP reloads it (a bad file keeps the old table) [default: none, every
@@ -219,6 +237,14 @@ impl ServeArgs {
             ),
             ("retry_first", DEFAULT_RETRY_FIRST.as_secs().to_string()),
             ("retry_max", DEFAULT_RETRY_MAX.as_secs().to_string()),
+            (
+                "segment_size",
+                format!(
+                    "{DEFAULT_SEGMENT_SIZE} = {} MiB",
+                    DEFAULT_SEGMENT_SIZE >> 20
+                ),
+            ),
+            ("compact_after", DEFAULT_COMPACT_AFTER.as_secs().to_string()),
             ("max_connect_rate", "0".to_string()),
             ("max_message_rate", "0".to_string()),
             ("max_recipient_rate", "0".to_string()),

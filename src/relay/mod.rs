@@ -11,9 +11,13 @@
 //!   MX, loops back to this host), through the shared [`crate::dns::Resolver`].
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
 //!   backoff.
+//! - [`dsn`]: the delivery status notification (RFC 3464) text (pure).
+//! - [`bounce`]: who gets a DSN, and the spooled message it becomes.
 //! - [`stage`]: the delivery thread (its own tokio runtime): learns about committed messages,
 //!   schedules, drives the sans-IO [`crate::smtp::client`] over TCP or unix sockets, records
-//!   outcomes in the [`crate::spool::journal`], deletes finished segments.
+//!   outcomes in the [`crate::spool::journal`], spools bounces (through
+//!   [`crate::spool::appender`]) before recording failures, deletes finished segments and
+//!   compacts pinned ones.
 //! - [`control`]: the control socket `<spool>/control.sock` that the stage serves, and the
 //!   client side of `ringmx queue retry|delete`.
 //! - [`tool`]: `ringmx queue ls|show`, reading the spool directly.
@@ -21,10 +25,11 @@
 //!   target (`MAIL FROM:<>`, `RCPT TO`, `RSET`) from a thread of its own, with a bounded answer
 //!   cache and a small pool of reused connections per route.
 //!
-//! It does not send bounces (failed recipients are held), check MTA-STS or DANE policies for
-//! MX hosts, or compact segments pinned by undelivered mail (see docs/spool.md).
+//! It does not check MTA-STS or DANE policies for MX hosts (see docs/design.md).
 
+pub mod bounce;
 pub mod control;
+pub mod dsn;
 pub mod mx;
 pub mod queue;
 pub mod route;

@@ -2,9 +2,10 @@
 //! envelopes) and the delivery journal (the outcomes). Pure: no I/O, time passed in.
 //!
 //! A recipient is pending (never tried, or deferred with a next-retry time), delivered, or
-//! failed (a 5xx or expired; held, visible, until deleted: bounces are a later issue). A
-//! message is *finished* when every recipient is delivered or the message was deleted; only
-//! finished messages free their segment.
+//! failed (a 5xx or expired; its sender's bounce was spooled before the failure was recorded,
+//! or there is no sender to tell: `<>`). A message is *finished* when no recipient is pending
+//! (each is delivered or failed) or the message was deleted; only finished messages free their
+//! segment.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -38,7 +39,7 @@ pub enum RcptState {
     Pending,
     /// The next hop has it.
     Delivered,
-    /// Permanently failed or expired; held.
+    /// Permanently failed or expired; the sender was sent a DSN (unless it is `<>`).
     Failed,
 }
 
@@ -57,6 +58,8 @@ pub struct RcptEntry {
     pub last_reply: Option<String>,
     /// When it was last tried (µs since the epoch; 0: never).
     pub last_us: u64,
+    /// Its sender was warned of the delay (`--delay-warning`).
+    pub warned: bool,
 }
 
 /// A spooled message and its recipients' states.
@@ -84,6 +87,7 @@ impl QueuedMessage {
                 next_us: 0,
                 last_reply: None,
                 last_us: 0,
+                warned: false,
             })
             .collect();
         Self {
@@ -102,6 +106,10 @@ impl QueuedMessage {
         let Some(e) = self.rcpts.get_mut(r.rcpt as usize) else {
             return;
         };
+        if r.kind == RecordKind::Warned {
+            e.warned = true;
+            return;
+        }
         // A delivered recipient stays delivered (a late deferral of a duplicate attempt
         // cannot undo it).
         if e.state == RcptState::Delivered {
@@ -110,7 +118,7 @@ impl QueuedMessage {
         e.state = match r.kind {
             RecordKind::Delivered => RcptState::Delivered,
             RecordKind::Failed => RcptState::Failed,
-            RecordKind::Deferred | RecordKind::Deleted => RcptState::Pending,
+            RecordKind::Deferred | RecordKind::Deleted | RecordKind::Warned => RcptState::Pending,
         };
         e.attempts = e.attempts.max(r.attempts);
         e.next_us = r.next_us;
@@ -135,9 +143,10 @@ impl QueuedMessage {
         n
     }
 
-    /// Every recipient delivered, or deleted: its segment space may go.
+    /// No recipient pending (each delivered, or failed and bounced), or deleted: its segment
+    /// space may go.
     pub fn is_finished(&self) -> bool {
-        self.deleted || self.rcpts.iter().all(|r| r.state == RcptState::Delivered)
+        self.deleted || self.rcpts.iter().all(|r| r.state != RcptState::Pending)
     }
 
     /// Some recipient failed (and the message is not deleted).
@@ -179,12 +188,18 @@ impl QueuedMessage {
     }
 
     /// Records that restate this message's recipients (for a compacted journal): one per
-    /// recipient that was tried.
+    /// recipient that was tried, and one per delay warning sent.
     pub fn summary_records(&self) -> Vec<DeliveryRecord> {
         let id = self.msg.id;
         if self.deleted {
             return vec![record(RecordKind::Deleted, id, 0, 0, 0, 0, String::new())];
         }
+        let warned = self
+            .rcpts
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.warned)
+            .map(|(i, _)| record(RecordKind::Warned, id, i as u32, 0, 0, 0, String::new()));
         self.rcpts
             .iter()
             .enumerate()
@@ -205,6 +220,7 @@ impl QueuedMessage {
                     r.last_reply.clone().unwrap_or_default(),
                 )
             })
+            .chain(warned)
             .collect()
     }
 }

@@ -18,8 +18,10 @@
 //! (`concurrency` tasks, each keeping one connection open while jobs keep coming), and applies
 //! their outcomes: a journal record per recipient, appended and fdatasynced in one batch before
 //! anything relies on it (at-least-once: a crash after the next hop's 2xx but before the record
-//! is durable delivers again, never loses). A sealed segment whose messages are all finished is
-//! then deleted.
+//! is durable delivers again, never loses). Failed recipients' senders get a DSN, spooled
+//! durably (the stage's own [`Appender`]) before the failures are recorded. A sealed segment
+//! whose messages are all finished is then deleted; one pinned by a few old messages is
+//! compacted (they are copied forward, see [`COMPACT_LIVE_PERCENT`]).
 //!
 //! The operator's `queue retry` and `queue delete` arrive from the control socket
 //! ([`super::control`], served on this runtime) as commands in the same loop: a retry makes the
@@ -34,7 +36,7 @@
 //! addresses in turn until one takes the transaction; its connection is kept for the next job
 //! of the same domain only.
 //!
-//! Not here yet: bounces, compaction of segments pinned by long-deferred or failed messages.
+//! Bounces and compaction: see [`super::bounce`] and docs/spool.md.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -48,13 +50,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
+use super::bounce::{self, BounceSettings};
 use super::control::{self, Command, ControlSocket, Refusal};
+use super::dsn::{self, RcptReport};
 use super::mx::{self, LocalHost};
 use super::queue::{self, backoff, DueQueue, QueuedMessage, RcptState};
 use super::route::{Route, Routes, Target};
 use super::tls::{Io, RouteTls};
 use crate::dns::Resolver;
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, Status, TlsPolicy};
+use crate::spool::appender::{Appender, Body, NewMessage, APPENDER_REACTOR};
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
 use crate::spool::journal::{DeliveryRecord, Journal, RecordKind};
@@ -80,6 +85,22 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 const READ_BUF: usize = 4096;
 /// The journal is rewritten (compacted) once it grows past this many bytes.
 pub const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default age after which a sealed segment may be compacted (`--compact-after`): one default
+/// retry-max interval, so a segment is not copied while its deferred mail is likely to go soon.
+pub const DEFAULT_COMPACT_AFTER: Duration = Duration::from_secs(3600);
+/// A sealed segment old enough is compacted when its live (undelivered) messages fill less
+/// than this percentage of its size.
+pub const COMPACT_LIVE_PERCENT: u64 = 25;
+/// A closed segment of the stage's own smaller than this is merged with others like it, once
+/// there are [`COMPACT_MERGE_MIN`] of them old enough (whatever their live share).
+pub const COMPACT_SMALL_BYTES: u64 = 1024 * 1024;
+/// How many small stage segments make a merge worth it.
+pub const COMPACT_MERGE_MIN: usize = 8;
+/// How often the stage looks for segments to compact.
+pub const COMPACT_CHECK: Duration = Duration::from_secs(1);
+/// Bytes of live messages copied by one compaction pass (at least one segment is, whatever
+/// its size): bounds the time the stage spends copying before it schedules again.
+pub const COMPACT_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What the delivery stage needs (built by `config`).
 #[derive(Debug, Clone)]
@@ -96,6 +117,12 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// A recipient still not delivered this long after arrival fails.
     pub max_queue_lifetime: Duration,
+    /// A copy of every DSN to this address.
+    pub bounce_copy: Option<String>,
+    /// Warn senders of recipients deferred this long after arrival (once per recipient).
+    pub delay_warning: Option<Duration>,
+    /// Sealed segments this old may be compacted (see [`COMPACT_LIVE_PERCENT`]).
+    pub compact_after: Duration,
     /// Our listen addresses (an MX host at one of them is this host: a loop).
     pub listen: Vec<SocketAddr>,
 }
@@ -141,6 +168,7 @@ pub struct Prepared {
     queue: BTreeMap<MessageId, QueuedMessage>,
     segments: HashMap<PathBuf, SegState>,
     journal: Journal,
+    appender: Appender,
     rx: UnboundedReceiver<MessageId>,
     control: ControlSocket,
 }
@@ -155,15 +183,32 @@ pub struct Prepared {
 pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
     segment::ensure_dir(&cfg.spool_dir)?;
     let control = control::bind(&cfg.spool_dir)?;
+    // Recovers (seals) the stage's own segments before they are read.
+    let appender = Appender::open(&cfg.spool_dir)?;
     let mut messages = Vec::new();
-    let mut segments = HashMap::new();
+    let mut segments: HashMap<PathBuf, SegState> = HashMap::new();
+    // An id in two segments: a compaction copy whose original was not deleted yet (a stop in
+    // between). The later-listed one (the copy) is used; the original no longer pins its
+    // segment (the queue keeps the last of equal ids too).
+    let mut seen: HashMap<MessageId, PathBuf> = HashMap::new();
+    let mut copies = 0usize;
     for (name, path) in segment::list_segments(&cfg.spool_dir)? {
         let mut live = HashSet::new();
+        let mut dups = Vec::new();
         reader::scan_segment(&path, false, |m| {
+            if let Some(old) = seen.insert(m.id, path.clone()) {
+                dups.push((old, m.id));
+            }
             live.insert(m.id);
             messages.push(m);
             Ok(())
         })?;
+        for (old, id) in dups {
+            copies += 1;
+            if let Some(s) = segments.get_mut(&old) {
+                s.live.remove(&id);
+            }
+        }
         segments.insert(
             path,
             SegState {
@@ -173,6 +218,11 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
                 live,
                 done: Vec::new(),
             },
+        );
+    }
+    if copies > 0 {
+        tracing::info!(
+            "delivery: {copies} message(s) found twice (compaction stopped before deleting the old segment); using the copies"
         );
     }
     let (_, records) = Journal::open(&cfg.spool_dir)?;
@@ -202,6 +252,7 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
             queue,
             segments,
             journal,
+            appender,
             rx,
             control,
         },
@@ -295,6 +346,10 @@ struct Stage {
     queue: BTreeMap<MessageId, QueuedMessage>,
     segments: HashMap<PathBuf, SegState>,
     journal: Option<Journal>,
+    /// The stage's own spool writer (DSNs, compaction copies).
+    appender: Option<Appender>,
+    /// When segments were last looked at for compaction.
+    compact_at: Instant,
     rx: UnboundedReceiver<MessageId>,
     stats: Arc<DeliveryStats>,
     stop: Arc<AtomicBool>,
@@ -331,6 +386,8 @@ impl Stage {
             queue: p.queue,
             segments: p.segments,
             journal: Some(p.journal),
+            appender: Some(p.appender),
+            compact_at: Instant::now(),
             rx: p.rx,
             stats,
             stop,
@@ -417,6 +474,7 @@ impl Stage {
                 self.apply(outcomes).await;
             }
             self.schedule().await;
+            self.compact_segments().await;
             self.update_stats();
         }
         tracing::info!("delivery stopped: {} message(s) queued", self.queue.len());
@@ -685,6 +743,9 @@ impl Stage {
         // the journal append's await).
         let mut attempts_took = Vec::new();
         let mut delivered_after = Vec::new();
+        // Recipients whose senders get a DSN (spooled before the records are appended).
+        let mut failed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
+        let mut delayed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
         for o in &outcomes {
             if o.route != usize::MAX {
                 // A real attempt (not a local "no route" or expiry outcome).
@@ -720,6 +781,47 @@ impl Stage {
                 let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
                 if res.status == Status::Delivered {
                     delivered_after.push(age);
+                }
+                let expired = o.route == usize::MAX;
+                let report = RcptReport {
+                    addr: r.addr.clone(),
+                    action: dsn::Action::Failed,
+                    status: res.reply.dsn(),
+                    remote_mta: bounce::remote_mta(&o.relay),
+                    // An expired recipient: the last reply it got says why better than ours.
+                    diagnostic: Some(if expired {
+                        r.last_reply
+                            .clone()
+                            .unwrap_or_else(|| res.reply.to_string())
+                    } else {
+                        res.reply.to_string()
+                    }),
+                    last_attempt: Some(if expired && r.last_us > 0 {
+                        std::time::UNIX_EPOCH + Duration::from_micros(r.last_us)
+                    } else {
+                        now
+                    }),
+                };
+                match kind {
+                    RecordKind::Failed => failed.entry(o.id).or_default().push(report),
+                    RecordKind::Deferred
+                        if !r.warned && self.cfg.delay_warning.is_some_and(|w| age >= w) =>
+                    {
+                        records.push(queue::record(
+                            RecordKind::Warned,
+                            o.id,
+                            i as u32,
+                            now_us,
+                            0,
+                            0,
+                            String::new(),
+                        ));
+                        delayed.entry(o.id).or_default().push(RcptReport {
+                            action: dsn::Action::Delayed,
+                            ..report
+                        });
+                    }
+                    _ => {}
                 }
                 let age = age.as_secs_f64();
                 tracing::info!(
@@ -760,7 +862,13 @@ impl Stage {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = self.append(records.clone()).await {
+        // The DSNs are durable before the failures they report are recorded: a crash in
+        // between sends a DSN twice, never none.
+        let recorded = match self.send_dsns(failed, delayed, now).await {
+            Ok(()) => self.append(records.clone()).await,
+            Err(e) => Err(io::Error::other(format!("spooling DSNs: {e}"))),
+        };
+        if let Err(e) = recorded {
             // Without a durable record nothing may rely on the outcome: leave the recipients
             // pending, so they are tried again (at-least-once).
             tracing::error!(
@@ -789,6 +897,225 @@ impl Stage {
         }
         self.reclaim();
         self.compact_journal().await;
+    }
+
+    /// Builds and spools (durably) one DSN per message with failed or long-delayed recipients,
+    /// and queues them for delivery.
+    async fn send_dsns(
+        &mut self,
+        failed: BTreeMap<MessageId, Vec<RcptReport>>,
+        delayed: BTreeMap<MessageId, Vec<RcptReport>>,
+        now: SystemTime,
+    ) -> io::Result<()> {
+        if failed.is_empty() && delayed.is_empty() {
+            return Ok(());
+        }
+        let Some(mut appender) = self.appender.take() else {
+            return Err(io::Error::other("the stage's spool writer is unavailable"));
+        };
+        let settings = BounceSettings {
+            hostname: &self.cfg.hostname,
+            copy_to: self.cfg.bounce_copy.as_deref(),
+        };
+        let mut msgs = Vec::new();
+        let mut logs = Vec::new();
+        for (reports, warning) in [(failed, false), (delayed, true)] {
+            for (id, rcpts) in reports {
+                let Some(m) = self.queue.get(&id) else {
+                    continue;
+                };
+                let retry_hours = warning.then(|| {
+                    let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
+                    self.cfg.max_queue_lifetime.saturating_sub(age).as_secs() / 3600
+                });
+                match bounce::dsn_message(settings, &mut appender, m, &rcpts, retry_hours, now) {
+                    Some(n) => {
+                        logs.push(format!(
+                            "delivery id={id}: {} dsn={} to=<{}> ({} recipient(s))",
+                            if warning { "delay warning" } else { "bounce" },
+                            n.id,
+                            m.msg.envelope.mail_from,
+                            rcpts.len()
+                        ));
+                        msgs.push(n);
+                    }
+                    None if !warning => tracing::info!(
+                        "delivery id={id}: no DSN for {} failed recipient(s): the sender is <>{}",
+                        rcpts.len(),
+                        if m.msg.id.reactor() == APPENDER_REACTOR {
+                            " (a DSN that failed is dropped)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => {}
+                }
+            }
+        }
+        let written = if msgs.is_empty() {
+            self.appender = Some(appender);
+            return Ok(());
+        } else {
+            self.write_own_segment(appender, msgs).await?
+        };
+        for m in written {
+            self.enqueue(m);
+        }
+        for l in logs {
+            tracing::info!("{l}");
+        }
+        Ok(())
+    }
+
+    /// Writes `msgs` into a new segment of the stage's own (durable when this returns), and
+    /// follows it like a sealed segment found at start. Returns its messages as read back.
+    async fn write_own_segment(
+        &mut self,
+        mut appender: Appender,
+        msgs: Vec<NewMessage>,
+    ) -> io::Result<Vec<StoredMessage>> {
+        let res = tokio::task::spawn_blocking(move || {
+            let r = appender.write_segment(&msgs);
+            (appender, r)
+        })
+        .await;
+        let path = match res {
+            Ok((a, r)) => {
+                self.appender = Some(a);
+                r?
+            }
+            Err(e) => return Err(io::Error::other(format!("spool writer task: {e}"))),
+        };
+        let mut found = Vec::new();
+        reader::scan_segment(&path, false, |m| {
+            found.push(m);
+            Ok(())
+        })?;
+        self.segments.insert(
+            path,
+            SegState {
+                reactor: APPENDER_REACTOR,
+                closed: true,
+                tail: None,
+                live: found.iter().map(|m| m.id).collect(),
+                done: Vec::new(),
+            },
+        );
+        Ok(found)
+    }
+
+    /// Compaction (docs/spool.md): closed segments older than `compact_after` whose queued
+    /// messages fill less than [`COMPACT_LIVE_PERCENT`] of them get those messages copied,
+    /// with their ids, into a new segment of the stage's own; then they are deleted. Segments
+    /// with a message in flight (or not queued: found but not notified yet) wait.
+    async fn compact_segments(&mut self) {
+        if self.compact_at.elapsed() < COMPACT_CHECK {
+            return;
+        }
+        self.compact_at = Instant::now();
+        let now = SystemTime::now();
+        let busy: HashSet<MessageId> = self.in_flight.iter().map(|(id, _)| *id).collect();
+        let mut picked = Vec::new();
+        let mut batch = 0u64;
+        for (path, s) in &self.segments {
+            if !s.closed || s.live.is_empty() {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if age < self.cfg.compact_after {
+                continue;
+            }
+            let mut live = 0u64;
+            let mut movable = true;
+            for id in &s.live {
+                match self.queue.get(id) {
+                    Some(m) if !busy.contains(id) => live += m.msg.size,
+                    _ => {
+                        movable = false;
+                        break;
+                    }
+                }
+            }
+            let sparse = live.saturating_mul(100) < meta.len().saturating_mul(COMPACT_LIVE_PERCENT);
+            // The stage's own small segments (one per bounce or compaction batch) are merged
+            // too, so their number stays bounded.
+            let small = s.reactor == APPENDER_REACTOR && meta.len() < COMPACT_SMALL_BYTES;
+            if !movable || !(sparse || small) {
+                continue;
+            }
+            if batch > 0 && batch + live > COMPACT_BATCH_BYTES {
+                break;
+            }
+            batch += live;
+            picked.push((path.clone(), meta.len(), live, sparse));
+        }
+        let merges = picked.iter().filter(|p| !p.3).count();
+        if merges > 0 && merges < COMPACT_MERGE_MIN {
+            // Too few small segments to be worth merging: only the sparse ones go.
+            picked.retain(|p| p.3);
+        }
+        if picked.is_empty() {
+            return;
+        }
+        let Some(appender) = self.appender.take() else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        for (path, ..) in &picked {
+            let Some(s) = self.segments.get(path) else {
+                continue;
+            };
+            let mut ids: Vec<MessageId> = s.live.iter().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                if let Some(m) = self.queue.get(&id) {
+                    msgs.push(NewMessage {
+                        id,
+                        envelope: m.msg.envelope.clone(),
+                        body: Body::Stored(Box::new(m.msg.clone())),
+                    });
+                }
+            }
+        }
+        let copies = match self.write_own_segment(appender, msgs).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("delivery: compaction failed (the segments stay): {e}");
+                return;
+            }
+        };
+        let target = copies
+            .first()
+            .map(|m| file_name(&m.segment))
+            .unwrap_or_default();
+        for c in copies {
+            if let Some(m) = self.queue.get_mut(&c.id) {
+                m.msg = c;
+            }
+        }
+        for (path, size, live, _) in picked {
+            let n = self.segments.remove(&path).map_or(0, |s| s.live.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "delivery: compacted segment {}: {n} queued message(s), {live} of {size} bytes, copied to {target}; deleted",
+                        file_name(&path)
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // The copies are used from now on; the old file is only space (and is found
+                // again, and ignored as a duplicate, at the next start).
+                Err(e) => tracing::warn!("delivery: cannot delete {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Appends records and fdatasyncs them on the blocking pool.
@@ -1444,5 +1771,95 @@ impl Conn {
         self.client.quit(&mut self.out);
         self.flush().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.next_event()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::frame::EnvelopeRecord;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn cfg(dir: &Path) -> DeliveryConfig {
+        DeliveryConfig {
+            spool_dir: dir.to_path_buf(),
+            hostname: "mx.test".into(),
+            routes: Routes::new(Vec::new()),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            max_queue_lifetime: Duration::from_secs(60),
+            bounce_copy: None,
+            delay_warning: None,
+            compact_after: DEFAULT_COMPACT_AFTER,
+            listen: Vec::new(),
+        }
+    }
+
+    /// A stop between a compaction copy becoming durable and the old segment's deletion: at
+    /// start the message is queued once, from the copy, and the old segment no longer pins it.
+    #[test]
+    fn a_copy_and_its_original_count_once_and_the_copy_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Appender::open(dir.path()).unwrap();
+        let env = EnvelopeRecord {
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            received_us: 1,
+            helo: "c".into(),
+            esmtp: true,
+            mail_from: "s@x.test".into(),
+            declared_size: None,
+            body_8bitmime: false,
+            smtputf8: false,
+            rcpts: vec!["r@y.test".into()],
+            tls: None,
+        };
+        let (keep, done) = (a.next_id(), a.next_id());
+        let msg = |id| NewMessage {
+            id,
+            envelope: env.clone(),
+            body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
+        };
+        let old = a.write_segment(&[msg(keep)]).unwrap();
+        let mut stored = None;
+        reader::scan_segment(&old, false, |m| {
+            stored = Some(m);
+            Ok(())
+        })
+        .unwrap();
+        let copy = a
+            .write_segment(&[
+                NewMessage {
+                    id: keep,
+                    envelope: env.clone(),
+                    body: Body::Stored(Box::new(stored.unwrap())),
+                },
+                msg(done),
+            ])
+            .unwrap();
+        // `done` was delivered before the stop.
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&[queue::record(
+            RecordKind::Delivered,
+            done,
+            0,
+            2,
+            0,
+            1,
+            "250 ok".into(),
+        )])
+        .unwrap();
+        drop(j);
+        let (_, p) = prepare(cfg(dir.path())).unwrap();
+        assert_eq!(p.queue.len(), 1);
+        assert_eq!(p.queue[&keep].msg.segment, copy);
+        assert!(
+            p.segments[&old].live.is_empty(),
+            "the original no longer pins"
+        );
+        assert_eq!(
+            p.segments[&copy].live,
+            HashSet::from([keep]),
+            "the copy holds the queued message"
+        );
     }
 }

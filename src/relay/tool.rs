@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::queue::{self, QueuedMessage, RcptEntry};
+use crate::spool::appender::APPENDER_REACTOR;
 use crate::spool::id::MessageId;
 use crate::spool::journal::read_journal;
 use crate::spool::reader::read_spool;
@@ -22,7 +23,8 @@ pub enum Filter {
     All,
     /// With a recipient deferred (tried, still pending).
     Deferred,
-    /// With a failed recipient (held).
+    /// With a failed recipient (bounced) while others are still pending (a message with none
+    /// pending is finished and leaves the queue).
     Failed,
 }
 
@@ -143,7 +145,25 @@ pub fn show(dir: &Path, id: &str, out: &mut dyn Write) -> Result<(), ToolError> 
     .map_err(w)?;
     writeln!(out, "size:      {}", m.msg.size).map_err(w)?;
     writeln!(out, "from:      <{}>", e.mail_from).map_err(w)?;
-    writeln!(out, "segment:   {}", m.msg.segment.display()).map_err(w)?;
+    let copied = m
+        .msg
+        .segment
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| {
+            n.starts_with(&format!("{APPENDER_REACTOR}-")) && m.msg.id.reactor() != APPENDER_REACTOR
+        });
+    writeln!(
+        out,
+        "segment:   {}{}",
+        m.msg.segment.display(),
+        if copied {
+            " (copied forward by compaction)"
+        } else {
+            ""
+        }
+    )
+    .map_err(w)?;
     for r in &m.rcpts {
         writeln!(
             out,

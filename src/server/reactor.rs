@@ -277,7 +277,7 @@ async fn reactor_main(setup: ReactorSetup) -> Result<(), ServerError> {
         abuse,
         ..
     } = setup;
-    #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1024) by Config
+    #[allow(clippy::cast_possible_truncation)] // index < MAX_REACTORS (1023) by Config
     let spool_config = config.spool_config(index as u16);
     // Registered before any other I/O on this ring (tokio-uring waits for in-flight operations
     // to register); falls back to heap buffers with a warning if RLIMIT_MEMLOCK is too small.

@@ -4,7 +4,8 @@
 //! after it was spooled lives beside them, in one file the delivery stage alone appends to
 //! (synchronous `std::fs`; the stage calls it from its own journal thread). A record says that
 //! one recipient of one message was delivered, deferred (with the next retry time) or failed,
-//! or that a whole message was deleted by the operator. Delivered and failed records are made
+//! or that a whole message was deleted by the operator, or that its sender was warned of a
+//! delay. Delivered and failed records are made
 //! durable (one `fdatasync` per batch, group commit) before anything relies on them, above all
 //! before a segment is deleted. See docs/spool.md, "Delivery journal".
 //!
@@ -48,6 +49,8 @@ pub enum RecordKind {
     Failed = 3,
     /// The whole message was deleted (`rcpt` is ignored).
     Deleted = 4,
+    /// A delay warning (DSN, `Action: delayed`) for this recipient is spooled: no second one.
+    Warned = 5,
 }
 
 impl RecordKind {
@@ -57,6 +60,7 @@ impl RecordKind {
             2 => Self::Deferred,
             3 => Self::Failed,
             4 => Self::Deleted,
+            5 => Self::Warned,
             _ => return None,
         })
     }

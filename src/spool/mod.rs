@@ -8,6 +8,8 @@
 //! - [`segment`]: segment names, the CRC-verifying walker, start-up recovery (sync `std::fs`).
 //! - `writer` (re-exported here): [`Spool`] and [`MessageWriter`], the io_uring writer.
 //!   See its module docs for the files it is made of.
+//! - [`appender`]: the delivery thread's synchronous writer (bounces, compaction copies) into
+//!   segments of a reserved reactor index.
 //! - [`journal`]: the delivery journal (what became of each recipient), read and appended.
 //! - [`reader`]: reading stored messages and checking segments without a server.
 //! - [`tool`]: `ringmx spool ls|cat|export|check`.
@@ -35,6 +37,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod appender;
 pub mod frame;
 pub mod id;
 pub mod journal;

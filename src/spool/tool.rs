@@ -138,6 +138,8 @@ struct JournalCheck {
     deferred: u64,
     failed: u64,
     deleted: u64,
+    /// Delay warnings sent (one per recipient).
+    warned: u64,
     /// Bytes after the last valid record (a torn tail: cut at the next start).
     torn_tail_bytes: u64,
 }
@@ -158,6 +160,7 @@ fn check_journal(dir: &Path) -> Result<Option<JournalCheck>, ToolError> {
             RecordKind::Deferred => &mut c.deferred,
             RecordKind::Failed => &mut c.failed,
             RecordKind::Deleted => &mut c.deleted,
+            RecordKind::Warned => &mut c.warned,
         } += 1;
     }
     Ok(Some(c))
@@ -223,13 +226,14 @@ pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolEr
         }
         if let Some(j) = &journal {
             let mut line = format!(
-                "{}	records {}	delivered {}	deferred {}	failed {}	deleted {}",
+                "{}	records {}	delivered {}	deferred {}	failed {}	deleted {}	warned {}",
                 journal::JOURNAL_NAME,
                 j.records,
                 j.delivered,
                 j.deferred,
                 j.failed,
-                j.deleted
+                j.deleted,
+                j.warned
             );
             if j.torn_tail_bytes > 0 {
                 line.push_str(&format!(
@@ -253,6 +257,15 @@ pub fn check(dir: &Path, json: bool, out: &mut dyn Write) -> Result<bool, ToolEr
             r.corrupt
         )
         .map_err(w)?;
+        if r.copies > 0 {
+            writeln!(
+                out,
+                "{} message(s) stored twice: copies made by compaction before a stop; readers \
+                 use the copy, and the old segment goes once its other messages are delivered",
+                r.copies
+            )
+            .map_err(w)?;
+        }
     }
     Ok(r.is_ok())
 }
@@ -500,7 +513,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(
-                "delivery.journal\trecords 2\tdelivered 1\tdeferred 0\tfailed 0\tdeleted 1\n"
+                "delivery.journal\trecords 2\tdelivered 1\tdeferred 0\tfailed 0\tdeleted 1\twarned 0\n"
             ),
             "{text}"
         );

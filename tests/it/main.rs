@@ -3,6 +3,7 @@
 
 mod abuse;
 mod bdat;
+mod bounce;
 mod clients;
 mod conformance;
 mod deliver;
