@@ -64,6 +64,12 @@ pub enum QueueCommand {
         /// The message id.
         id: String,
     },
+    /// Fail a message's recipients not yet delivered now, and send its sender a DSN saying so
+    /// (like Postfix's `postsuper -r`-then-expire, or Exim's `-Mg`). Needs the running server.
+    Bounce {
+        /// The message id.
+        id: String,
+    },
 }
 
 /// Runs a queue subcommand; prints errors and returns the exit code.
@@ -96,6 +102,9 @@ pub fn run(args: &QueueArgs) -> ExitCode {
         QueueCommand::Delete { id } => {
             parse_id(id).and_then(|id| control_cmd(dir, Command::Delete(id), &mut out))
         }
+        QueueCommand::Bounce { id } => {
+            parse_id(id).and_then(|id| control_cmd(dir, Command::Bounce(id), &mut out))
+        }
     }
     .and_then(|()| out.flush().map_err(|e| ToolError::io("stdout", e)));
     match res {
@@ -123,6 +132,7 @@ fn control_cmd(dir: &std::path::Path, cmd: Command, out: &mut dyn Write) -> Resu
         Command::Retry(Some(id)) => format!("{id}: {n} recipient(s) due now"),
         Command::Retry(None) => format!("{n} recipient(s) due now"),
         Command::Delete(id) => format!("{id}: deleted ({n} recipient(s) not delivered)"),
+        Command::Bounce(id) => format!("{id}: {n} recipient(s) failed, sender notified"),
     };
     writeln!(out, "{line}").map_err(|e| ToolError::io("stdout", e))
 }

@@ -60,6 +60,8 @@ pub enum Command {
     Retry(Option<MessageId>),
     /// Delete a message: its unfinished recipients are never delivered.
     Delete(MessageId),
+    /// Fail a message's pending recipients now, with a DSN to its sender.
+    Bounce(MessageId),
 }
 
 impl Command {
@@ -81,7 +83,8 @@ impl Command {
             (Some("retry"), Some("all")) => Ok(Self::Retry(None)),
             (Some("retry"), Some(a)) => Ok(Self::Retry(Some(id(a)?))),
             (Some("delete"), Some(a)) => Ok(Self::Delete(id(a)?)),
-            _ => Err("expected retry ID, retry all or delete ID".into()),
+            (Some("bounce"), Some(a)) => Ok(Self::Bounce(id(a)?)),
+            _ => Err("expected retry ID, retry all, delete ID or bounce ID".into()),
         }
     }
 
@@ -91,6 +94,7 @@ impl Command {
             Self::Retry(None) => "retry all".into(),
             Self::Retry(Some(id)) => format!("retry {id}"),
             Self::Delete(id) => format!("delete {id}"),
+            Self::Bounce(id) => format!("bounce {id}"),
         }
     }
 }

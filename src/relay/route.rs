@@ -259,6 +259,11 @@ impl Routes {
         &self.routes
     }
 
+    /// Whether a `"*"` route catches every other domain (bounces to remote senders need it).
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
     /// The route index for a recipient address (by its domain, else `*`).
     pub fn for_rcpt(&self, rcpt: &str) -> Option<usize> {
         let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);

@@ -509,6 +509,7 @@ impl Stage {
                 Ok(n)
             }
             Command::Delete(id) => self.delete(id).await,
+            Command::Bounce(id) => self.bounce_now(id).await,
         };
         let _ = req.reply.send(res);
     }
@@ -548,6 +549,43 @@ impl Stage {
         self.finish(id);
         self.reclaim();
         Ok(left)
+    }
+
+    /// `queue bounce`: the message's pending recipients fail now, through the same path as an
+    /// expiry (a DSN spooled before the failures are recorded). Recipients in a transaction
+    /// under way keep its outcome.
+    async fn bounce_now(&mut self, id: MessageId) -> Result<usize, Refusal> {
+        let rcpts: Vec<usize> = match self.queue.get(&id) {
+            Some(m) if !m.deleted => m
+                .rcpts
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| {
+                    r.state == RcptState::Pending && !self.in_flight.contains(&(id, *i))
+                })
+                .map(|(i, _)| i)
+                .collect(),
+            _ => return Err(Refusal::NotQueued(id)),
+        };
+        let n = rcpts.len();
+        let outcomes = rcpts
+            .into_iter()
+            .map(|i| Outcome {
+                id,
+                route: usize::MAX,
+                rcpts: vec![i],
+                results: vec![RcptOutcome {
+                    status: Status::Failed,
+                    reply: Reply::local(550, "5.0.0 returned to the sender by the postmaster"),
+                }],
+                relay: "none".into(),
+                tls: None,
+                delays: [Duration::ZERO; 3],
+            })
+            .collect();
+        tracing::info!("delivery id={id} bounce requested: {n} recipient(s) fail now");
+        self.apply(outcomes).await;
+        Ok(n)
     }
 
     /// Notified ids: find them in their reactors' segments.

@@ -182,6 +182,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // their segments; the stage's thread starts once they are ready.
     let delivery = match config.delivery_config() {
         Some(dc) => {
+            if !dc.routes.has_default() {
+                tracing::warn!(
+                    "routes without \"*\": bounces (DSNs) to senders outside the routed domains have no route and are dropped after max-queue-lifetime; add \"*\" = \"mx\" to [routes]"
+                );
+            }
             let stats = registry.enable_delivery();
             let (notifier, prepared) = crate::relay::stage::prepare(dc)
                 .map_err(|e| ServerError::Setup("the delivery queue", e))?;

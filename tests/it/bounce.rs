@@ -492,3 +492,62 @@ fn compaction_copies_deferred_messages_forward_and_deletes_old_segments() {
     }
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
 }
+
+/// `ringmx queue bounce ID`: a deferred message fails now, its sender gets the DSN at once
+/// (not after the queue lifetime), and the queue is empty; an unknown id is refused.
+#[test]
+fn queue_bounce_fails_a_deferred_message_now_with_a_dsn() {
+    require_io_uring!();
+    require_aiosmtpd();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let hop = Hop::start(port, &tmp.path().join("hop"));
+    let down = free_port();
+    let cfg = routes(tmp.path(), down, port);
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--retry-first", "3600"]);
+    let to = format!("stuck@{DOMAIN}");
+    send(
+        &server,
+        "carol@src.test",
+        &[&to],
+        "Subject: stuck\r\n\r\nz\r\n",
+    );
+    let mut id = String::new();
+    wait_for("the message deferred", || {
+        let ls = queue(&server.spool(), &["ls", "--deferred", "--json"]);
+        match ls.lines().next() {
+            Some(l) => {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                id = v["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(hop.dsns().is_empty(), "no DSN before the bounce");
+    let out = queue(&server.spool(), &["bounce", &id]);
+    assert!(out.contains("1 recipient(s) failed"), "{out}");
+    wait_for("the DSN", || !hop.dsns().is_empty());
+    let dsns = hop.dsns();
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    let (env, dsn) = &dsns[0];
+    assert_eq!(env["to"], serde_json::json!(["carol@src.test"]));
+    let r = &dsn["per_rcpt"][0];
+    assert_eq!(r["action"], "failed");
+    assert_eq!(r["status"], "5.0.0", "{dsn}");
+    assert_eq!(r["final-recipient"], format!("rfc822; {to}"));
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    // Gone now: a second bounce is refused with the reason.
+    let again = run_tool(
+        Command::new(RINGMX)
+            .args(["queue", "bounce", &id, "--spool"])
+            .arg(server.spool()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no message"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -49,15 +49,22 @@ impl Dnsmasq {
         if nix_is_root() {
             cmd.arg("--user=root");
         }
-        let child = cmd
+        let log = dir.join("dnsmasq.log");
+        let mut child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Generous: the suite runs many servers at once on a small machine.
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !answers(addr) {
-            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "dnsmasq did not start ({exited:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, addr }
@@ -242,15 +249,23 @@ fn mx_no_mx_uses_the_address_and_null_mx_fails_at_once() {
             "mx-host=null.test,.,0".into(),
             "mx-host=loop.test,mx.example.test,10".into(),
             "host-record=mx.example.test,127.0.0.9".into(),
+            // The senders' domain: the DSNs go there, by MX like any mail.
+            "mx-host=src.test,mx.src.test,10".into(),
+            "host-record=mx.src.test,127.0.0.10".into(),
         ],
     );
     let dump = tmp.path().join("amx");
     let _sink = Sink::start("127.0.0.6", port, &dump);
+    let bounces = tmp.path().join("bounces");
+    let _sender_mx = Sink::start("127.0.0.10", port, &bounces);
+    // Bounces go to remote senders by MX: the "*" route.
+    let cfg = tmp.path().join("routes.toml");
+    std::fs::write(&cfg, format!("[routes]\n\"*\" = \"mx:{port}\"\n")).unwrap();
     let server = mx_server(
         &["amx.test", "null.test", "loop.test", "gone.test"],
         port,
         dns.addr,
-        &[],
+        &["--config", cfg.to_str().unwrap()],
     );
     send(&server, 1, "user@amx.test");
     wait_for("the message at the domain's A address", || {
@@ -259,16 +274,30 @@ fn mx_no_mx_uses_the_address_and_null_mx_fails_at_once() {
     send(&server, 1, "user@null.test");
     send(&server, 1, "user@loop.test");
     send(&server, 1, "user@gone.test");
-    wait_for("3 failed in queue ls", || {
-        queue(&server.spool(), &["ls", "--failed"]).lines().count() == 3
-    });
-    let failed = queue(&server.spool(), &["ls", "--failed", "--json"]);
-    assert!(failed.contains("5.1.10"), "null MX: {failed}");
-    assert!(failed.contains("loops back to myself"), "loop: {failed}");
-    assert!(failed.contains("5.4.6"), "loop: {failed}");
-    assert!(failed.contains("5.1.2"), "NXDOMAIN: {failed}");
-    // Failed at once: one attempt each, nothing deferred.
-    assert_eq!(queue(&server.spool(), &["ls", "--deferred"]), "");
+    // Each fails at once (one attempt, nothing deferred) and bounces to s@src.test's MX.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files(&bounces).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for 3 DSNs at the sender's MX: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dsns: Vec<String> = files(&bounces)
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    let all = dsns.join("\n----\n");
+    for d in &dsns {
+        assert!(d.contains("report-type=delivery-status"), "{d}");
+        assert!(d.contains("Action: failed"), "{d}");
+    }
+    assert!(all.contains("5.1.10"), "null MX: {all}");
+    assert!(all.contains("loops back to myself"), "loop: {all}");
+    assert!(all.contains("5.4.6"), "loop: {all}");
+    assert!(all.contains("5.1.2"), "NXDOMAIN: {all}");
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     assert_eq!(files(&dump).len(), 1);
 }
 
