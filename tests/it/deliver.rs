@@ -526,3 +526,80 @@ fn queue_retry_and_delete_errors() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     not_running(&["retry", &id]);
 }
+
+/// Two MX hosts that each send `loop.test` to the other (a routing loop between two servers):
+/// every hop adds a `Received:` field, so after `--max-hops` the receiving side refuses the
+/// message with 554 5.4.6 at the end of data, the sending side fails it, and the sender gets
+/// one DSN. The loop dies after a bounded number of hops, not a storm.
+#[test]
+fn a_routing_loop_between_two_hosts_ends_with_554_5_4_6_and_one_dsn() {
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb, sink_port) = (free_port(), free_port(), free_port());
+    let bounces = tmp.path().join("bounces");
+    let _sink = Sink::start(sink_port, &bounces, &[]);
+    let config = |name: &str, other: u16| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[routes]\n\"loop.test\" = \"smtp:[127.0.0.1]:{other}\"\n\"src.test\" = \"smtp:[127.0.0.1]:{sink_port}\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (ca, cb) = (config("a", pb), config("b", pa));
+    let hops = "10";
+    let listen_a = format!("127.0.0.1:{pa}");
+    let listen_b = format!("127.0.0.1:{pb}");
+    let a = Server::start(&[
+        "--listen",
+        &listen_a,
+        "--domain",
+        "loop.test",
+        "--max-hops",
+        hops,
+        "--config",
+        ca.to_str().unwrap(),
+    ]);
+    let b = Server::start(&[
+        "--listen",
+        &listen_b,
+        "--domain",
+        "loop.test",
+        "--max-hops",
+        hops,
+        "--config",
+        cb.to_str().unwrap(),
+    ]);
+    send(&a, 1, "user@loop.test");
+    let deadline = Instant::now() + WAIT;
+    while files(&bounces).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no DSN; A:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let any second bounce arrive before counting.
+    std::thread::sleep(Duration::from_secs(1));
+    let dsns = files(&bounces);
+    assert_eq!(dsns.len(), 1, "one DSN for one looping message");
+    let dsn = String::from_utf8_lossy(&dsns[0]);
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(dsn.contains("5.4.6"), "{dsn}");
+    // About `hops` transfers in all, counted from both logs' sent lines.
+    let sent = |s: &Server| s.log().matches("status=sent").count();
+    let total = sent(&a) + sent(&b);
+    assert!(
+        (5..=12).contains(&total),
+        "{total} transfers before the loop was cut (max-hops {hops})"
+    );
+    wait_for("both queues empty", || {
+        queue(&a.spool(), &["ls"]).is_empty() && queue(&b.spool(), &["ls"]).is_empty()
+    });
+}
