@@ -188,27 +188,25 @@ pub fn prepare(cfg: DeliveryConfig) -> io::Result<(Notifier, Prepared)> {
     let mut messages = Vec::new();
     let mut segments: HashMap<PathBuf, SegState> = HashMap::new();
     // An id in two segments: a compaction copy whose original was not deleted yet (a stop in
-    // between). The later-listed one (the copy) is used; the original no longer pins its
-    // segment (the queue keeps the last of equal ids too).
-    let mut seen: HashMap<MessageId, PathBuf> = HashMap::new();
+    // between, possibly while the copies were being written). The later-listed one (the copy)
+    // is used: the queue keeps the last of equal ids.
+    let mut seen: HashSet<MessageId> = HashSet::new();
     let mut copies = 0usize;
     for (name, path) in segment::list_segments(&cfg.spool_dir)? {
         let mut live = HashSet::new();
         let mut dups = Vec::new();
         reader::scan_segment(&path, false, |m| {
-            if let Some(old) = seen.insert(m.id, path.clone()) {
-                dups.push((old, m.id));
+            if !seen.insert(m.id) {
+                dups.push(m.id);
             }
             live.insert(m.id);
             messages.push(m);
             Ok(())
         })?;
-        for (old, id) in dups {
-            copies += 1;
-            if let Some(s) = segments.get_mut(&old) {
-                s.live.remove(&id);
-            }
-        }
+        // Both segments keep the id in `live` (each holds it until it is finished, so each
+        // keeps the records that finish it: a restart never finds it unfinished in the older
+        // one); the queue uses the copy.
+        copies += dups.len();
         segments.insert(
             path,
             SegState {
@@ -1834,7 +1832,7 @@ mod tests {
     }
 
     /// A stop between a compaction copy becoming durable and the old segment's deletion: at
-    /// start the message is queued once, from the copy, and the old segment no longer pins it.
+    /// start the message is queued once, from the copy; both segments hold it until it is finished.
     #[test]
     fn a_copy_and_its_original_count_once_and_the_copy_wins() {
         let dir = tempfile::tempdir().unwrap();
@@ -1890,9 +1888,10 @@ mod tests {
         let (_, p) = prepare(cfg(dir.path())).unwrap();
         assert_eq!(p.queue.len(), 1);
         assert_eq!(p.queue[&keep].msg.segment, copy);
-        assert!(
-            p.segments[&old].live.is_empty(),
-            "the original no longer pins"
+        assert_eq!(
+            p.segments[&old].live,
+            HashSet::from([keep]),
+            "the original still holds it until it is finished"
         );
         assert_eq!(
             p.segments[&copy].live,
