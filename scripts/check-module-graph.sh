@@ -10,14 +10,15 @@ declare -A allowed=(
   [sys]=""
   [data]=""
   [dns]=""
+  [crypto]=""
   [smtp]="data"
   [buffers]="sys"
   [spool]="buffers sys"
   [stats]="smtp spool sys"
-  [relay]="dns stats smtp spool sys"
+  [relay]="crypto dns stats smtp spool sys"
   [config]="relay smtp spool sys"
-  [server]="sys data dns smtp buffers spool stats config relay"
-  [cmd]="sys data dns smtp buffers spool stats config server relay"
+  [server]="sys crypto data dns smtp buffers spool stats config relay"
+  [cmd]="sys crypto data dns smtp buffers spool stats config server relay"
 )
 # Edges allowed for a while during a change (space-separated "from->to"); empty when none.
 temporary=""

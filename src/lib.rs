@@ -8,6 +8,7 @@
 //! - [`buffers`]: per-reactor registered buffers, sized against `RLIMIT_MEMLOCK`.
 //! - [`spool`]: the durable segment-log spool (writer with group commit, reader, tools).
 //! - [`stats`]: counters, HDR histograms and the unix stats socket.
+//! - [`crypto`]: the rustls crypto provider shared by inbound and outbound STARTTLS.
 //! - [`dns`]: the shared DNS resolver (its own thread) for MX routes and DNSBL checks.
 //! - [`relay`]: onward delivery (routes, MX lookup, queue state, the delivery thread, `queue`
 //!   tools).
@@ -25,12 +26,13 @@
 //!   cmd                       the top: nothing imports it
 //!    └─ server                drives everything below; imported only by cmd
 //!        ├─ config            relay, smtp, spool, sys
-//!        ├─ relay             dns, stats, smtp, spool, sys
+//!        ├─ relay             crypto, dns, stats, smtp, spool, sys
 //!        ├─ stats             smtp, spool, sys
 //!        ├─ spool             buffers, sys
 //!        │   └─ buffers       sys
 //!        ├─ smtp              data          ┐ the sans-IO core: no I/O, and nothing
 //!        │   └─ data          (nothing)     ┘ else from this crate
+//!        ├─ crypto            (nothing)       leaf: the rustls crypto provider
 //!        ├─ dns               (nothing)       leaf: hickory-resolver on its own thread
 //!        └─ sys               (nothing)       leaf: libc only
 //! ```
@@ -43,6 +45,7 @@
 pub mod buffers;
 pub mod cmd;
 pub mod config;
+pub mod crypto;
 pub mod data;
 pub mod dns;
 pub mod relay;

@@ -45,20 +45,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-/// The crypto provider: `ring` with X25519 first, then P-256, then P-384, exactly as the
-/// server's (`server::tls::provider`, which a test there compares with this one).
+/// The crypto provider, the same as the server's ([`crate::crypto::provider`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange; see
-    // the server's tls module and Cargo.toml for why ring.
-    #[allow(deprecated)]
-    let mut p = rustls::crypto::ring::default_provider();
-    // ring lists secp384r1 first; X25519 first, then P-256, as OpenSSL orders them.
-    p.kx_groups = vec![
-        rustls::crypto::ring::kx_group::X25519,
-        rustls::crypto::ring::kx_group::SECP256R1,
-        rustls::crypto::ring::kx_group::SECP384R1,
-    ];
-    Arc::new(p)
+    crate::crypto::provider()
 }
 
 /// One route's TLS: what the client asks for, and how the handshake checks the hop.

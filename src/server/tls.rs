@@ -68,22 +68,9 @@ impl fmt::Display for TlsLoadError {
 
 impl std::error::Error for TlsLoadError {}
 
-/// The crypto provider: `ring` (see Cargo.toml for why), passed explicitly to every builder.
+/// The crypto provider, shared with outbound STARTTLS ([`crate::crypto::provider`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    // rustls 0.23.48 deprecates ring's provider because it has no post-quantum key exchange
-    // (X25519MLKEM768, aws-lc-rs only). Opportunistic STARTTLS between MTAs negotiates X25519
-    // or P-256 today; switching providers is this one line plus the Cargo feature.
-    #[allow(deprecated)]
-    let mut p = rustls::crypto::ring::default_provider();
-    // ring's provider lists secp384r1 first, so a rustls peer would send a P-384 key share
-    // and pay ring's slow P-384 arithmetic (about 1 ms a handshake). X25519 first, then P-256,
-    // as OpenSSL and other TLS stacks order them.
-    p.kx_groups = vec![
-        rustls::crypto::ring::kx_group::X25519,
-        rustls::crypto::ring::kx_group::SECP256R1,
-        rustls::crypto::ring::kx_group::SECP384R1,
-    ];
-    Arc::new(p)
+    crate::crypto::provider()
 }
 
 /// Loads every pair; `warnings` gets one line per certificate expiring within
@@ -593,25 +580,16 @@ impl Drop for ReloadWatcher {
 mod tests {
     use super::*;
 
-    /// The delivery stage's outbound STARTTLS builds its own provider (relay may not import
-    /// server): the same suites and key exchange groups, in the same order.
+    /// X25519 first (ring lists P-384 first, about 1 ms of server CPU per rustls handshake).
     #[test]
-    fn outbound_provider_is_the_same() {
-        let (a, b) = (provider(), crate::relay::tls::provider());
-        let names = |p: &CryptoProvider| {
-            (
-                p.cipher_suites
-                    .iter()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .collect::<Vec<_>>(),
-                p.kx_groups
-                    .iter()
-                    .map(|g| format!("{:?}", g.name()))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        assert_eq!(names(&a), names(&b));
-        assert_eq!(format!("{:?}", a.kx_groups[0].name()), "X25519");
+    fn x25519_is_the_first_key_exchange_group() {
+        let p = provider();
+        let groups: Vec<String> = p
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect();
+        assert_eq!(groups, ["X25519", "secp256r1", "secp384r1"]);
     }
 
     fn pair(dir: &Path, name: &str, names: &[&str], days: i64) -> TlsPair {
