@@ -15,13 +15,16 @@ use crate::util::{require_tool, Client, Server, DOMAIN};
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const SINK: &str = "/usr/sbin/smtp-sink";
 
-/// A free UDP port on 127.0.0.1 (bound, then released).
+/// A port on 127.0.0.1 free for UDP and for TCP both (dnsmasq listens on both; bound, then
+/// released).
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A private `dnsmasq` answering only `records` (dnsmasq config lines such as

@@ -115,7 +115,8 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
         );
         assert!(text.contains("\n.leading dot"), "{text}");
     }
-    let log = server.log();
+    // The delivery lines come from the log thread, maybe after the messages reached the sink.
+    let log = server.log_when("status=sent", 4, WAIT);
     let line = |to: &str| {
         log.lines()
             .find(|l| l.contains(to) && l.contains("status=sent"))
@@ -303,7 +304,7 @@ fn one_recipient_deferred_and_one_delivered_in_the_same_message() {
             .count(),
         1
     );
-    let log = server.log();
+    let log = server.log_when("status=sent", 1, WAIT);
     assert!(
         log.contains(&format!("to=<ok@{DOMAIN}>")) && log.contains("status=sent"),
         "{log}"
@@ -693,7 +694,7 @@ fn may_without_ca_falls_back_to_clear_when_the_handshake_fails() {
         text.contains("by relay.example.org (Postfix) with ESMTP id"),
         "{text}"
     );
-    let log = server.log();
+    let log = server.log_when("status=sent", 1, WAIT);
     assert!(log.contains("again in clear"), "{log}");
     assert!(log.contains("tls=none"), "{log}");
 }

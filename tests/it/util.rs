@@ -53,6 +53,11 @@ pub(crate) fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// How long the server's log must stay quiet before [`Server::log`] returns it.
+const LOG_SETTLE: Duration = Duration::from_millis(25);
+/// Longest [`Server::log`] waits for the log to settle.
+const LOG_SETTLE_MAX: Duration = Duration::from_millis(500);
+
 /// A running `ringmx serve`.
 pub(crate) struct Server {
     child: Option<Child>,
@@ -185,8 +190,26 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Its log so far.
+    /// Its log so far, once it has settled: the server logs through a writer thread and this
+    /// side reads stderr on another, so a line for something a client already saw may still be
+    /// on its way. Waits until no line has come for [`LOG_SETTLE`] (at most [`LOG_SETTLE_MAX`]
+    /// in all, or less once the server has exited).
     pub(crate) fn log(&self) -> String {
+        let deadline = Instant::now() + LOG_SETTLE_MAX;
+        let mut seen = self.log.lock().unwrap().len();
+        while Instant::now() < deadline && !self.log_done.load(Ordering::SeqCst) {
+            std::thread::sleep(LOG_SETTLE);
+            let now = self.log.lock().unwrap().len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        self.log_now()
+    }
+
+    /// Its log so far, without waiting (for polling loops).
+    fn log_now(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
@@ -201,7 +224,7 @@ impl Server {
     pub(crate) fn log_when(&self, needle: &str, n: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let log = self.log();
+            let log = self.log_now();
             if log.matches(needle).count() >= n || Instant::now() >= deadline {
                 return log;
             }
