@@ -34,11 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{self, error::TrySendError, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::route::{Routes, Target};
+use super::tls::Io;
 use crate::smtp::client::{Client, Event, Protocol, Reply, ReplyClass};
 use crate::smtp::{Verdict, VerifyCheck};
 
@@ -642,9 +643,6 @@ async fn probe(
         ),
     }
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
 /// One probe connection: the socket and the sans-IO client.
 struct ProbeConn {

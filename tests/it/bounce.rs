@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::deliver::{free_port, queue, segments};
 use crate::require_io_uring;
 use crate::util::{require_tool, run_tool, spool_cat, Client, Server, DOMAIN, RINGMX};
 
@@ -16,14 +17,6 @@ const PYTHON: &str = "/usr/bin/python3";
 const NEXTHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/peers/nexthop.py");
 const PARSE_DSN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/peers/parse_dsn.py");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn require_aiosmtpd() {
     require_tool(PYTHON, "python3");
@@ -118,23 +111,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn queue(spool: &Path, args: &[&str]) -> String {
-    let out = run_tool(
-        Command::new(RINGMX)
-            .arg("queue")
-            .args(args)
-            .arg("--spool")
-            .arg(spool),
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A config file routing `example.test` to `local_port` and `src.test` to `sender_port`.
 fn routes(dir: &Path, local_port: u16, sender_port: u16) -> PathBuf {
     let path = dir.join("routes.toml");
@@ -160,17 +136,6 @@ fn send(server: &Server, from: &str, to: &[&str], body: &str) {
     c.send(body.as_bytes());
     c.send(b".\r\n");
     assert_eq!(c.reply().0, 250);
-}
-
-fn segments(spool: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(spool)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
