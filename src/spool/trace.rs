@@ -92,14 +92,23 @@ pub fn address_literal(ip: IpAddr) -> String {
 }
 
 /// An RFC 5322 §3.3 date-time in UTC, e.g. `Tue, 26 Nov 2024 07:17:00 +0000`.
+///
+/// Every message's `Received:` line needs one, and many share a second: the text of the last
+/// second formatted is kept per thread, so `strftime` runs once a second, not once a message.
 pub fn rfc5322_date(at: SystemTime) -> String {
-    let micros = at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let dt: DateTime<Utc> =
-        DateTime::from_timestamp_micros(i64::try_from(micros).unwrap_or(0)).unwrap_or_default();
-    dt.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            let dt: DateTime<Utc> =
+                DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0).unwrap_or_default();
+            *last = (secs, dt.format("%a, %d %b %Y %H:%M:%S +0000").to_string());
+        }
+        last.1.clone()
+    })
 }
 
 fn sanitize(s: &str) -> String {
@@ -201,5 +210,30 @@ mod tests {
                 "every continuation is folded: {line:?}"
             );
         }
+    }
+
+    #[test]
+    fn dates_are_rfc5322_and_the_per_second_cache_follows_the_clock() {
+        use std::time::Duration;
+        let t = UNIX_EPOCH + Duration::from_secs(1_732_605_420);
+        assert_eq!(rfc5322_date(t), "Tue, 26 Nov 2024 07:17:00 +0000");
+        // The same second (another fraction) comes from the cache, the next one does not.
+        assert_eq!(
+            rfc5322_date(t + Duration::from_millis(999)),
+            "Tue, 26 Nov 2024 07:17:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(t + Duration::from_secs(1)),
+            "Tue, 26 Nov 2024 07:17:01 +0000"
+        );
+        // Back in time (a clock step) is formatted anew, not served stale.
+        assert_eq!(
+            rfc5322_date(t - Duration::from_secs(86_400)),
+            "Mon, 25 Nov 2024 07:17:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - Duration::from_secs(5)),
+            "Thu, 01 Jan 1970 00:00:00 +0000"
+        );
     }
 }
