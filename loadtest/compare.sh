@@ -22,13 +22,15 @@
 # the private Postfix smtpd_tls_security_level = may with the same certificate. smtp-sink and
 # ringmx-base (which may predate STARTTLS) are skipped. With --modes new, every message pays a
 # handshake: msgs/s are handshakes/s and the CPU per message includes one handshake.
+# The server "ringmx-1r" is ringmx with --reactors 1 (one reactor thread, like the one smtp-sink
+# process: on a small machine the load generator keeps a core of its own).
 # The server "ringmx-base" is a second ringmx binary (RINGMX_BASE, e.g. an earlier build), run
 # exactly like "ringmx", so a change can be measured against its baseline in the same run.
 # Environment: RINGMX (default target/release/ringmx), SMTP_SOURCE (default
 # target/release/smtp-source), SMTP_SINK (default /usr/sbin/smtp-sink), PORT_BASE (default
-# 2650: ringmx, +1 sink, +2 postfix, +3 ringmx-base), REACTORS (default: number of cores),
+# 2650: ringmx, +1 sink, +2 postfix, +3 ringmx-base, +4 ringmx-1r), REACTORS (default: number of cores),
 # RINGMX_BASE (the binary of the server "ringmx-base"), RINGMX_ARGS (more `serve` flags for the
-# server "ringmx" only, split on blanks: e.g. RINGMX_BASE=target/release/ringmx and
+# servers "ringmx" and "ringmx-1r", split on blanks: e.g. RINGMX_BASE=target/release/ringmx and
 # RINGMX_ARGS="--recipients FILE --max-message-rate 1000000" measure a feature's cost).
 # Needs: jq; Postfix (apt install postfix) for the sink and smtpd; root for the smtpd instance.
 set -euo pipefail
@@ -94,6 +96,7 @@ PORT[ringmx]=$PORT_BASE
 PORT[sink]=$((PORT_BASE + 1))
 PORT[postfix]=$((PORT_BASE + 2))
 PORT[ringmx-base]=$((PORT_BASE + 3))
+PORT[ringmx-1r]=$((PORT_BASE + 4))
 PF=$work/postfix # private Postfix instance: config, queue, data, log
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -204,16 +207,17 @@ server_ticks() { # server
 start_server() { # server
     local s=$1
     case $s in
-    ringmx | ringmx-base)
-        local bin=$RINGMX
+    ringmx | ringmx-base | ringmx-1r)
+        local bin=$RINGMX reactors=$REACTORS
         [[ $s == ringmx-base ]] && bin=$RINGMX_BASE
+        [[ $s == ringmx-1r ]] && reactors=1
         [[ -n $bin && -x $bin ]] || { echo "compare: no binary for $s (${bin:-set RINGMX_BASE})" >&2; return 1; }
         local extra=()
-        [[ $s == ringmx ]] && extra=("${RINGMX_EXTRA[@]}")
+        [[ $s == ringmx || $s == ringmx-1r ]] && extra=("${RINGMX_EXTRA[@]}")
         rm -rf "$work/$s-spool"
         mkdir -p "$work/$s-spool"
         "$bin" serve --listen "127.0.0.1:${PORT[$s]}" --domain "$DOMAIN" \
-            --spool "$work/$s-spool" --stats "$work/$s.stats" --reactors "$REACTORS" \
+            --spool "$work/$s-spool" --stats "$work/$s.stats" --reactors "$reactors" \
             --sync group "${TLS_ARGS[@]}" "${extra[@]}" >>"$work/$s.log" 2>&1 &
         PID[$s]=$!
         ;;
@@ -257,7 +261,7 @@ stop_server() { # server
 # Before each run: an empty store, so runs do not pile up on disk.
 reset_server() { # server
     case $1 in
-    ringmx | ringmx-base) stop_server "$1"; start_server "$1" ;;
+    ringmx | ringmx-base | ringmx-1r) stop_server "$1"; start_server "$1" ;;
     postfix) postsuper -c "$PF/etc" -d ALL >/dev/null 2>&1 || true ;;
     esac
 }
@@ -392,6 +396,7 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo
     ((TLS)) && echo "- STARTTLS on every session (TLS 1.3 negotiated by ringmx; Postfix: its default), self-signed ECDSA P-256 certificate."
     echo "- ringmx: \`ringmx serve --sync group --reactors $REACTORS${RINGMX_ARGS:+ $RINGMX_ARGS}\` (durable: 250 after the spool's group fsync), fresh spool per run."
+    [[ " $SERVERS " == *" ringmx-1r "* ]] && echo "- ringmx-1r: the same with \`--reactors 1\`: one reactor thread, like the one smtp-sink process, so the load generator keeps the other core."
     [[ -n $RINGMX_BASE ]] && echo "- ringmx-base: the same, with the baseline binary ($(basename "$RINGMX_BASE"): $("$RINGMX_BASE" --version 2>/dev/null))."
     echo "- sink: Postfix \`smtp-sink -m 1024\` (stores nothing, one process)."
     echo "- postfix: Postfix smtpd + cleanup, private instance, every message fsync'ed into the hold queue."
