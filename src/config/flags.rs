@@ -73,7 +73,7 @@ pub struct ServeArgs {
     pub data_timeout: Option<u64>,
     /// A bare LF (LF without CR) in a command or a body: `reject` it (500 5.5.2 / 550 5.6.0),
     /// or `normalize` it to CRLF for old clients. Bare CR is always refused, and only
-    /// <CRLF>.<CRLF> ends a message either way.
+    /// `<CRLF>.<CRLF>` ends a message either way.
     #[arg(long, value_name = "POLICY")]
     pub bare_lf: Option<BareLf>,
     /// A PEM certificate chain for STARTTLS, leaf first (repeatable; the n-th goes with the

@@ -112,7 +112,7 @@ impl std::error::Error for ServerError {}
 /// drop audit lines. Keep the returned guard alive until exit: dropping it flushes the queue.
 ///
 /// The writer thread writes whatever lines are queued with one `write(2)`, then pauses for
-/// [`LOG_BATCH_PAUSE`] ([`BatchedStderr`]): under load, lines reach stderr in batches at most
+/// [`LOG_BATCH_PAUSE`] (`BatchedStderr`): under load, lines reach stderr in batches at most
 /// that much later, and the thread wakes a few hundred times a second instead of once per line.
 #[must_use = "dropping the guard stops and flushes the log writer"]
 pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {

@@ -10,7 +10,7 @@
 //! The spool's fdatasync and group-write durations arrive through [`crate::spool::Timings`],
 //! which [`ReactorStats`] implements: the reactor hands its stats to its spool writer.
 //!
-//! [`Registry::snapshot`] merges everything into a [`Snapshot`], which [`format`] renders as text,
+//! [`Registry::snapshot`] merges everything into a [`Snapshot`], which [`format`](mod@format) renders as text,
 //! JSON or Prometheus exposition format and [`socket`] serves on a unix socket. This module does
 //! not measure anything itself; the connection driver records what it timed.
 
