@@ -1,4 +1,5 @@
-//! One outbound connection ([`Conn`]): connecting to a route's target or an MX address, the
+//! One outbound connection ([`Conn`]): connecting to a route's target or an MX address (the
+//! socket itself is `relay::connect`'s), the
 //! greeting and EHLO/LHLO, STARTTLS as the route's TLS says (retried once in clear after a
 //! failed handshake under `may` without `ca`), and driving the sans-IO
 //! [`crate::smtp::client::Client`] through a transaction, with the stage's timeouts.
@@ -6,6 +7,8 @@
 //! It does not choose which job or host comes next (see `worker`) and does not set up TLS
 //! itself (see `relay::tls`).
 
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,8 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::worker::deferred;
 use super::{Job, BODY_CHUNK, CONNECT_TIMEOUT, READ_BUF, REPLY_TIMEOUT};
+use crate::relay::connect;
 use crate::relay::mx;
-use crate::relay::route::{Route, Target};
+use crate::relay::route::Route;
 use crate::relay::tls::{Io, RouteTls};
 use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, TlsPolicy};
 use crate::stats::DeliveryStats;
@@ -37,67 +41,13 @@ impl Conn {
     /// Connects, reads the greeting and the EHLO/LHLO reply, and does STARTTLS as the route's
     /// TLS says. A failed handshake under `may` without `ca` is retried once in clear.
     pub(super) async fn open(route: &Route, tls: &RouteTls, helo: &str) -> Result<Self, Reply> {
-        match Self::open_with(route, tls, tls.policy, helo).await {
-            Err((reply, true)) if tls.clear_after_failure() => {
-                tracing::warn!(
-                    "delivery: {reply}; tls = \"may\": trying {} again in clear",
-                    route.target
-                );
-                Self::open_with(route, tls, TlsPolicy::Never, helo)
-                    .await
-                    .map_err(|(r, _)| r)
-            }
-            r => r.map_err(|(r, _)| r),
-        }
-    }
-
-    /// [`Conn::open`] with `policy`; the error says whether the TLS handshake failed.
-    async fn open_with(
-        route: &Route,
-        tls: &RouteTls,
-        policy: TlsPolicy,
-        helo: &str,
-    ) -> Result<Self, (Reply, bool)> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Reply::local(451, format!("4.4.1 connect to {}: {what}{e}", route.target))
-        };
-        let (io, relay, protocol): (Box<dyn Io>, String, Protocol) = match &route.target {
-            Target::Smtp(host, port) | Target::Lmtp(host, port) => {
-                let s = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect((host.as_str(), *port)),
-                )
+        Self::with_clear_fallback(tls, &route.target, |policy| async move {
+            let c = connect::target(&route.target, Some(CONNECT_TIMEOUT))
                 .await
-                .map_err(|_| (fail("timed out", &""), false))?
-                .map_err(|e| (fail("", &e), false))?;
-                let _ = s.set_nodelay(true);
-                let peer = s.peer_addr().map_or_else(
-                    |_| format!("{host}:{port}"),
-                    |a| format!("{host}[{}]:{}", a.ip(), a.port()),
-                );
-                let proto = if route.target.is_lmtp() {
-                    Protocol::Lmtp
-                } else {
-                    Protocol::Smtp
-                };
-                (Box::new(s), peer, proto)
-            }
-            Target::LmtpUnix(path) => {
-                let s =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-                        .await
-                        .map_err(|_| (fail("timed out", &""), false))?
-                        .map_err(|e| (fail("", &e), false))?;
-                (Box::new(s), path.display().to_string(), Protocol::Lmtp)
-            }
-            Target::Mx(_) => {
-                return Err((
-                    Reply::local(451, "4.3.5 an mx route has no fixed host"),
-                    false,
-                ))
-            }
-        };
-        Self::greet(io, relay, protocol, helo, tls, policy, None).await
+                .map_err(|r| (r, false))?;
+            Self::greet(c.io, c.relay, c.protocol, helo, tls, policy, None).await
+        })
+        .await
     }
 
     /// Connects to one MX address of `domain`, reads the greeting and the EHLO reply, and does
@@ -109,51 +59,47 @@ impl Conn {
         helo: &str,
         domain: &str,
     ) -> Result<Self, Reply> {
-        let connect = || async {
-            let relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
-            let fail = |e: String| Reply::local(451, format!("4.4.1 connect to {relay}: {e}"));
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(hop.addr))
+        let relay = format!("{}[{}]:{}", hop.host, hop.addr.ip(), hop.addr.port());
+        let (relay, host) = (relay.as_str(), hop.host.as_str());
+        let mut c = Self::with_clear_fallback(tls, &hop.host, |policy| async move {
+            let s = connect::tcp(hop.addr, &relay, Some(CONNECT_TIMEOUT))
                 .await
-                .map_err(|_| fail("timed out".into()))?
-                .map_err(|e| fail(e.to_string()))?;
-            let _ = s.set_nodelay(true);
-            Ok::<_, Reply>((s, relay))
-        };
-        let host = Some(hop.host.as_str());
-        let (s, relay) = connect().await?;
-        let mut c = match Self::greet(
-            Box::new(s),
-            relay,
-            Protocol::Smtp,
-            helo,
-            tls,
-            tls.policy,
-            host,
-        )
-        .await
-        {
-            Err((reply, true)) if tls.clear_after_failure() => {
-                tracing::warn!(
-                    "delivery: {reply}; tls = \"may\": trying {} again in clear",
-                    hop.host
-                );
-                let (s, relay) = connect().await?;
-                Self::greet(
-                    Box::new(s),
-                    relay,
-                    Protocol::Smtp,
-                    helo,
-                    tls,
-                    TlsPolicy::Never,
-                    host,
-                )
-                .await
-                .map_err(|(r, _)| r)?
-            }
-            r => r.map_err(|(r, _)| r)?,
-        };
+                .map_err(|r| (r, false))?;
+            Self::greet(
+                Box::new(s),
+                relay.into(),
+                Protocol::Smtp,
+                helo,
+                tls,
+                policy,
+                Some(host),
+            )
+            .await
+        })
+        .await?;
         c.domain = Some(domain.to_string());
         Ok(c)
+    }
+
+    /// Runs `attempt` (connect and [`Conn::greet`]) with the route's TLS policy and, when its
+    /// TLS handshake failed on a route that falls back to clear text, once more without
+    /// STARTTLS (logged, naming `name`).
+    async fn with_clear_fallback<F, Fut>(
+        tls: &RouteTls,
+        name: &dyn Display,
+        attempt: F,
+    ) -> Result<Self, Reply>
+    where
+        F: Fn(TlsPolicy) -> Fut,
+        Fut: Future<Output = Result<Self, (Reply, bool)>>,
+    {
+        match attempt(tls.policy).await {
+            Err((reply, true)) if tls.clear_after_failure() => {
+                tracing::warn!("delivery: {reply}; tls = \"may\": trying {name} again in clear");
+                attempt(TlsPolicy::Never).await.map_err(|(r, _)| r)
+            }
+            r => r.map_err(|(r, _)| r),
+        }
     }
 
     /// Reads the greeting and the EHLO/LHLO reply on a new connection, with STARTTLS as
