@@ -7,6 +7,8 @@
 //!   domain.
 //! - [`tls`]: outbound STARTTLS: each route's rustls client configuration (`none`, `may`,
 //!   `encrypt`; which certificates are checked) and the handshake.
+//! - `connect`: opening a next hop's socket (TCP or unix, the 4.4.1 reply when it fails), for
+//!   the stage's connections and the verifier's probes.
 //! - [`mx`]: the MX hosts of a recipient domain, in the order to try them (null MX, implicit
 //!   MX, loops back to this host), through the shared [`crate::dns::Resolver`].
 //! - [`queue`]: queue state rebuilt from the segments and the delivery journal (pure), retry
@@ -28,6 +30,7 @@
 //! It does not check MTA-STS or DANE policies for MX hosts (see docs/design.md).
 
 pub mod bounce;
+mod connect;
 pub mod control;
 pub mod dsn;
 pub mod mx;

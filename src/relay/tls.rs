@@ -45,6 +45,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
+/// Where a route connects, as far as its TLS is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer<'a> {
+    /// A fixed TCP host: the SNI and the name its certificate must carry.
+    Host(&'a str),
+    /// An `mx` route's hosts: TCP, but each hop's name is known only when it is tried
+    /// ([`RouteTls::handshake`]'s `host`).
+    MxHosts,
+    /// A unix socket: nothing on the wire.
+    Unix,
+}
+
 /// The crypto provider, the same as the server's ([`crate::crypto::provider`]).
 pub fn provider() -> Arc<CryptoProvider> {
     crate::crypto::provider()
@@ -81,43 +93,41 @@ impl RouteTls {
     /// One line: an unreadable `ca`, one without a certificate, `encrypt` without `ca` on a
     /// system without a trust store, or `encrypt` to a unix socket.
     pub fn new(route: &Route) -> Result<Self, String> {
-        // An `mx` route's host is known per hop only ([`RouteTls::handshake`]'s `host`): ""
-        // stands for "a TCP host" here.
-        let host = match &route.target {
-            Target::Smtp(h, _) | Target::Lmtp(h, _) => Some(h.as_str()),
-            Target::Mx(_) => Some(""),
-            Target::LmtpUnix(_) => None,
+        let peer = match &route.target {
+            Target::Smtp(h, _) | Target::Lmtp(h, _) => Peer::Host(h.as_str()),
+            Target::Mx(_) => Peer::MxHosts,
+            Target::LmtpUnix(_) => Peer::Unix,
         };
-        let policy = match (route.tls, host) {
+        let policy = match (route.tls, peer) {
             (TlsMode::None, _) => TlsPolicy::Never,
             // A local socket: nothing on the wire to protect.
-            (TlsMode::May, None) => TlsPolicy::Never,
-            (TlsMode::Encrypt, None) => {
+            (TlsMode::May, Peer::Unix) => TlsPolicy::Never,
+            (TlsMode::Encrypt, Peer::Unix) => {
                 return Err(format!(
                     "route {:?}: tls = \"encrypt\" needs a TCP target, not a unix socket",
                     route.name
                 ))
             }
-            (TlsMode::May, Some(_)) => TlsPolicy::IfOffered,
-            (TlsMode::Encrypt, Some(_)) => TlsPolicy::Required,
+            (TlsMode::May, Peer::Host(_) | Peer::MxHosts) => TlsPolicy::IfOffered,
+            (TlsMode::Encrypt, Peer::Host(_) | Peer::MxHosts) => TlsPolicy::Required,
         };
-        let (Some(host), false) = (host, policy == TlsPolicy::Never) else {
+        if policy == TlsPolicy::Never || peer == Peer::Unix {
             return Ok(Self {
                 policy,
                 config: None,
                 name: None,
                 verified: false,
             });
-        };
-        let name = if host.is_empty() {
-            None
-        } else {
-            Some(ServerName::try_from(host.to_string()).map_err(|_| {
+        }
+        let name = match peer {
+            Peer::Host(host) => Some(ServerName::try_from(host.to_string()).map_err(|_| {
                 format!(
                     "route {:?}: {host:?} is not a DNS name or an address TLS can check",
                     route.name
                 )
-            })?)
+            })?),
+            // An `mx` route's certificate names are checked per hop.
+            Peer::MxHosts | Peer::Unix => None,
         };
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -329,6 +339,16 @@ mod tests {
             TlsPolicy::Never
         );
         assert!(t("lmtp:unix:/run/lmtp", TlsMode::Encrypt).is_err());
+    }
+
+    #[test]
+    fn mx_routes_name_no_host_until_a_hop_is_tried() {
+        let may = RouteTls::new(&route("mx", TlsMode::May, None)).unwrap();
+        assert_eq!(may.policy, TlsPolicy::IfOffered);
+        assert!(may.name.is_none() && may.config.is_some() && may.clear_after_failure());
+        let none = RouteTls::new(&route("mx:2525", TlsMode::None, None)).unwrap();
+        assert_eq!(none.policy, TlsPolicy::Never);
+        assert!(none.config.is_none());
     }
 
     #[test]

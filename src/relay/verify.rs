@@ -38,9 +38,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{self, error::TrySendError, UnboundedSender};
 use tokio::sync::oneshot;
 
+use super::connect;
 use super::route::{Routes, Target};
 use super::tls::Io;
-use crate::smtp::client::{Client, Event, Protocol, Reply, ReplyClass};
+use crate::smtp::client::{Client, Event, Reply, ReplyClass};
 use crate::smtp::{Verdict, VerifyCheck};
 
 /// Default `--verify-timeout`: how long a probe (connect, greeting, MAIL, RCPT) may take.
@@ -657,35 +658,17 @@ struct ProbeConn {
 impl ProbeConn {
     /// Connects and reads the greeting and the EHLO/LHLO reply (the caller bounds the time).
     async fn open(target: &Target, helo: &str) -> Result<Self, Reply> {
-        let fail = |e: io::Error| Reply::local(451, format!("4.4.1 connect to {target}: {e}"));
-        let (io, protocol): (Box<dyn Io>, Protocol) = match target {
-            Target::Smtp(host, port) | Target::Lmtp(host, port) => {
-                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(fail)?;
-                let _ = s.set_nodelay(true);
-                let proto = if target.is_lmtp() {
-                    Protocol::Lmtp
-                } else {
-                    Protocol::Smtp
-                };
-                (Box::new(s), proto)
-            }
-            Target::LmtpUnix(path) => (
-                Box::new(tokio::net::UnixStream::connect(path).await.map_err(fail)?),
-                Protocol::Lmtp,
-            ),
-            // Refused by the configuration (`Route::from_spec`); never asked.
-            Target::Mx(_) => {
-                return Err(Reply::local(
-                    451,
-                    "4.3.5 recipient verification needs a fixed next hop",
-                ))
-            }
-        };
+        // Refused by the configuration (`Route::from_spec`); never asked.
+        if target.is_mx() {
+            return Err(Reply::local(
+                451,
+                "4.3.5 recipient verification needs a fixed next hop",
+            ));
+        }
+        let opened = connect::target(target, None).await?;
         let mut c = Self {
-            io,
-            client: Client::new(protocol, helo),
+            io: opened.io,
+            client: Client::new(opened.protocol, helo),
             out: Vec::new(),
             buf: vec![0; READ_BUF],
             probes: 0,
