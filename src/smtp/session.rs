@@ -2,6 +2,10 @@
 //! end-of-message events out.
 //!
 //! It does no I/O and reads no clock; see [`Session`] for the contract with the driver.
+//!
+//! This file holds the type, the driver contract, the input loop (the DATA body's hot path
+//! included), the command dispatch and the error count. The handlers of a transaction's
+//! commands are in `mail_rcpt` (MAIL, RCPT) and `message` (BDAT chunks, the end of a message).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,16 +14,18 @@ use std::time::Instant;
 use memchr::memchr;
 
 use super::bare_lf::LfNormalizer;
-use super::bdat::{Chunk, Disposition, Ending, Transfer};
+use super::bdat::{Chunk, Disposition, Transfer};
 use super::command::{self, Command};
-use super::envelope::{AddressError, Body, MailParams, Path};
 use super::hops::HopCounter;
 use super::reply::{self, Out, Reply};
 use super::{
-    BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rate, RecipientRefusal,
-    Rejection, ReplyTally, SessionConfig, TlsInfo, Verdict, MAX_COMMAND_LINE,
+    BareLf, BodySink, Closed, CommitError, Envelope, Phase, Policy, Rejection, ReplyTally,
+    SessionConfig, TlsInfo, Verdict, MAX_COMMAND_LINE,
 };
 use crate::data::DataScanner;
+
+mod mail_rcpt;
+mod message;
 
 /// One SMTP session's state machine (RFC 5321 server side, with PIPELINING, SIZE, 8BITMIME,
 /// ENHANCEDSTATUSCODES, SMTPUTF8 and CHUNKING).
@@ -671,312 +677,6 @@ impl Session {
         self.envelope.helo.clear();
         self.envelope.helo.push_str(name);
         self.envelope.esmtp = esmtp;
-    }
-
-    fn handle_mail(
-        &mut self,
-        path: Path<'_>,
-        params: MailParams,
-        out: &mut Out<'_>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), Closed> {
-        if !self.greeted {
-            return self.fail(out, reply::NEED_HELO);
-        }
-        if self.in_transaction && self.bdat.as_ref().is_some_and(|t| t.failed.is_some()) {
-            // MAIL after a failed BDAT message starts afresh (its message already ended).
-            self.reset_transaction();
-        }
-        if self.in_transaction {
-            return self.fail(out, reply::NESTED_MAIL);
-        }
-        if params
-            .size
-            .is_some_and(|n| n > self.config.max_message_size)
-        {
-            return self.fail(out, reply::TOO_BIG);
-        }
-        let address = match path {
-            Path::Null => "",
-            Path::Mailbox(m) if m.non_ascii && !params.smtputf8 => {
-                return self.fail(out, reply::NEED_SMTPUTF8);
-            }
-            Path::Mailbox(m) => m.address,
-            // The parser only gives Postmaster for forward-paths.
-            Path::Postmaster(_) => {
-                return self.fail(
-                    out,
-                    command::CommandError::Sender(AddressError::MissingDomain).reply(),
-                );
-            }
-        };
-        if !self.within_rate(Rate::Message) {
-            sink.message_rate_limited(address);
-            return self.fail(out, reply::MESSAGE_RATE);
-        }
-        let e = &mut self.envelope;
-        e.mail_from.clear();
-        e.mail_from.push_str(address);
-        e.declared_size = params.size;
-        e.body_8bitmime = params.body == Some(Body::EightBitMime);
-        e.smtputf8 = params.smtputf8;
-        e.rcpts.clear();
-        self.in_transaction = true;
-        reply::MAIL_OK.encode(out);
-        Ok(())
-    }
-
-    fn handle_rcpt(
-        &mut self,
-        path: Path<'_>,
-        out: &mut Out<'_>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), Closed> {
-        if !self.in_transaction {
-            return self.fail(out, reply::NEED_MAIL);
-        }
-        if self.envelope.rcpts.len() >= self.config.max_recipients {
-            // RFC 5321 §4.5.3.1.10: not an error of the client; it sends the rest later.
-            reply::TOO_MANY_RCPTS.encode(out);
-            return Ok(());
-        }
-        let (address, mailbox) = match path {
-            Path::Postmaster(p) => (p, None),
-            Path::Mailbox(m) if m.source_route => {
-                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::SourceRoute);
-                return self.fail(out, reply::SOURCE_ROUTE_DENIED);
-            }
-            Path::Mailbox(m) if m.non_ascii && !self.envelope.smtputf8 => {
-                sink.recipient_refused(&self.envelope, m.address, RecipientRefusal::NeedsSmtputf8);
-                return self.fail(out, reply::NEED_SMTPUTF8);
-            }
-            Path::Mailbox(m) => (m.address, Some((m.local, m.domain))),
-            // The parser never gives `<>` for a forward-path.
-            Path::Null => {
-                return self.fail(
-                    out,
-                    command::CommandError::Recipient(AddressError::EmptyForwardPath).reply(),
-                );
-            }
-        };
-        if let Some(zone) = &self.blocked_by {
-            sink.recipient_refused(&self.envelope, address, RecipientRefusal::Dnsbl);
-            reply::encode_dnsbl(out, self.client, zone);
-            return self.count_error(out);
-        }
-        if !self.within_rate(Rate::Recipient) {
-            sink.recipient_refused(&self.envelope, address, RecipientRefusal::RateLimited);
-            return self.fail(out, reply::RECIPIENT_RATE);
-        }
-        if let Some((local, domain)) = mailbox {
-            if !self.config.is_local_domain(domain) {
-                sink.recipient_refused(&self.envelope, address, RecipientRefusal::Relay);
-                return self.fail(out, reply::RELAY_DENIED);
-            }
-            // postmaster@ one of our domains is always taken (RFC 5321 §4.5.1).
-            let postmaster = local.eq_ignore_ascii_case("postmaster");
-            let known = |t: &super::RecipientTable| postmaster || t.accepts(address, domain);
-            let table = self.policy.recipients.as_deref();
-            if table.is_some_and(|t| !known(t)) {
-                sink.recipient_refused(&self.envelope, address, RecipientRefusal::UnknownUser);
-                reply::encode_unknown_user(out, address);
-                return self.count_error(out);
-            }
-            // The table decides a listed address; no table, or only its `@domain` entry,
-            // leaves it to the next hop when the route verifies (looked at only then).
-            if let Some(verify) = self.policy.verify.as_deref() {
-                let decided = postmaster || table.is_some_and(|t| t.lists_address(address));
-                if !decided && verify.wants_verdict(address) {
-                    self.state = State::AwaitingVerdict(address.to_owned());
-                    return Ok(());
-                }
-            }
-        }
-        self.envelope.rcpts.push(address.to_owned());
-        reply::RCPT_OK.encode(out);
-        Ok(())
-    }
-
-    /// Counts a MAIL or RCPT against the client's rate; `false` when it is over.
-    fn within_rate(&self, what: Rate) -> bool {
-        // `last_progress` is the time this command line was read.
-        self.policy
-            .rates
-            .as_ref()
-            .is_none_or(|r| r.allow(what, self.client, self.last_progress))
-    }
-
-    /// `BDAT <size> [LAST]`: decides where the chunk's octets go and starts reading them.
-    fn handle_bdat(&mut self, size: u64, ending: Ending, sink: &mut impl BodySink) {
-        // `last_progress` is the time this BDAT line was read.
-        let deadline = self
-            .config
-            .data_timeout
-            .and_then(|t| self.last_progress.checked_add(t));
-        let disposition = self.chunk_disposition(size, ending, sink);
-        self.state = State::Chunk(Chunk {
-            remaining: size,
-            size,
-            last: ending == Ending::Last,
-            disposition,
-            deadline,
-        });
-    }
-
-    /// Whether a chunk of `size` octets is stored or refused (see the type docs); begins the
-    /// sink's message at the first stored chunk and ends it when the transaction fails here.
-    fn chunk_disposition(
-        &mut self,
-        size: u64,
-        ending: Ending,
-        sink: &mut impl BodySink,
-    ) -> Disposition {
-        let refuse = |reply| Disposition::Refuse { reply, count: true };
-        let normalize = self.config.bare_lf == BareLf::Normalize;
-        let max_hops = self.config.max_hops;
-        if ending == Ending::Invalid {
-            if self.in_transaction {
-                self.bdat
-                    .get_or_insert_with(|| Transfer::new(normalize, max_hops));
-                self.fail_transfer(reply::BDAT_FAILED, Rejection::Discarded, sink);
-            }
-            return refuse(reply::BDAT_SYNTAX);
-        }
-        if !self.in_transaction {
-            return refuse(reply::NEED_MAIL);
-        }
-        if self.envelope.rcpts.is_empty() {
-            return refuse(reply::NEED_RCPT);
-        }
-        let t = self
-            .bdat
-            .get_or_insert_with(|| Transfer::new(normalize, max_hops));
-        if let Some(reply) = t.failed {
-            return Disposition::Refuse {
-                reply,
-                count: false,
-            };
-        }
-        if !t.open {
-            t.open = true;
-            sink.begin(&self.envelope);
-        }
-        let total = t.octets.saturating_add(size);
-        if total > self.config.max_message_size {
-            self.fail_transfer(reply::TOO_BIG, Rejection::TooBig, sink);
-            return refuse(reply::TOO_BIG);
-        }
-        t.octets = total;
-        Disposition::Store
-    }
-
-    /// The BDAT transaction failed: later chunks get `reply`; an open message ends with `why`.
-    fn fail_transfer(&mut self, reply: Reply, why: Rejection, sink: &mut impl BodySink) {
-        let Some(t) = self.bdat.as_mut() else {
-            return;
-        };
-        t.failed = Some(reply);
-        if std::mem::take(&mut t.open) {
-            sink.end(&self.envelope, Err(why));
-            self.yield_now = true;
-        }
-    }
-
-    /// RSET, HELO/EHLO: a partial BDAT message is dropped (nothing stored).
-    fn discard_bdat(&mut self, sink: &mut impl BodySink) {
-        if let Some(t) = self.bdat.as_mut() {
-            if std::mem::take(&mut t.open) {
-                sink.end(&self.envelope, Err(Rejection::Discarded));
-                self.yield_now = true;
-            }
-        }
-    }
-
-    /// The last octet of a chunk was read: answer it, or end the message at a LAST chunk.
-    fn end_chunk(
-        &mut self,
-        now: Instant,
-        out: &mut Out<'_>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), Closed> {
-        let State::Chunk(chunk) = std::mem::replace(&mut self.state, State::Command) else {
-            return Ok(());
-        };
-        self.last_progress = now;
-        let t = match (chunk.disposition, self.bdat.as_mut()) {
-            (Disposition::Refuse { reply, count }, _) => {
-                if chunk.last && self.bdat.is_some() {
-                    self.reset_transaction(); // the failed message is over
-                }
-                reply.encode(out);
-                return if count { self.count_error(out) } else { Ok(()) };
-            }
-            (Disposition::Store, Some(t)) => t,
-            // A stored chunk always has its transfer; answer as if it failed.
-            (Disposition::Store, None) => return self.fail(out, reply::BDAT_FAILED),
-        };
-        let refused = if chunk.last {
-            t.lines.refused_at_end()
-        } else {
-            t.lines.refused()
-        };
-        if refused {
-            self.fail_transfer(
-                reply::BODY_BARE_LINE_ENDING,
-                Rejection::BareLineEnding,
-                sink,
-            );
-            if chunk.last {
-                self.reset_transaction();
-            }
-            return self.fail(out, reply::BODY_BARE_LINE_ENDING);
-        }
-        if chunk.last && t.hops.over() {
-            self.fail_transfer(reply::TOO_MANY_HOPS, Rejection::TooManyHops, sink);
-            self.reset_transaction();
-            return self.fail(out, reply::TOO_MANY_HOPS);
-        }
-        if chunk.last {
-            t.open = false;
-            sink.end(&self.envelope, Ok(()));
-            self.state = State::AwaitingCommit;
-            return Ok(());
-        }
-        reply::encode_chunk_received(out, chunk.size);
-        Ok(())
-    }
-
-    /// The terminator was seen: tell the sink, then wait for the commit or answer the refusal.
-    fn end_message(
-        &mut self,
-        now: Instant,
-        outcome: Result<(), Rejection>,
-        out: &mut Out<'_>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), Closed> {
-        sink.end(&self.envelope, outcome);
-        match outcome {
-            Ok(()) => {
-                self.state = State::AwaitingCommit;
-                Ok(())
-            }
-            Err(rejection) => {
-                self.yield_now = true;
-                self.reset_transaction();
-                self.state = State::Command;
-                self.last_progress = now;
-                self.fail(
-                    out,
-                    match rejection {
-                        Rejection::TooBig => reply::TOO_BIG,
-                        Rejection::TooManyHops => reply::TOO_MANY_HOPS,
-                        Rejection::BareLineEnding | Rejection::Discarded => {
-                            reply::BODY_BARE_LINE_ENDING
-                        }
-                    },
-                )
-            }
-        }
     }
 
     /// Ends the transaction; HELO/EHLO stays.
