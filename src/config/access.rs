@@ -223,13 +223,7 @@ impl Config {
         let Some(v) = self.verify_config() else {
             return "off".to_string();
         };
-        let names: Vec<&str> = v
-            .routes
-            .all()
-            .iter()
-            .filter(|r| r.verify)
-            .map(|r| r.name.as_str())
-            .collect();
+        let names = v.verifying_routes();
         format!(
             "{}(timeout={}s,cache-accept={}s,cache-refuse={}s)",
             names.join(","),

@@ -95,6 +95,18 @@ pub struct VerifyConfig {
     pub cache_refuse: Duration,
 }
 
+impl VerifyConfig {
+    /// The names of the routes that verify recipients, in configuration order.
+    pub fn verifying_routes(&self) -> Vec<&str> {
+        self.routes
+            .all()
+            .iter()
+            .filter(|r| r.verify)
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+}
+
 /// Where an [`Answer`] came from (for the log and the statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

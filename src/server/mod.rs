@@ -211,13 +211,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // first RCPT can ask it.
     let verifier = match config.verify_config() {
         Some(vc) => {
-            let verifying: Vec<&str> = vc
-                .routes
-                .all()
-                .iter()
-                .filter(|r| r.verify)
-                .map(|r| r.name.as_str())
-                .collect();
+            let verifying = vc.verifying_routes();
             tracing::info!(
                 "recipient verification on routes {}: timeout {}s, cache accepted {}s refused {}s",
                 verifying.join(","),
