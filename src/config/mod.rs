@@ -34,6 +34,8 @@
 //! - `file.rs`: the TOML file's keys, and reading and parsing the file.
 //! - `load.rs`: [`Config::load`] and [`Config::from_toml`]: flags over the file over
 //!   defaults, every value checked.
+//! - `delivery.rs`: the steps of that merge for the routes, the queue's delays and recipient
+//!   verification.
 //! - `access.rs`: reading a checked [`Config`]: the accessors, the settings handed to each
 //!   layer and the one-line [`Config::summary`].
 //! - `parse.rs`: parsers of single values ([`parse_cidr`], [`parse_dnsbl_zone`],
@@ -55,6 +57,7 @@ use crate::smtp::BareLf;
 use crate::spool::SyncPolicy;
 
 mod access;
+mod delivery;
 mod error;
 mod file;
 mod flags;
