@@ -91,6 +91,11 @@ fn queue_output(spool: &Path, args: &[&str]) -> std::process::Output {
     )
 }
 
+/// How many messages `ringmx queue ls --deferred` lists.
+pub(crate) fn deferred_count(spool: &Path) -> usize {
+    queue(spool, &["ls", "--deferred"]).lines().count()
+}
+
 pub(crate) fn queue(spool: &Path, args: &[&str]) -> String {
     let out = queue_output(spool, args);
     assert!(
@@ -242,10 +247,7 @@ fn next_hop_down_then_up_defers_then_delivers() {
     send(&server, 3, &format!("a@{DOMAIN}"));
     assert!(server.wait_log("status=deferred", WAIT), "{}", server.log());
     wait_for("3 deferred in queue ls", || {
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count()
-            == 3
+        deferred_count(&server.spool()) == 3
     });
     let id = server.accepted_ids()[0].clone();
     let shown = queue(&server.spool(), &["show", &id]);
@@ -406,12 +408,7 @@ fn queue_delete_is_durable_and_the_message_is_never_delivered() {
     // Both in one segment: the deleted message's segment stays (pinned by the other), so the
     // record of the deletion must survive the journal's compaction at each restart.
     send_one_connection(&server, 2, &format!("x@{DOMAIN}"));
-    wait_for("2 deferred", || {
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count()
-            == 2
-    });
+    wait_for("2 deferred", || deferred_count(&server.spool()) == 2);
     let ids = server.accepted_ids();
     let (gone, kept) = (&ids[0], &ids[1]);
     let out = queue(&server.spool(), &["delete", gone]);

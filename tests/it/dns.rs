@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{files, free_port, nix_is_root, queue, send, wait_for};
+use crate::deliver::{deferred_count, files, free_port, nix_is_root, queue, send, wait_for};
 use crate::require_io_uring;
 use crate::util::{require_tool, Client, Server, DOMAIN};
 
@@ -316,12 +316,7 @@ fn mx_dns_down_defers_then_delivers_when_it_comes_back() {
     let _sink = Sink::start("127.0.0.7", port, &dump);
     let server = mx_server(&["back.test"], port, dns_addr, &[]);
     send(&server, 2, "user@back.test");
-    wait_for("deferred for DNS", || {
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count()
-            == 2
-    });
+    wait_for("deferred for DNS", || deferred_count(&server.spool()) == 2);
     let deferred = queue(&server.spool(), &["ls", "--deferred", "--json"]);
     assert!(deferred.contains("4.4.3"), "{deferred}");
     assert!(files(&dump).is_empty());

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{files, free_port, queue, segments, send, wait_for, Sink, SINK, WAIT};
+use crate::deliver::{
+    deferred_count, files, free_port, queue, segments, send, wait_for, Sink, SINK, WAIT,
+};
 use crate::postfix::{postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::tls::Ca;
@@ -95,10 +97,7 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
         files(&dump).len() >= 4
     });
     wait_for("the wrong CA's message deferred", || {
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count()
-            == 1
+        deferred_count(&server.spool()) == 1
     });
     let wrong = server.accepted_ids()[4].clone();
     let shown = queue(&server.spool(), &["show", &wrong]);
@@ -154,10 +153,7 @@ fn encrypt_to_a_hop_without_starttls_defers_and_sends_nothing() {
     send(&server, 2, &format!("e@{DOMAIN}"));
     assert!(server.wait_log("status=deferred", WAIT), "{}", server.log());
     wait_for("2 deferred in queue ls", || {
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count()
-            == 2
+        deferred_count(&server.spool()) == 2
     });
     let id = server.accepted_ids()[0].clone();
     let shown = queue(&server.spool(), &["show", &id]);
@@ -298,12 +294,7 @@ fn one_recipient_deferred_and_one_delivered_in_the_same_message() {
         "{text}"
     );
     assert!(text.ends_with("\r\nfor two\r\n"), "{text}");
-    assert_eq!(
-        queue(&server.spool(), &["ls", "--deferred"])
-            .lines()
-            .count(),
-        1
-    );
+    assert_eq!(deferred_count(&server.spool()), 1);
     let log = server.log_when("status=sent", 1, WAIT);
     assert!(
         log.contains(&format!("to=<ok@{DOMAIN}>")) && log.contains("status=sent"),
