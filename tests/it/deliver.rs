@@ -72,6 +72,16 @@ pub(crate) fn files(dir: &Path) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// The smtp-sink dumps in `dir` that are written to the end. smtp-sink creates a dump file when
+/// a transaction starts and writes it through a buffer, so a file can exist empty, or cut at a
+/// buffer boundary, for a moment; it ends every transaction with an empty line.
+pub(crate) fn dumps(dir: &Path) -> Vec<Vec<u8>> {
+    files(dir)
+        .into_iter()
+        .filter(|f| f.ends_with(b"\n\n"))
+        .collect()
+}
+
 pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
@@ -141,7 +151,7 @@ fn relays_each_message_exactly_once_and_deletes_finished_segments() {
     send(&server, n, &format!("rcpt@{DOMAIN}"));
     let ids = server.accepted_ids();
     assert_eq!(ids.len(), n);
-    wait_for("every message at the sink", || files(&dump).len() >= n);
+    wait_for("every message at the sink", || dumps(&dump).len() >= n);
     std::thread::sleep(Duration::from_millis(300));
     let got = files(&dump);
     assert_eq!(got.len(), n, "no duplicates");
@@ -254,7 +264,7 @@ fn next_hop_down_then_up_defers_then_delivers() {
     assert!(shown.contains("deferred attempts="), "{shown}");
     assert!(shown.contains("4.4.1"), "{shown}");
     let _sink = Sink::start(port, &dump, &[]);
-    wait_for("delivered after the retry", || files(&dump).len() >= 3);
+    wait_for("delivered after the retry", || dumps(&dump).len() >= 3);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     assert!(server.log().contains("status=sent"));
 }
@@ -299,7 +309,7 @@ fn lmtp_next_hop() {
     let route = format!("lmtp:[127.0.0.1]:{port}");
     let server = Server::start(&["--relay-to", &route]);
     send(&server, 5, &format!("c@{DOMAIN}"));
-    wait_for("5 at the LMTP sink", || files(&dump).len() >= 5);
+    wait_for("5 at the LMTP sink", || dumps(&dump).len() >= 5);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
 }
 
@@ -317,7 +327,7 @@ fn without_routes_nothing_is_delivered_or_deleted() {
 /// How many sink dumps carry ringmx's message id `id` (in its Received: header).
 fn arrived(dump: &Path, id: &str) -> usize {
     let needle = format!("id {id}");
-    files(dump)
+    dumps(dump)
         .iter()
         .filter(|f| memchr::memmem::find(f, needle.as_bytes()).is_some())
         .count()
@@ -383,7 +393,7 @@ fn queue_retry_delivers_a_deferred_message_now() {
 
     let out = queue(&spool, &["retry", "--all"]);
     assert_eq!(out, "2 recipient(s) due now\n");
-    wait_for("every message at the sink", || files(&dump).len() == 3);
+    wait_for("every message at the sink", || dumps(&dump).len() == 3);
     wait_for("queue empty", || queue(&spool, &["ls"]).is_empty());
     for id in &ids {
         assert_eq!(arrived(&dump, id), 1, "{id}");
@@ -573,7 +583,7 @@ fn a_routing_loop_between_two_hosts_ends_with_554_5_4_6_and_one_dsn() {
     ]);
     send(&a, 1, "user@loop.test");
     let deadline = Instant::now() + WAIT;
-    while files(&bounces).is_empty() {
+    while dumps(&bounces).is_empty() {
         assert!(
             Instant::now() < deadline,
             "no DSN; A:\n{}\nB:\n{}",
@@ -584,7 +594,7 @@ fn a_routing_loop_between_two_hosts_ends_with_554_5_4_6_and_one_dsn() {
     }
     // Let any second bounce arrive before counting.
     std::thread::sleep(Duration::from_secs(1));
-    let dsns = files(&bounces);
+    let dsns = dumps(&bounces);
     assert_eq!(dsns.len(), 1, "one DSN for one looping message");
     let dsn = String::from_utf8_lossy(&dsns[0]);
     assert!(dsn.contains("report-type=delivery-status"), "{dsn}");

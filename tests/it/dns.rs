@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{deferred_count, files, free_port, nix_is_root, queue, send, wait_for};
+use crate::deliver::{deferred_count, dumps, files, free_port, nix_is_root, queue, send, wait_for};
 use crate::require_io_uring;
 use crate::util::{require_tool, Client, Server, DOMAIN};
 
@@ -179,7 +179,7 @@ fn mx_falls_back_from_a_refusing_preferred_host_to_the_next() {
     let _mx2 = Sink::start("127.0.0.3", port, &dump);
     let server = mx_server(&["two.test"], port, dns.addr, &[]);
     send(&server, 3, "user@two.test");
-    wait_for("3 messages at mx2", || files(&dump).len() >= 3);
+    wait_for("3 messages at mx2", || dumps(&dump).len() >= 3);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     let log = server.log();
     assert!(
@@ -231,7 +231,7 @@ fn mx_equal_preferences_share_the_load() {
     let n = 32;
     send(&server, n, "user@eq.test");
     wait_for("every message at a sink", || {
-        files(&da).len() + files(&db).len() >= n
+        dumps(&da).len() + dumps(&db).len() >= n
     });
     let (a, b) = (files(&da).len(), files(&db).len());
     assert_eq!(a + b, n, "no duplicates");
@@ -272,14 +272,14 @@ fn mx_no_mx_uses_the_address_and_null_mx_fails_at_once() {
     );
     send(&server, 1, "user@amx.test");
     wait_for("the message at the domain's A address", || {
-        files(&dump).len() == 1
+        dumps(&dump).len() == 1
     });
     send(&server, 1, "user@null.test");
     send(&server, 1, "user@loop.test");
     send(&server, 1, "user@gone.test");
     // Each fails at once (one attempt, nothing deferred) and bounces to s@src.test's MX.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while files(&bounces).len() < 3 {
+    while dumps(&bounces).len() < 3 {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for 3 DSNs at the sender's MX: {}",
@@ -287,7 +287,7 @@ fn mx_no_mx_uses_the_address_and_null_mx_fails_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let dsns: Vec<String> = files(&bounces)
+    let dsns: Vec<String> = dumps(&bounces)
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
@@ -329,7 +329,7 @@ fn mx_dns_down_defers_then_delivers_when_it_comes_back() {
         ],
     );
     wait_for("both messages delivered once DNS is back", || {
-        files(&dump).len() >= 2
+        dumps(&dump).len() >= 2
     });
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
 }

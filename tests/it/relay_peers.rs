@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::deliver::{
-    deferred_count, files, free_port, queue, segments, send, wait_for, Sink, SINK, WAIT,
+    deferred_count, dumps, files, free_port, queue, segments, send, wait_for, Sink, SINK, WAIT,
 };
 use crate::postfix::{postfix_usable, Postfix};
 use crate::require_io_uring;
@@ -94,7 +94,7 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
     send(&server, 1, "opportunistic@may.test");
     send(&server, 1, "mitm@wrong.test");
     wait_for("4 messages through Postfix at the sink", || {
-        files(&dump).len() >= 4
+        dumps(&dump).len() >= 4
     });
     wait_for("the wrong CA's message deferred", || {
         deferred_count(&server.spool()) == 1
@@ -105,7 +105,7 @@ fn starttls_to_postfix_verified_against_the_route_ca() {
     assert!(shown.contains("invalid peer certificate"), "{shown}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(files(&dump).len(), 4, "nothing sent for wrong.test");
-    for f in files(&dump) {
+    for f in dumps(&dump) {
         let text = String::from_utf8_lossy(&f);
         // Postfix's Received line for our connection says ESMTPS (ESMTP over TLS).
         assert!(
@@ -678,9 +678,9 @@ fn may_without_ca_falls_back_to_clear_when_the_handshake_fails() {
     let server = Server::start(&["--relay-to", &route]);
     send(&server, 1, &format!("fallback@{DOMAIN}"));
     wait_for("the message in clear at the sink", || {
-        files(&dump).len() == 1
+        dumps(&dump).len() == 1
     });
-    let text = String::from_utf8_lossy(&files(&dump)[0]).into_owned();
+    let text = String::from_utf8_lossy(&dumps(&dump)[0]).into_owned();
     assert!(
         text.contains("by relay.example.org (Postfix) with ESMTP id"),
         "{text}"
