@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{AbuseConfig, Config, TlsPair, TlsVersion};
 use crate::relay::verify::{self, VerifyConfig};
 use crate::relay::DeliveryConfig;
-use crate::smtp::{BareLf, SessionConfig, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK_COMMANDS};
+use crate::smtp::{BareLf, SessionConfig, DEFAULT_MAX_JUNK_COMMANDS};
 use crate::spool::{SpoolConfig, SyncPolicy};
 
 impl Config {
@@ -110,7 +110,7 @@ impl Config {
             local_domains: self.domains.clone(),
             max_message_size: self.max_message_size,
             max_recipients: self.max_recipients,
-            max_errors: DEFAULT_MAX_ERRORS,
+            max_errors: self.max_errors,
             max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
             max_hops: self.max_hops,
             idle_timeout: self.idle_timeout,

@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     pub(super) max_message_size: Option<u64>,
     pub(super) max_recipients: Option<usize>,
     pub(super) max_hops: Option<u32>,
+    pub(super) max_errors: Option<u32>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_ip: Option<usize>,
     pub(super) idle_timeout: Option<u64>,

@@ -18,7 +18,7 @@ use super::{
 use crate::relay::queue::{DEFAULT_MAX_QUEUE_LIFETIME, DEFAULT_RETRY_FIRST, DEFAULT_RETRY_MAX};
 use crate::relay::stage::DEFAULT_COMPACT_AFTER;
 use crate::smtp::{
-    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
+    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::spool::{SyncPolicy, DEFAULT_SEGMENT_SIZE};
@@ -163,6 +163,11 @@ pub struct ServeArgs {
     /// its data with `554 5.4.6 Too many hops` (a mail loop); 0: no limit.
     #[arg(long, value_name = "N")]
     pub max_hops: Option<u32>,
+    /// Error replies (refused commands and recipients) a session may get since its last
+    /// accepted message; the last of them is followed by `421 4.7.0` and the close. 0: no
+    /// limit.
+    #[arg(long, value_name = "N")]
+    pub max_errors: Option<u32>,
     /// A DNS blocklist zone, with an optional weight (`ZONE*WEIGHT`, default 1; repeatable):
     /// the client's address is looked up in each at connect time; at or over
     /// --dnsbl-threshold every RCPT gets `554 5.7.1 ... blocked using ZONE`. A failed lookup
@@ -266,6 +271,7 @@ impl ServeArgs {
                     .to_string(),
             ),
             ("max_hops", DEFAULT_MAX_HOPS.to_string()),
+            ("max_errors", DEFAULT_MAX_ERRORS.to_string()),
             (
                 "dnsbl_threshold",
                 super::DEFAULT_DNSBL_THRESHOLD.to_string(),

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::relay::Routes;
 use crate::smtp::{
-    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
+    BareLf, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERRORS, DEFAULT_MAX_HOPS, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::spool::{SyncPolicy, DEFAULT_SEGMENT_SIZE};
@@ -153,9 +153,14 @@ impl Config {
 
         let dns_servers = dns_servers(&args.dns_server, file.dns_server)?;
         let max_hops = args.max_hops.or(file.max_hops).unwrap_or(DEFAULT_MAX_HOPS);
+        let max_errors = args
+            .max_errors
+            .or(file.max_errors)
+            .unwrap_or(DEFAULT_MAX_ERRORS);
 
         Ok(Self {
             max_hops,
+            max_errors,
             abuse,
             dns_servers,
             verify_timeout,

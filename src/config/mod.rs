@@ -126,6 +126,7 @@ pub struct Config {
     max_message_size: u64,
     max_recipients: usize,
     max_hops: u32,
+    max_errors: u32,
     max_connections: usize,
     max_connections_per_ip: Option<usize>,
     idle_timeout: Duration,

@@ -394,6 +394,12 @@ fn derived_configs() {
     assert_eq!(s.local_domains, ["example.test"]);
     assert_eq!(s.max_recipients, 7);
     assert_eq!(s.max_errors, DEFAULT_MAX_ERRORS);
+    let from_file = merge(&args(), "max-errors = 5").unwrap();
+    assert_eq!(from_file.session_config().max_errors, 5);
+    let mut a = args();
+    a.max_errors = Some(0);
+    let flag_wins = merge(&a, "max-errors = 5").unwrap();
+    assert_eq!(flag_wins.session_config().max_errors, 0);
     let sp = c.spool_config(3);
     assert_eq!(sp.reactor, 3);
     assert_eq!(sp.sync, SyncPolicy::None);

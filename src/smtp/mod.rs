@@ -95,8 +95,9 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Default largest message body, in bytes after dot-unstuffing: 35 MiB, a common MX limit.
 /// `ringmx serve --max-message-size` defaults to this.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
-/// Default number of error replies before 421 4.7.0 and close.
-pub const DEFAULT_MAX_ERRORS: u32 = 10;
+/// Default number of error replies since the last accepted message before 421 4.7.0 and close:
+/// Postfix's `smtpd_hard_error_limit`. `ringmx serve --max-errors` defaults to this.
+pub const DEFAULT_MAX_ERRORS: u32 = 20;
 /// Default number of NOOP, RSET, VRFY and HELP commands a client may send between two accepted
 /// messages before each further one also counts as an error (Postfix's
 /// `smtpd_junk_command_limit`), so a client cannot hold a connection forever with keep-alives.
@@ -121,8 +122,8 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     /// Recipients per transaction; more get 452 4.5.3.
     pub max_recipients: usize,
-    /// Error replies before 421 4.7.0 and close: the Nth error reply is followed by the 421.
-    /// 0 turns the cap off.
+    /// Error replies since the last accepted message before 421 4.7.0 and close: the Nth
+    /// error reply is followed by the 421. 0 turns the cap off.
     pub max_errors: u32,
     /// NOOP/RSET/VRFY/HELP commands allowed between two accepted messages before each further
     /// one counts as an error (its reply is unchanged). 0 turns the limit off.

@@ -95,8 +95,10 @@ mod message;
 /// Every 4xx/5xx reply to the client's input counts as an error, except 452 4.5.3 (too many
 /// recipients: the client is expected to send the rest in another transaction) and the
 /// driver's commit failures. So does every NOOP, RSET, VRFY or HELP beyond
-/// [`SessionConfig::max_junk_commands`] since the last accepted message (keep-alive loops). The [`SessionConfig::max_errors`]th error is followed by
-/// 421 4.7.0 and `Err(Closed::TooManyErrors)`. Bytes after the command that closed the session
+/// [`SessionConfig::max_junk_commands`] since the last accepted message (keep-alive loops).
+/// The [`SessionConfig::max_errors`]th error since the last accepted message is followed by
+/// 421 4.7.0 and `Err(Closed::TooManyErrors)`: a connection reused for many messages, each
+/// with a refused recipient or two, is not cut off. Bytes after the command that closed the session
 /// are ignored.
 ///
 /// # Timeouts
@@ -399,6 +401,7 @@ impl Session {
             Ok(id) => {
                 reply::QUEUED.encode_with_arg(&mut out, id);
                 self.junk = 0;
+                self.errors = 0;
             }
             Err(CommitError::NoSpace) => reply::COMMIT_NO_SPACE.encode(&mut out),
             Err(CommitError::Io) => reply::COMMIT_IO.encode(&mut out),

@@ -191,7 +191,7 @@ fn relay_attempts_are_refused_and_local_tricks_stay_literal() {
         "@a.example,@b.example:u@example.test",
         "u@example.test.other.example",
     ];
-    // Two connections, so the error cap (10) is not what ends them.
+    // Two connections, so the error cap is not what ends them.
     for chunk in refused.chunks(5) {
         let mut c = Client::greeted(server.addr);
         c.expect("EHLO client.example", 250);
@@ -440,15 +440,38 @@ fn a_thousand_slow_clients_in_data_stay_in_bounded_memory() {
 #[test]
 fn many_errors_get_421_4_7_0_and_close() {
     require_io_uring!();
+    // The default cap, Postfix's smtpd_hard_error_limit: the 20th error closes.
     let server = Server::start(&[]);
     let mut c = Client::greeted(server.addr);
-    c.send("XYZZY\r\n".repeat(12).as_bytes());
-    let got = replies(&mut c, 11);
+    c.send("XYZZY\r\n".repeat(22).as_bytes());
+    let got = replies(&mut c, 21);
     assert!(
-        got[..10].iter().all(|r| r.starts_with("500 5.5.2")),
+        got[..20].iter().all(|r| r.starts_with("500 5.5.2")),
         "{got:?}"
     );
-    assert!(got[10].starts_with("421 4.7.0 mx.example.test "), "{got:?}");
+    assert!(got[20].starts_with("421 4.7.0 mx.example.test "), "{got:?}");
+    assert!(c.closed_within(Duration::from_secs(3)));
+    wait_counter(&server, "sessions_too_many_errors", 1);
+
+    // --max-errors sets it, and an accepted message starts the count again.
+    let server = Server::start(&["--max-errors", "3"]);
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.example", 250);
+    for round in 0..3 {
+        c.expect("MAIL FROM:<a@b.example>", 250);
+        c.expect("RCPT TO:<u@other.example>", 550);
+        c.expect("RCPT TO:<v@other.example>", 550);
+        c.expect(&format!("RCPT TO:<u@{DOMAIN}>"), 250);
+        c.expect("DATA", 354);
+        c.send(format!("Subject: round {round}\r\n\r\nx\r\n.\r\n").as_bytes());
+        assert_eq!(c.reply().0, 250, "round {round}");
+    }
+    for _ in 0..3 {
+        c.expect("XYZZY", 500);
+    }
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.starts_with("421 4.7.0 "), "{text}");
     assert!(c.closed_within(Duration::from_secs(3)));
     wait_counter(&server, "sessions_too_many_errors", 1);
 }
@@ -458,14 +481,14 @@ fn keep_alive_loops_end_in_421_after_the_junk_limit() {
     require_io_uring!();
     let server = Server::start(&[]);
     let mut c = Client::greeted(server.addr);
-    // 100 free NOOPs, then each counts as an error: the 10th error closes.
-    c.send("NOOP\r\n".repeat(120).as_bytes());
-    let got = replies(&mut c, 111);
+    // 100 free NOOPs, then each counts as an error: the 20th error closes.
+    c.send("NOOP\r\n".repeat(130).as_bytes());
+    let got = replies(&mut c, 121);
     assert!(
-        got[..110].iter().all(|r| r.starts_with("250 2.0.0")),
+        got[..120].iter().all(|r| r.starts_with("250 2.0.0")),
         "{got:?}"
     );
-    assert!(got[110].starts_with("421 4.7.0 "), "{}", got[110]);
+    assert!(got[120].starts_with("421 4.7.0 "), "{}", got[120]);
     assert!(c.closed_within(Duration::from_secs(3)));
     wait_counter(&server, "sessions_too_many_errors", 1);
 }

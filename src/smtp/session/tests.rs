@@ -1104,6 +1104,46 @@ fn an_overlong_line_in_one_read_with_a_cr_inside() {
 }
 
 #[test]
+fn the_error_count_starts_again_after_each_accepted_message() {
+    // Postfix's smtpd_hard_error_limit counts errors "without delivering mail": a connection
+    // reused for many messages, each with a refused recipient or two, is not cut off.
+    let mut c = config();
+    c.max_errors = 3;
+    let one = "
+        C: MAIL FROM:<a@s.test>
+        S: 250 2.1.0
+        C: RCPT TO:<x@remote.test>
+        S: 550 5.7.1
+        C: RCPT TO:<y@remote.test>
+        S: 550 5.7.1
+        C: RCPT TO:<b@local.test>
+        S: 250 2.1.5
+        C: DATA
+        S: 354
+        C: hi
+        C: .
+        S: 250 2.0.0 Ok queued as";
+    let d = run(
+        c,
+        &greeted(&format!(
+            "{one}{one}{one}
+        C: RCPT TO:<z@remote.test>
+        S: 503 5.5.1
+        C: NOOP x
+        S: 250 2.0.0
+        C: FOO
+        S: 500 5.5.2
+        C: BAR
+        S: 500 5.5.2
+        S: 421 4.7.0 mx.test Too many errors
+        CLOSED: TooManyErrors
+        "
+        )),
+    );
+    assert_eq!(d.sink.messages.len(), 3);
+}
+
+#[test]
 fn overlong_lines_count_as_errors() {
     let mut c = config();
     c.max_errors = 3;
