@@ -404,7 +404,7 @@ fn compaction_copies_deferred_messages_forward_and_deletes_old_segments() {
         slow.iter()
             .all(|id| queue(&server.spool(), &["show", id]).contains("/1023-"))
     });
-    let log = server.log();
+    let log = server.log_when("delivery: compacted segment", 1, WAIT);
     assert!(log.contains("delivery: compacted segment"), "{log}");
     // Every old segment is gone but each reactor's newest (still being written).
     wait_for("old segments deleted", || {

@@ -707,8 +707,9 @@ fn data_timeout_cuts_a_body_that_drips_forever() {
     c.expect("EHLO client.example", 250);
     c.expect("MAIL FROM:<a@b.example>", 250);
     c.expect(&format!("RCPT TO:<u@{DOMAIN}>"), 250);
-    c.expect("DATA", 354);
+    // Before the DATA command: the server's deadline cannot have started earlier.
     let start = Instant::now();
+    c.expect("DATA", 354);
     let dripping = Arc::new(AtomicBool::new(true));
     let drip = {
         let mut s = c.stream.try_clone().unwrap();

@@ -2,6 +2,7 @@
 //! LMTP) next hop, started by each test on a free port and killed by pid. Also `ringmx queue
 //! retry|delete` through the running server's control socket.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,12 +42,9 @@ impl Sink {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "smtp-sink did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
+        let mut sink = Self(child);
+        wait_sink_listening(&mut sink.0, Ipv4Addr::LOCALHOST, port);
+        sink
     }
 }
 
@@ -55,6 +53,59 @@ impl Drop for Sink {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Waits until the smtp-sink `child` itself listens on `ip:port` (a connect alone could reach
+/// another test's listener on a port taken meanwhile, while this one died on its bind);
+/// panics if it exits first or is not up within 5 s (the caller kills it on drop).
+pub(crate) fn wait_sink_listening(child: &mut Child, ip: Ipv4Addr, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "smtp-sink for {ip}:{port} exited at start ({status}); \
+                 the port was probably taken by another test meanwhile"
+            );
+        }
+        if listens_on(child.id(), ip, port) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "smtp-sink did not listen on {ip}:{port} within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` holds a TCP socket listening on `ip:port`: a listening row for that
+/// address in `/proc/net/tcp` whose socket inode is one of the process's fds.
+pub(crate) fn listens_on(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    // The kernel prints the address as the raw 32-bit word and the port in host order.
+    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets()));
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            // Columns: sl, local, remote, state (0A: LISTEN), queues, timer, retransmits,
+            // uid, timeout, inode.
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
+        })
+        .collect();
+    if sockets.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+        })
+    })
 }
 
 pub(crate) fn nix_is_root() -> bool {
@@ -179,7 +230,7 @@ fn relays_each_message_exactly_once_and_deletes_finished_segments() {
     );
     assert!(d["delivered_latency_us"]["p50"].as_u64() > Some(0), "{d}");
     assert!(d["attempt_us"]["count"].as_u64() >= Some(1), "{d}");
-    assert_eq!(queue(&server.spool(), &["ls"]), "");
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
     // After a clean stop the old segments are sealed; the next start deletes them.
     let before = segments(&server.spool());
     assert!(!before.is_empty());
@@ -266,7 +317,7 @@ fn next_hop_down_then_up_defers_then_delivers() {
     let _sink = Sink::start(port, &dump, &[]);
     wait_for("delivered after the retry", || dumps(&dump).len() >= 3);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
-    assert!(server.log().contains("status=sent"));
+    assert!(server.wait_log("status=sent", WAIT), "{}", server.log());
 }
 
 #[test]
@@ -294,7 +345,8 @@ fn permanent_refusal_fails_and_bounces() {
     for id in &ids {
         assert!(!queue(&server.spool(), &["ls"]).contains(id.as_str()));
     }
-    assert!(server.log().contains("5.1.1") || server.log().contains("dsn=5."));
+    let log = server.log_when("dsn=5.", 1, WAIT);
+    assert!(log.contains("5.1.1") || log.contains("dsn=5."), "{log}");
     assert_eq!(server.stats_json()["delivery"]["failed"].as_u64(), Some(2));
 }
 

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{deferred_count, dumps, files, free_port, nix_is_root, queue, send, wait_for};
+use crate::deliver::{
+    deferred_count, dumps, files, free_port, nix_is_root, queue, send, wait_for,
+    wait_sink_listening, WAIT,
+};
 use crate::require_io_uring;
 use crate::util::{require_tool, Client, Server, DOMAIN};
 
@@ -118,12 +121,9 @@ impl Sink {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect((ip, port)).is_err() {
-            assert!(Instant::now() < deadline, "smtp-sink did not start on {ip}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
+        let mut sink = Self(child);
+        wait_sink_listening(&mut sink.0, ip.parse().unwrap(), port);
+        sink
     }
 }
 
@@ -181,7 +181,9 @@ fn mx_falls_back_from_a_refusing_preferred_host_to_the_next() {
     send(&server, 3, "user@two.test");
     wait_for("3 messages at mx2", || dumps(&dump).len() >= 3);
     wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
-    let log = server.log();
+    // The delivery lines come from the log thread, maybe after the queue is empty.
+    server.log_when("trying the next MX address", 1, WAIT);
+    let log = server.log_when("relay=mx2.two.test[127.0.0.3]", 1, WAIT);
     assert!(
         log.contains("relay=mx2.two.test[127.0.0.3]"),
         "delivered by mx2: {log}"
@@ -392,15 +394,14 @@ fn dnsbl_listed_clients_get_554_at_every_rcpt_others_pass_and_trusted_skip() {
         Some(0),
         "{v}"
     );
-    let log = server.log();
-    assert!(
-        log.contains(&format!("reject rcpt=<a@{DOMAIN}> from=<s@src.test> client=127.0.0.2 reason=dnsbl reply=554 5.7.1")),
-        "{log}"
+    let rejected = format!(
+        "reject rcpt=<a@{DOMAIN}> from=<s@src.test> client=127.0.0.2 reason=dnsbl reply=554 5.7.1"
     );
-    assert!(
-        log.contains("dnsbl client=127.0.0.4 listed-by=weak.test score=1 blocked=false"),
-        "{log}"
-    );
+    let weak = "dnsbl client=127.0.0.4 listed-by=weak.test score=1 blocked=false";
+    server.log_when(&rejected, 1, WAIT);
+    let log = server.log_when(weak, 1, WAIT);
+    assert!(log.contains(&rejected), "{log}");
+    assert!(log.contains(weak), "{log}");
     let text = server.stats(&[]);
     assert!(text.contains("dnsbl 2"), "{text}");
     let prom = server.stats(&["--prometheus"]);

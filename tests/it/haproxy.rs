@@ -179,7 +179,9 @@ impl Drop for Haproxy {
 
 /// The configuration: one TCP frontend on `listen`, one backend server (ringmx at `backend`)
 /// with the PROXY header on relayed connections and on `option smtpchk` health checks
-/// (`check-send-proxy`) every 200 ms; the stats socket and the pid file in `dir`.
+/// (`check-send-proxy`) every 200 ms; the stats socket and the pid file in `dir`. A check may
+/// take up to 10 s once connected (`timeout check`; without it a check slower than `inter`,
+/// which a loaded machine can cause, fails), and one failed check does not mark ringmx DOWN.
 fn config(listen: SocketAddr, backend: SocketAddr, header: Header, dir: &Path) -> String {
     let sock = dir.join("haproxy.sock");
     let send = header.keyword();
@@ -200,7 +202,8 @@ frontend smtp
     default_backend mx
 backend mx
     option smtpchk
-    server ringmx {backend} {send} check check-send-proxy inter 200ms rise 1 fall 1
+    timeout check 10s
+    server ringmx {backend} {send} check check-send-proxy inter 200ms rise 1 fall 3
 ",
         sock = sock.display(),
     )

@@ -241,6 +241,20 @@ impl Drop for Postfix {
     }
 }
 
+/// Waits (at most 10 s) until `postfix`'s log has `n` lines with `needle` (postlogd writes it
+/// asynchronously, after the peer has seen the session), then returns the log as it is; the
+/// caller checks it.
+pub(crate) fn maillog_when(postfix: &Postfix, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = postfix.maillog();
+        if log.lines().filter(|l| l.contains(needle)).count() >= n || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A port on 127.0.0.1 that is free now (the kernel's pick, released at once).
 pub(crate) fn free_loopback_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")

@@ -117,6 +117,8 @@ fn idle_client_is_cut_at_idle_timeout_and_its_fd_closed() {
     require_io_uring!();
     let server = Server::start(&["--idle-timeout", "1"]);
     let baseline = server.socket_fds();
+    // Before the silent client connects: its idle timer cannot have started earlier.
+    let start = Instant::now();
     let mut silent = Client::greeted(server.addr);
     // A client dripping one byte at a time never finishes a command: cut off too.
     let mut drip = Client::greeted(server.addr);
@@ -138,7 +140,6 @@ fn idle_client_is_cut_at_idle_timeout_and_its_fd_closed() {
         })
     };
     assert_eq!(server.socket_fds(), baseline + 2);
-    let start = Instant::now();
     let (code, text) = silent.reply();
     assert_eq!(code, 421, "{text}");
     let waited = start.elapsed();
@@ -257,7 +258,11 @@ fn connection_limits_answer_421() {
     }
     let stats = server.stats_json();
     assert!(stats["total"]["counters"]["connections_refused_per_ip"].as_u64() >= Some(1));
-    assert!(server.log().contains("reason=max-connections-per-ip"));
+    assert!(
+        server.wait_log("reason=max-connections-per-ip", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -373,7 +378,14 @@ fn sigterm_under_load_keeps_every_acknowledged_message() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Under load: at least 1.5 s of it and more than 10 messages acknowledged (the later check)
+    // before the signal, however slowly a loaded machine gets there (at most 20 s).
+    let loading = Instant::now();
+    while (loading.elapsed() < Duration::from_millis(1500) || acked.lock().unwrap().len() <= 10)
+        && loading.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(30));
     stop.store(true, Ordering::SeqCst);

@@ -67,8 +67,9 @@ fn sigterm_stops_pipelining_clients_after_their_current_message() {
     let status = server.wait_exit(Duration::from_secs(30));
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "{}", server.log());
-    // The grace period (10 s) is for messages in flight, not for new transactions.
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The grace period (10 s) is for messages in flight, not for new transactions: the server
+    // must not wait it out (the bound leaves room for a loaded machine, not for the grace).
+    assert!(took < Duration::from_secs(9), "shutdown took {took:?}");
     for c in clients {
         let last = c.join().expect("client thread");
         if let Some((code, text)) = last {

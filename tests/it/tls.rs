@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::postfix::{postfix_usable, Postfix};
+use crate::postfix::{maillog_when, postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{
     self, assert_stored, assert_stored_bytes, body_with_subject, require_tool, run_tool, spool_cat,
@@ -279,10 +279,10 @@ print('sent')
     assert_esmtps(&server, &body);
     assert_eq!(counter(&server, "tls_handshakes"), 1);
     assert_eq!(counter(&server, "tls_sessions_v13"), 1);
+    let log = server.log_when("version=TLSv1.3", 1, Duration::from_secs(10));
     assert!(
-        server.log().contains("starttls from=") && server.log().contains("version=TLSv1.3"),
-        "{}",
-        server.log()
+        log.contains("starttls from=") && log.contains("version=TLSv1.3"),
+        "{log}"
     );
     let text = server.stats(&[]);
     assert!(text.contains("tls          handshakes 1"), "{text}");
@@ -393,7 +393,11 @@ fn bytes_after_starttls_are_discarded_and_the_session_reset() {
         counter(&server, "tls_discarded_bytes"),
         injected.len() as u64
     );
-    assert!(server.log().contains("discarded=17"), "{}", server.log());
+    assert!(
+        server.wait_log("discarded=17", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -719,7 +723,11 @@ fn postfix_relays_200_messages_over_starttls_with_encrypt() {
         );
     }
     assert!(seen.iter().all(|&s| s));
-    let log = postfix.maillog();
+    let log = maillog_when(
+        &postfix,
+        "Trusted TLS connection established to 127.0.0.1",
+        1,
+    );
     assert!(
         log.contains("Trusted TLS connection established to 127.0.0.1"),
         "{log}"

@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::deliver::WAIT;
 use crate::dovecot::{dovecot_usable, Dovecot};
-use crate::postfix::{free_loopback_port, postfix_usable, Postfix};
+use crate::postfix::{free_loopback_port, maillog_when, postfix_usable, Postfix};
 use crate::require_io_uring;
 use crate::util::{Client, Server, DOMAIN};
 
@@ -23,18 +24,6 @@ fn counter(server: &Server, name: &str) -> u64 {
 /// How many lines of `log` contain `needle`.
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Waits until Postfix's log has `n` lines with `needle` (postlogd writes it asynchronously).
-fn maillog_when(postfix: &Postfix, needle: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = postfix.maillog();
-        if count(&log, needle) >= n || Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A private Postfix whose smtpd takes `known@` and `other@` the test domain and refuses every
@@ -136,17 +125,18 @@ fn recipients_are_verified_with_a_postfix_next_hop_and_cached() {
     assert_eq!(counter(&server, "verify_probes"), 5);
     assert_eq!(counter(&server, "refused_unverified"), 3);
     assert_eq!(counter(&server, "deferred_unverified"), 1);
-    let log = server.log();
+    // The log thread may lag behind the replies: wait for the first and the last line.
+    let refused = format!(
+        "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=probe"
+    );
+    let unverified = "reason=unverified reply=450 4.1.1 source=failed";
+    server.log_when(&refused, 1, WAIT);
+    let log = server.log_when(unverified, 1, WAIT);
     assert!(
-        log.contains(&format!(
-            "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=probe"
-        )) && log.contains("User unknown in the test table"),
+        log.contains(&refused) && log.contains("User unknown in the test table"),
         "the next hop's reply is logged:\n{log}"
     );
-    assert!(
-        log.contains("reason=unverified reply=450 4.1.1 source=failed"),
-        "{log}"
-    );
+    assert!(log.contains(unverified), "{log}");
     // Postfix saw each unknown address once, and all probes came over at most the pool's
     // connections (reused: MAIL FROM:<>, RCPT, RSET each time).
     let maillog = maillog_when(&postfix, "reject: RCPT from", 2);
@@ -269,13 +259,11 @@ fn an_expired_answer_stands_in_when_the_next_hop_is_down() {
     assert_eq!(counter(&server, "verify_probes"), 5);
     assert_eq!(counter(&server, "verify_cache_hits"), 2);
     assert_eq!(counter(&server, "deferred_unverified"), 1);
-    let log = server.log();
-    assert!(
-        log.contains(&format!(
-            "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=stale"
-        )),
-        "{log}"
+    let stale = format!(
+        "reject rcpt=<nobody@{DOMAIN}> from=<s@example.org> client=127.0.0.1 reason=verify-refused reply=550 5.1.1 source=stale"
     );
+    let log = server.log_when(&stale, 1, WAIT);
+    assert!(log.contains(&stale), "{log}");
 }
 
 #[test]
@@ -324,7 +312,7 @@ fn recipients_are_verified_with_dovecot_lmtp_over_tcp_and_unix_socket() {
     assert_eq!(counter(&server, "verify_probes"), 4);
     assert_eq!(counter(&server, "verify_cache_hits"), 2);
     assert_eq!(counter(&server, "refused_unverified"), 4);
-    let log = server.log();
+    let log = server.log_when("User doesn't exist", 1, WAIT);
     assert!(
         log.contains("User doesn't exist"),
         "Dovecot's reply is logged:\n{log}"
@@ -425,7 +413,7 @@ fn a_silent_next_hop_gets_two_connections_a_bounded_queue_and_450_at_once_beyond
         most_at_once, IN_FLIGHT,
         "{connections} connections to the silent next hop, {most_at_once} at once"
     );
-    let log = server.log();
+    let log = server.log_when("source=busy", SESSIONS - IN_FLIGHT - QUEUED, WAIT);
     assert_eq!(
         count(&log, "source=busy"),
         SESSIONS - IN_FLIGHT - QUEUED,
