@@ -270,8 +270,8 @@ pub struct Envelope {
     pub body_8bitmime: bool,
     /// SMTPUTF8 was given.
     pub smtputf8: bool,
-    /// Accepted forward-paths, without angle brackets, as the client wrote them
-    /// (`Postmaster` for the domain-less postmaster address).
+    /// Accepted forward-paths, without angle brackets, as the client wrote them; the
+    /// domain-less `<Postmaster>` gets the first local domain (`Postmaster@example.org`).
     pub rcpts: Vec<String>,
     /// The TLS in use since STARTTLS ([`Session::tls_started`]); kept for the whole session.
     pub tls: Option<TlsInfo>,

@@ -351,6 +351,28 @@ fn permanent_refusal_fails_and_bounces() {
 }
 
 #[test]
+fn postmaster_without_a_domain_is_delivered_as_the_first_domains() {
+    // RFC 5321 §4.5.1: mail to <Postmaster> must arrive; it is routed as postmaster of our
+    // first --domain, over the route the operator set for that domain.
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump");
+    let _sink = Sink::start(port, &dump, &[]);
+    let route = format!("smtp:[127.0.0.1]:{port}");
+    let server = Server::start(&["--relay-to", &route]);
+    send(&server, 1, "Postmaster");
+    wait_for("the message at the sink", || dumps(&dump).len() == 1);
+    let text = String::from_utf8_lossy(&dumps(&dump)[0]).into_owned();
+    assert!(
+        text.contains(&format!("X-Rcpt-Args: <Postmaster@{DOMAIN}>")),
+        "{text}"
+    );
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+}
+
+#[test]
 fn lmtp_next_hop() {
     require_io_uring!();
     require_tool(SINK, "postfix");

@@ -134,7 +134,13 @@ impl Session {
                 }
             }
         }
-        self.envelope.rcpts.push(address.to_owned());
+        // `<Postmaster>` is stored as the postmaster of our first domain, so the delivery stage
+        // routes it like any of that domain's recipients (RFC 5321 §4.5.1: it must arrive).
+        let stored = match (mailbox, self.config.local_domains.first()) {
+            (None, Some(domain)) => format!("{address}@{domain}"),
+            _ => address.to_owned(),
+        };
+        self.envelope.rcpts.push(stored);
         reply::RCPT_OK.encode(out);
         Ok(())
     }

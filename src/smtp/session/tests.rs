@@ -846,9 +846,9 @@ fn postmaster_without_domain_in_any_case() {
     assert_eq!(
         d.session.envelope().rcpts,
         [
-            "Postmaster",
-            "postmaster",
-            "POSTMASTER",
+            "Postmaster@local.test",
+            "postmaster@local.test",
+            "POSTMASTER@local.test",
             "postmaster@local.test"
         ]
     );
@@ -1417,7 +1417,7 @@ fn a_pipelined_batch_is_answered_in_order_in_one_go() {
     assert_eq!(messages[0].body, b"line 1\r\n.dot\r\n");
     assert_eq!(messages[0].envelope.rcpts, ["x@local.test", "z@local.test"]);
     assert_eq!(messages[1].body, b"");
-    assert_eq!(messages[1].envelope.rcpts, ["Postmaster"]);
+    assert_eq!(messages[1].envelope.rcpts, ["Postmaster@local.test"]);
 }
 
 #[test]
@@ -2393,7 +2393,7 @@ fn unknown_recipients_get_550_5_1_1_and_known_and_wildcard_ones_pass() {
             "Alice@LOCAL.test",
             "anyone@EXAMPLE.org",
             "PostMaster@local.test",
-            "Postmaster"
+            "Postmaster@local.test"
         ]
     );
     assert_eq!(
