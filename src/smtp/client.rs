@@ -320,6 +320,9 @@ pub struct Client {
     lines: Vec<String>,
     /// A partial line held between feeds.
     partial: Vec<u8>,
+    /// The connection was lost after the end of a body, before its reply: the server may
+    /// have taken the message.
+    lost_after_data: bool,
 }
 
 impl Client {
@@ -338,6 +341,7 @@ impl Client {
             txn: None,
             lines: Vec::new(),
             partial: Vec::new(),
+            lost_after_data: false,
         }
     }
 
@@ -361,6 +365,22 @@ impl Client {
     /// Whether the connection is closed (no more commands).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Whether the reply awaited next is the one to the end of a body (`.` or `BDAT LAST`),
+    /// which a server may take 10 minutes to give (RFC 5321 §4.5.3.2.6).
+    pub fn awaiting_end_of_data(&self) -> bool {
+        matches!(
+            self.expect.front(),
+            Some(Expect::EndOfData(_) | Expect::BdatLast)
+        )
+    }
+
+    /// Whether the connection was lost ([`Client::lose`]) after a body was ended and before
+    /// its reply: the message is deferred, but the server may have taken it, so trying
+    /// another host now could deliver it twice.
+    pub fn lost_after_data(&self) -> bool {
+        self.lost_after_data
     }
 
     /// Whether a transaction may start now.
@@ -510,6 +530,10 @@ impl Client {
         if self.state == State::Closed {
             return;
         }
+        self.lost_after_data = self
+            .expect
+            .iter()
+            .any(|e| matches!(e, Expect::EndOfData(_) | Expect::BdatLast));
         if let Some(mut t) = self.txn.take() {
             for o in &mut t.outcomes {
                 if o.is_none() {

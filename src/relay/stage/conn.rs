@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::worker::deferred;
-use super::{Job, BODY_CHUNK, CONNECT_TIMEOUT, READ_BUF, REPLY_TIMEOUT};
+use super::{Job, BODY_CHUNK, CONNECT_TIMEOUT, END_OF_DATA_TIMEOUT, READ_BUF, REPLY_TIMEOUT};
 use crate::relay::connect;
 use crate::relay::mx;
 use crate::relay::route::Route;
@@ -178,7 +178,12 @@ impl Conn {
             if self.client.is_closed() {
                 return Event::Closed(Reply::local(451, "4.4.2 connection closed"));
             }
-            let why = match tokio::time::timeout(REPLY_TIMEOUT, self.io.read(&mut self.buf)).await {
+            let wait = if self.client.awaiting_end_of_data() {
+                END_OF_DATA_TIMEOUT
+            } else {
+                REPLY_TIMEOUT
+            };
+            let why = match tokio::time::timeout(wait, self.io.read(&mut self.buf)).await {
                 Ok(Ok(0)) => format!("4.4.2 connection closed by {}", self.relay),
                 Ok(Ok(n)) => {
                     let (client, buf, out) = (&mut self.client, &self.buf, &mut self.out);

@@ -90,9 +90,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for a TCP or unix connection to a next hop.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for any reply (RFC 5321 §4.5.3.2 asks for 5 minutes for most, 10 after the
-/// data; one limit for all).
+/// Longest wait for a reply (RFC 5321 §4.5.3.2: 5 minutes for most) or a write.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for the reply to the end of a body (RFC 5321 §4.5.3.2.6: 10 minutes; a next
+/// hop may be scanning the message).
+pub const END_OF_DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// An idle outbound connection is closed (QUIT) after this long without a job.
 pub const CONN_IDLE: Duration = Duration::from_secs(5);
 /// Bytes of dot-stuffed body gathered before a write.

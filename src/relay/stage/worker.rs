@@ -214,6 +214,17 @@ async fn deliver_mx(
             out.conn = Some(c);
             return out;
         }
+        if c.client.lost_after_data() {
+            // The host may have taken it: a retry later, not the next MX now.
+            tracing::info!(
+                "delivery id={} domain={domain} host={}[{}] lost after the end of the data; not trying the next MX now (the message may arrive twice)",
+                job.msg.id,
+                hop.host,
+                hop.addr
+            );
+            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+            return out;
+        }
         if c.client.is_closed() {
             stats.connections_active.fetch_sub(1, Ordering::Relaxed);
         } else {

@@ -588,3 +588,26 @@ fn reply_helpers() {
     assert_eq!(Reply::local(421, "busy").dsn(), "4.0.0");
     assert_eq!(Status::of(&Reply::local(250, "")), Status::Delivered);
 }
+
+#[test]
+fn a_connection_lost_after_the_end_of_the_body_is_told_apart() {
+    // Lost while the final reply is awaited: the hop may have the message.
+    let server = b"220 hop.test ESMTP\r\n250-hop.test\r\n250 PIPELINING\r\n\
+        250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n";
+    let mut c = Client::new(Protocol::Smtp, "me.test");
+    let (_, events) = run(&mut c, server, &[], smtp_driver(b"hi\r\n"));
+    assert!(events.iter().any(|e| matches!(e, Event::SendBody)));
+    assert!(c.awaiting_end_of_data());
+    assert!(!c.lost_after_data());
+    c.lose(&Reply::local(451, "4.4.2 timeout"));
+    assert!(c.lost_after_data());
+    assert!(!c.awaiting_end_of_data());
+
+    // Lost before the body: the hop cannot have it.
+    let server = b"220 hop.test ESMTP\r\n250-hop.test\r\n250 PIPELINING\r\n250 2.1.0 Ok\r\n";
+    let mut c = Client::new(Protocol::Smtp, "me.test");
+    run(&mut c, server, &[], smtp_driver(b"hi\r\n"));
+    assert!(!c.awaiting_end_of_data());
+    c.lose(&Reply::local(451, "4.4.2 timeout"));
+    assert!(!c.lost_after_data());
+}
