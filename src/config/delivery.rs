@@ -169,7 +169,7 @@ pub(super) fn verify_cache_refuse(
     )
 }
 
-/// A delay (`name`) in seconds, not zero, or `default`.
+/// A delay (`name`) in seconds, 1 to [`MAX_DELIVERY_SECS`], or `default`.
 fn nonzero_secs(
     v: Option<u64>,
     name: &'static str,
@@ -177,10 +177,15 @@ fn nonzero_secs(
 ) -> Result<Duration, ConfigError> {
     match v {
         Some(0) => Err(ConfigError::Zero(name)),
+        Some(s) if s > MAX_DELIVERY_SECS => Err(ConfigError::SecsRange(name, s, MAX_DELIVERY_SECS)),
         Some(s) => Ok(Duration::from_secs(s)),
         None => Ok(default),
     }
 }
+
+/// Longest `retry-first`, `retry-max`, `max-queue-lifetime` and `compact-after`: a year. Retry
+/// times are computed as instants from now; a bound keeps them far from overflow.
+pub(super) const MAX_DELIVERY_SECS: u64 = 365 * 24 * 3600;
 
 /// A verification time (`name`) in seconds, 1 to `max`, or `default`.
 fn verify_secs(
@@ -191,7 +196,7 @@ fn verify_secs(
 ) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(n) if n == 0 || n > max => Err(ConfigError::VerifyRange(name, n, max)),
+        Some(n) if n == 0 || n > max => Err(ConfigError::SecsRange(name, n, max)),
         Some(n) => Ok(Duration::from_secs(n)),
     }
 }

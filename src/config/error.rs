@@ -93,8 +93,9 @@ pub enum ConfigError {
     BadTrustedNetwork(String),
     /// An entry of `dns-server` in the file is not `IP` or `IP:PORT`.
     BadDnsServer(String),
-    /// A `verify-*` duration out of its range (name, value, limit).
-    VerifyRange(&'static str, u64, u64),
+    /// A duration in seconds out of its range (name, value, limit): `verify-*`, the retry
+    /// times, the queue lifetime, `compact-after`.
+    SecsRange(&'static str, u64, u64),
     /// A `dnsbl` entry is not `ZONE` or `ZONE*WEIGHT`, or there are too many.
     Dnsbl(String),
 }
@@ -183,7 +184,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "trusted-networks {s:?} is not an address or CIDR block (like 10.0.0.0/8)"
             ),
-            Self::VerifyRange(name, n, max) => {
+            Self::SecsRange(name, n, max) => {
                 write!(f, "{name} = {n} s must be between 1 and {max} s")
             }
             Self::StatsPathTooLong(p) => write!(

@@ -353,6 +353,8 @@ fn errors() {
     assert!(e(&args(), "max-message-size = 99999999999").contains("above the limit"));
     assert!(e(&args(), "max-connections = 10\nmax-connections-per-ip = 11").contains("above"));
     assert!(e(&args(), "hostname = \"bad host\"").contains("hostname"));
+    assert!(e(&args(), "retry-first = 8600000000").contains("between 1 and 31536000 s"));
+    assert!(e(&args(), "max-queue-lifetime = 0").contains("at least 1"));
     let bad_domain = ServeArgs {
         domain: vec!["exa mple.test".into()],
         ..ServeArgs::default()
