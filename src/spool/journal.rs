@@ -237,14 +237,24 @@ impl Journal {
     /// Appends `records` and `fdatasync`s them: durable when this returns.
     ///
     /// # Errors
-    /// Writing or syncing failed.
+    /// Writing or syncing failed. The journal then still ends where it did (what this wrote
+    /// is cut, best effort), so the caller can append the same records again; the next append
+    /// rewrites that range, which makes the kernel write its pages again even where a failed
+    /// fdatasync left them marked clean.
     pub fn append(&mut self, records: &[DeliveryRecord]) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             r.encode(&mut buf);
         }
-        self.file.write_all_at(&buf, self.end)?;
-        self.file.sync_data()?;
+        let res = self
+            .file
+            .write_all_at(&buf, self.end)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = res {
+            // A later, shorter append must not leave valid records of this one behind it.
+            let _ = self.file.set_len(self.end);
+            return Err(e);
+        }
         self.end += buf.len() as u64;
         Ok(())
     }

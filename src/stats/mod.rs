@@ -381,6 +381,10 @@ pub struct DeliveryStats {
     pub connections_active: AtomicU64,
     /// Segments deleted because every message in them was finished.
     pub segments_deleted: AtomicU64,
+    /// Failed attempts to record outcomes: journal appends and DSN spools (full disk, EIO).
+    pub record_errors: AtomicU64,
+    /// Outcome records applied in memory but not on disk yet (their DSN's included).
+    pub unrecorded: AtomicU64,
     /// Messages in the queue (not finished).
     pub queue_messages: AtomicU64,
     /// Recipients pending.
@@ -409,6 +413,10 @@ pub struct DeliverySnapshot {
     pub connections_active: u64,
     /// Segments deleted.
     pub segments_deleted: u64,
+    /// Failed attempts to record outcomes.
+    pub record_errors: u64,
+    /// Outcome records not on disk yet.
+    pub unrecorded: u64,
     /// Messages queued.
     pub queue_messages: u64,
     /// Recipients pending.
@@ -438,6 +446,8 @@ impl DeliveryStats {
             connections_opened: g(&self.connections_opened),
             connections_active: g(&self.connections_active),
             segments_deleted: g(&self.segments_deleted),
+            record_errors: g(&self.record_errors),
+            unrecorded: g(&self.unrecorded),
             queue_messages: g(&self.queue_messages),
             queue_recipients: g(&self.queue_recipients),
             queue_bytes: g(&self.queue_bytes),
@@ -458,7 +468,7 @@ impl DeliveryStats {
 
 impl DeliverySnapshot {
     /// `(name, value, is_gauge)` of every figure, for the text and Prometheus formats.
-    pub fn fields(&self) -> [(&'static str, u64, bool); 10] {
+    pub fn fields(&self) -> [(&'static str, u64, bool); 12] {
         [
             ("delivered", self.delivered, false),
             ("deferred", self.deferred, false),
@@ -466,6 +476,8 @@ impl DeliverySnapshot {
             ("connections_opened", self.connections_opened, false),
             ("connections_active", self.connections_active, true),
             ("segments_deleted", self.segments_deleted, false),
+            ("record_errors", self.record_errors, false),
+            ("unrecorded", self.unrecorded, true),
             ("queue_messages", self.queue_messages, true),
             ("queue_recipients", self.queue_recipients, true),
             ("queue_bytes", self.queue_bytes, true),

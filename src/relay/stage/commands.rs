@@ -5,7 +5,7 @@
 //!
 //! It does not serve the socket or parse the commands (see `relay::control`).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Outcome, Stage};
 use crate::relay::control::{self, Command, Refusal};
@@ -70,7 +70,8 @@ impl Stage {
             0,
             "deleted by the operator".into(),
         );
-        if let Err(e) = self.append(vec![rec.clone()]).await {
+        // Behind the records still owed to the journal, if any: written in order.
+        if let Err(e) = self.append_owed(vec![rec.clone()], Instant::now()).await {
             tracing::error!("delivery journal: {e}; message {id} is not deleted");
             return Err(Refusal::Other(format!(
                 "the delivery journal could not record the deletion: {e}"

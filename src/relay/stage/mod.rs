@@ -17,11 +17,16 @@
 //! Per tick it hands due recipients, grouped by message and route, to the route's workers
 //! (`concurrency` tasks, each keeping one connection open while jobs keep coming), and applies
 //! their outcomes: a journal record per recipient, appended and fdatasynced in one batch before
-//! anything relies on it (at-least-once: a crash after the next hop's 2xx but before the record
-//! is durable delivers again, never loses). Failed recipients' senders get a DSN, spooled
+//! anything on disk relies on it (at-least-once: a crash after the next hop's 2xx but before the
+//! record is durable delivers again, never loses). Failed recipients' senders get a DSN, spooled
 //! durably (the stage's own [`Appender`]) before the failures are recorded. A sealed segment
 //! whose messages are all finished is then deleted; one pinned by a few old messages is
 //! compacted (they are copied forward, see [`COMPACT_LIVE_PERCENT`]).
+//!
+//! When recording fails (a full disk, EIO), the outcomes still change the queue in memory, so
+//! nothing is delivered or bounced twice while the server runs; the records and DSNs not on disk
+//! wait in a backlog retried with a backoff ([`RECORD_RETRY_FIRST`] to [`RECORD_RETRY_MAX`]),
+//! and no segment is deleted or compacted until it is empty (see `record`).
 //!
 //! The operator's `queue retry` and `queue delete` arrive from the control socket
 //! ([`super::control`], served on this runtime) as commands in the same loop: a retry makes the
@@ -44,6 +49,7 @@
 //! - `run`: the stage's loop: learning about committed messages and scheduling due recipients.
 //! - `commands`: the operator's `queue retry|delete|bounce` from the control socket.
 //! - `outcomes`: applying the workers' outcomes: DSNs, the journal records, the log lines.
+//! - `record`: writing them: the backlog of records and DSNs not on disk yet, its retries.
 //! - `segments`: the stage's own segments, compaction, deleting finished segments.
 //! - `worker`: a route's workers, and trying a domain's MX hosts in turn.
 //! - `conn`: one outbound connection: connecting, greeting, STARTTLS and a transaction.
@@ -77,6 +83,7 @@ use crate::stats::DeliveryStats;
 mod commands;
 mod conn;
 mod outcomes;
+mod record;
 mod run;
 mod segments;
 #[cfg(test)]
@@ -85,9 +92,11 @@ mod worker;
 
 /// How often the stage looks for due recipients and stops.
 pub const TICK: Duration = Duration::from_millis(100);
-/// When the delivery journal could not record outcomes, how long before those recipients are
-/// tried again.
-const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+/// After a failure to record outcomes (a journal append or a DSN spool), the first retry waits
+/// this long; each failure in a row doubles the wait, up to [`RECORD_RETRY_MAX`].
+pub const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to record outcomes that could not be recorded.
+pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Longest wait for a TCP or unix connection to a next hop.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a reply (RFC 5321 §4.5.3.2: 5 minutes for most) or a write.
@@ -387,4 +396,9 @@ struct Stage {
     control: ControlSocket,
     control_tx: UnboundedSender<control::Request>,
     control_rx: UnboundedReceiver<control::Request>,
+    /// Outcomes applied in memory whose records or DSNs are not on disk yet.
+    backlog: record::Backlog,
+    /// Failures the tests inject into the journal appends and DSN spools.
+    #[cfg(test)]
+    faults: record::Faults,
 }

@@ -1,18 +1,20 @@
-//! Applying the workers' outcomes: one journal record per recipient, appended and fdatasynced
-//! in one batch before anything relies on it, the DSNs of failed and long-delayed recipients
-//! spooled before the failures are recorded, the delivery log line, the counters and
-//! histograms; then the queue is updated and finished messages leave it. Also the journal's
-//! compaction once it grows past [`JOURNAL_COMPACT_BYTES`].
+//! Applying the workers' outcomes: one journal record per recipient, the DSNs of failed and
+//! long-delayed recipients (each spooled before the records of what it reports), the delivery
+//! log line, the counters and histograms; the queue is updated and finished messages leave it.
+//! `record` writes the records and DSNs, normally at once (one segment, one append); when it
+//! cannot, the queue is updated all the same, so nothing is delivered or bounced twice, and
+//! they wait in its backlog. Also the journal's compaction once it grows past
+//! [`JOURNAL_COMPACT_BYTES`].
 //!
-//! It does not decide what a DSN says (see `relay::bounce` and `relay::dsn`) or delete
-//! segments (see `segments`).
+//! It does not decide what a DSN says (see `relay::bounce` and `relay::dsn`), write to the
+//! disk (see `record`) or delete segments (see `segments`).
 
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{summary, Outcome, Stage, JOURNAL_COMPACT_BYTES, JOURNAL_RETRY};
+use super::record::OwedDsn;
+use super::{summary, Outcome, Stage, JOURNAL_COMPACT_BYTES, RECORD_RETRY_FIRST};
 use crate::relay::bounce::{self, BounceSettings};
 use crate::relay::dsn::{self, RcptReport};
 use crate::relay::queue::{self, backoff};
@@ -22,8 +24,23 @@ use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
 use crate::spool::journal::{DeliveryRecord, Journal, RecordKind};
 
+/// Recipients of one message reported by one DSN, and their records (which must wait for it).
+type Reported = (Vec<RcptReport>, Vec<DeliveryRecord>);
+
+/// What [`Stage::build_dsns`] made of the failures and delay warnings of a batch.
+#[derive(Default)]
+struct Dsns {
+    /// The DSNs to spool, each with the records it must precede.
+    owed: Vec<OwedDsn>,
+    /// Records that need no DSN (a `<>` sender).
+    plain: Vec<DeliveryRecord>,
+    /// Records whose DSN could not be built (no spool writer): not applied, tried again.
+    unbuilt: Vec<DeliveryRecord>,
+}
+
 impl Stage {
-    /// Records outcomes durably, then updates the queue and frees finished segments.
+    /// Applies outcomes to the queue and has them recorded; frees finished segments once
+    /// they are.
     pub(super) async fn apply(&mut self, outcomes: Vec<Outcome>) {
         let now = SystemTime::now();
         let now_us = unix_us(now);
@@ -32,9 +49,9 @@ impl Stage {
         // the journal append's await).
         let mut attempts_took = Vec::new();
         let mut delivered_after = Vec::new();
-        // Recipients whose senders get a DSN (spooled before the records are appended).
-        let mut failed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
-        let mut delayed: BTreeMap<MessageId, Vec<RcptReport>> = BTreeMap::new();
+        // Recipients whose senders get a DSN, with the records that wait for it.
+        let mut failed: BTreeMap<MessageId, Reported> = BTreeMap::new();
+        let mut delayed: BTreeMap<MessageId, Reported> = BTreeMap::new();
         for o in &outcomes {
             if o.route != usize::MAX {
                 // A real attempt (not a local "no route" or expiry outcome).
@@ -91,27 +108,9 @@ impl Stage {
                         now
                     }),
                 };
-                match kind {
-                    RecordKind::Failed => failed.entry(o.id).or_default().push(report),
-                    RecordKind::Deferred
-                        if !r.warned && self.cfg.delay_warning.is_some_and(|w| age >= w) =>
-                    {
-                        records.push(queue::record(
-                            RecordKind::Warned,
-                            o.id,
-                            i as u32,
-                            now_us,
-                            0,
-                            0,
-                            String::new(),
-                        ));
-                        delayed.entry(o.id).or_default().push(RcptReport {
-                            action: dsn::Action::Delayed,
-                            ..report
-                        });
-                    }
-                    _ => {}
-                }
+                let warn = kind == RecordKind::Deferred
+                    && !r.warned
+                    && self.cfg.delay_warning.is_some_and(|w| age >= w);
                 let age = age.as_secs_f64();
                 tracing::info!(
                     "delivery id={} to=<{}> route={} relay={} tls={} delay={:.2} delays={:.2}/{:.2}/{:.2} dsn={} status={} ({})",
@@ -128,7 +127,7 @@ impl Stage {
                     res.status.name(),
                     res.reply
                 );
-                records.push(queue::record(
+                let rec = queue::record(
                     kind,
                     o.id,
                     i as u32,
@@ -136,7 +135,30 @@ impl Stage {
                     next_us,
                     attempts,
                     res.reply.to_string(),
-                ));
+                );
+                if kind == RecordKind::Failed {
+                    let (reports, records) = failed.entry(o.id).or_default();
+                    reports.push(report);
+                    records.push(rec);
+                    continue;
+                }
+                records.push(rec);
+                if warn {
+                    let (reports, records) = delayed.entry(o.id).or_default();
+                    reports.push(RcptReport {
+                        action: dsn::Action::Delayed,
+                        ..report
+                    });
+                    records.push(queue::record(
+                        RecordKind::Warned,
+                        o.id,
+                        i as u32,
+                        now_us,
+                        0,
+                        0,
+                        String::new(),
+                    ));
+                }
             }
         }
         {
@@ -148,29 +170,27 @@ impl Stage {
                 hist.record_delivered(age);
             }
         }
-        if records.is_empty() {
+        if records.is_empty() && failed.is_empty() && delayed.is_empty() {
             return;
         }
-        // The DSNs are durable before the failures they report are recorded: a crash in
-        // between sends a DSN twice, never none.
-        let recorded = match self.send_dsns(failed, delayed, now).await {
-            Ok(()) => self.append(records.clone()).await,
-            Err(e) => Err(io::Error::other(format!("spooling DSNs: {e}"))),
-        };
-        if let Err(e) = recorded {
-            // Without a durable record nothing may rely on the outcome: leave the recipients
-            // pending, so they are tried again (at-least-once).
-            tracing::error!(
-                "delivery journal: {e}; the outcomes are not recorded and will be retried"
-            );
-            let again = unix_us(now + JOURNAL_RETRY);
-            for o in &outcomes {
-                self.due.push(again, o.id);
+        // The DSNs are spooled before the records of what they report are appended: a crash
+        // in between sends a DSN twice, never none.
+        let dsns = self.build_dsns(failed, delayed, now);
+        records.extend(dsns.plain);
+        if !dsns.unbuilt.is_empty() {
+            // Without its DSN a failure may not be recorded, nor applied: tried again.
+            let again = unix_us(now + RECORD_RETRY_FIRST);
+            for r in &dsns.unbuilt {
+                self.due.push(again, r.id);
             }
-            return;
         }
+        // The queue changes now, whether or not the records reach the disk below: a
+        // recipient the next hop took is not handed out again, a failed one not bounced
+        // again. What relies on the disk (deleting segments, rewriting the journal) waits for
+        // the records (see `record`).
         let mut finished = Vec::new();
-        for r in &records {
+        let owed_records = dsns.owed.iter().flat_map(|d| d.records.iter());
+        for r in records.iter().chain(owed_records) {
             if let Some(m) = self.queue.get_mut(&r.id) {
                 m.apply(r);
                 if r.kind == RecordKind::Deferred {
@@ -184,102 +204,96 @@ impl Stage {
         for id in finished {
             self.finish(id);
         }
+        self.record(records, dsns.owed).await;
         self.reclaim();
         self.compact_journal().await;
     }
 
-    /// Builds and spools (durably) one DSN per message with failed or long-delayed recipients,
-    /// and queues them for delivery.
-    async fn send_dsns(
+    /// One DSN per message with failed or long-delayed recipients (none for a `<>` sender),
+    /// built now (while the original is queued) and spooled by `record`.
+    fn build_dsns(
         &mut self,
-        failed: BTreeMap<MessageId, Vec<RcptReport>>,
-        delayed: BTreeMap<MessageId, Vec<RcptReport>>,
+        failed: BTreeMap<MessageId, Reported>,
+        delayed: BTreeMap<MessageId, Reported>,
         now: SystemTime,
-    ) -> io::Result<()> {
+    ) -> Dsns {
+        let mut out = Dsns::default();
         if failed.is_empty() && delayed.is_empty() {
-            return Ok(());
+            return out;
         }
-        let Some(mut appender) = self.appender.take() else {
-            return Err(io::Error::other("the stage's spool writer is unavailable"));
+        let mut appender = match self.take_appender() {
+            Ok(a) => a,
+            Err(e) => {
+                let unbuilt: Vec<DeliveryRecord> = failed
+                    .into_values()
+                    .chain(delayed.into_values())
+                    .flat_map(|(_, records)| records)
+                    .collect();
+                tracing::error!(
+                    "delivery: the stage's spool writer cannot be opened: {e}; no DSN for {} recipient(s), tried again",
+                    unbuilt.len()
+                );
+                out.unbuilt = unbuilt;
+                return out;
+            }
         };
         let settings = BounceSettings {
             hostname: &self.cfg.hostname,
             copy_to: self.cfg.bounce_copy.as_deref(),
         };
-        let mut msgs = Vec::new();
-        let mut logs = Vec::new();
-        for (reports, warning) in [(failed, false), (delayed, true)] {
-            for (id, rcpts) in reports {
-                let Some(m) = self.queue.get(&id) else {
-                    continue;
-                };
-                let retry_hours = warning.then(|| {
-                    let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
-                    self.cfg.max_queue_lifetime.saturating_sub(age).as_secs() / 3600
-                });
-                match bounce::dsn_message(settings, &mut appender, m, &rcpts, retry_hours, now) {
-                    Some(n) => {
-                        logs.push(format!(
-                            "delivery id={id}: {} dsn={} to=<{}> ({} recipient(s))",
-                            if warning { "delay warning" } else { "bounce" },
-                            n.id,
-                            m.msg.envelope.mail_from,
-                            rcpts.len()
-                        ));
-                        msgs.push(n);
-                    }
-                    None if !warning => tracing::info!(
-                        "delivery id={id}: no DSN for {} failed recipient(s): the sender is <>{}",
-                        rcpts.len(),
-                        if m.msg.id.reactor() == APPENDER_REACTOR {
-                            " (a DSN that failed is dropped)"
-                        } else {
-                            ""
-                        }
+        let all = failed
+            .into_iter()
+            .map(|r| (r, false))
+            .chain(delayed.into_iter().map(|r| (r, true)));
+        for ((id, (reports, records)), warning) in all {
+            let Some(m) = self.queue.get(&id) else {
+                out.plain.extend(records);
+                continue;
+            };
+            let retry_hours = warning.then(|| {
+                let age = now.duration_since(m.msg.received_at()).unwrap_or_default();
+                self.cfg.max_queue_lifetime.saturating_sub(age).as_secs() / 3600
+            });
+            match bounce::dsn_message(settings, &mut appender, m, &reports, retry_hours, now) {
+                Some(n) => out.owed.push(OwedDsn {
+                    log: format!(
+                        "delivery id={id}: {} dsn={} to=<{}> ({} recipient(s))",
+                        if warning { "delay warning" } else { "bounce" },
+                        n.id,
+                        m.msg.envelope.mail_from,
+                        reports.len()
                     ),
-                    None => {}
+                    msg: n,
+                    records,
+                }),
+                None => {
+                    if !warning {
+                        tracing::info!(
+                            "delivery id={id}: no DSN for {} failed recipient(s): the sender is <>{}",
+                            reports.len(),
+                            if m.msg.id.reactor() == APPENDER_REACTOR {
+                                " (a DSN that failed is dropped)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    out.plain.extend(records);
                 }
             }
         }
-        let written = if msgs.is_empty() {
-            self.appender = Some(appender);
-            return Ok(());
-        } else {
-            self.write_own_segment(appender, msgs).await?
-        };
-        for m in written {
-            self.enqueue(m);
-        }
-        for l in logs {
-            tracing::info!("{l}");
-        }
-        Ok(())
+        self.appender = Some(appender);
+        out
     }
 
-    /// Appends records and fdatasyncs them on the blocking pool.
-    pub(super) async fn append(&mut self, records: Vec<DeliveryRecord>) -> io::Result<()> {
-        let Some(mut j) = self.journal.take() else {
-            return Err(io::Error::other("journal unavailable"));
-        };
-        let res = tokio::task::spawn_blocking(move || {
-            let r = j.append(&records);
-            (j, r)
-        })
-        .await;
-        match res {
-            Ok((j, r)) => {
-                self.journal = Some(j);
-                r
-            }
-            Err(e) => Err(io::Error::other(format!("journal task: {e}"))),
-        }
-    }
-
-    async fn compact_journal(&mut self) {
-        if self
-            .journal
-            .as_ref()
-            .is_none_or(|j| j.len() < JOURNAL_COMPACT_BYTES)
+    /// Rewrites the journal from the queue once it is large; never while records are owed
+    /// (the queue in memory is ahead of the disk then: a DSN may not be spooled yet).
+    pub(super) async fn compact_journal(&mut self) {
+        if !self.backlog.is_empty()
+            || self
+                .journal
+                .as_ref()
+                .is_none_or(|j| j.len() < JOURNAL_COMPACT_BYTES)
         {
             return;
         }

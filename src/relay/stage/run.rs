@@ -15,7 +15,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::Mutex;
 
 use super::worker::{worker, MxContext, WorkerRoute};
-use super::{Job, Outcome, Prepared, SegState, Stage, TICK};
+use super::{record, Job, Outcome, Prepared, SegState, Stage, TICK};
 use crate::dns::Resolver;
 use crate::relay::control;
 use crate::relay::mx::LocalHost;
@@ -59,6 +59,9 @@ impl Stage {
             control: p.control,
             control_tx,
             control_rx,
+            backlog: record::Backlog::default(),
+            #[cfg(test)]
+            faults: record::Faults::default(),
         }
     }
 
@@ -130,10 +133,12 @@ impl Stage {
             if !outcomes.is_empty() {
                 self.apply(outcomes).await;
             }
+            self.retry_owed(Instant::now()).await;
             self.schedule().await;
             self.compact_segments().await;
             self.update_stats();
         }
+        self.stop_recording().await;
         tracing::info!("delivery stopped: {} message(s) queued", self.queue.len());
     }
 
@@ -222,7 +227,7 @@ impl Stage {
     }
 
     /// Hands every due recipient to its route.
-    async fn schedule(&mut self) {
+    pub(super) async fn schedule(&mut self) {
         let now = unix_us(SystemTime::now());
         let lifetime = u64::try_from(self.cfg.max_queue_lifetime.as_micros()).unwrap_or(u64::MAX);
         let mut local = Vec::new();
@@ -350,6 +355,8 @@ impl Stage {
             .max()
             .unwrap_or(0);
         s.queue_oldest_secs.store(oldest, Ordering::Relaxed);
+        s.unrecorded
+            .store(self.backlog.records() as u64, Ordering::Relaxed);
     }
 }
 

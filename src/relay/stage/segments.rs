@@ -25,21 +25,34 @@ impl Stage {
     /// follows it like a sealed segment found at start. Returns its messages as read back.
     pub(super) async fn write_own_segment(
         &mut self,
-        mut appender: Appender,
         msgs: Vec<NewMessage>,
     ) -> io::Result<Vec<StoredMessage>> {
+        let path = self.write_durable(msgs).await?;
+        self.adopt(path)
+    }
+
+    /// Writes `msgs` into a new segment of the stage's own; it is durable when this returns
+    /// its path.
+    pub(super) async fn write_durable(&mut self, msgs: Vec<NewMessage>) -> io::Result<PathBuf> {
+        let mut appender = self.take_appender()?;
         let res = tokio::task::spawn_blocking(move || {
             let r = appender.write_segment(&msgs);
             (appender, r)
         })
         .await;
-        let path = match res {
+        match res {
             Ok((a, r)) => {
                 self.appender = Some(a);
-                r?
+                r
             }
-            Err(e) => return Err(io::Error::other(format!("spool writer task: {e}"))),
-        };
+            // The writer went with the task; the next use opens it again.
+            Err(e) => Err(io::Error::other(format!("spool writer task: {e}"))),
+        }
+    }
+
+    /// Follows a segment of the stage's own just written, like a sealed segment found at
+    /// start. Returns its messages as read back.
+    pub(super) fn adopt(&mut self, path: PathBuf) -> io::Result<Vec<StoredMessage>> {
         let mut found = Vec::new();
         reader::scan_segment(&path, false, |m| {
             found.push(m);
@@ -58,12 +71,23 @@ impl Stage {
         Ok(found)
     }
 
+    /// The stage's spool writer, taken (give it back), opened again if it went with a task
+    /// that panicked.
+    pub(super) fn take_appender(&mut self) -> io::Result<Appender> {
+        match self.appender.take() {
+            Some(a) => Ok(a),
+            None => Appender::open(&self.cfg.spool_dir),
+        }
+    }
+
     /// Compaction (docs/spool.md): closed segments older than `compact_after` whose queued
     /// messages fill less than [`COMPACT_LIVE_PERCENT`] of them get those messages copied,
     /// with their ids, into a new segment of the stage's own; then they are deleted. Segments
     /// with a message in flight (or not queued: found but not notified yet) wait.
     pub(super) async fn compact_segments(&mut self) {
-        if self.compact_at.elapsed() < COMPACT_CHECK {
+        // Not while outcomes wait to be recorded: an old segment goes once it is copied, and
+        // with it the messages finished only in memory.
+        if self.compact_at.elapsed() < COMPACT_CHECK || !self.backlog.is_empty() {
             return;
         }
         self.compact_at = Instant::now();
@@ -118,9 +142,6 @@ impl Stage {
         if picked.is_empty() {
             return;
         }
-        let Some(appender) = self.appender.take() else {
-            return;
-        };
         let mut msgs = Vec::new();
         for (path, ..) in &picked {
             let Some(s) = self.segments.get(path) else {
@@ -138,7 +159,7 @@ impl Stage {
                 }
             }
         }
-        let copies = match self.write_own_segment(appender, msgs).await {
+        let copies = match self.write_own_segment(msgs).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("delivery: compaction failed (the segments stay): {e}");
@@ -185,8 +206,12 @@ impl Stage {
         }
     }
 
-    /// Deletes closed segments with nothing left to deliver.
+    /// Deletes closed segments with nothing left to deliver, once the records that finished
+    /// their messages are on disk: nothing is deleted while the backlog holds records or DSNs.
     pub(super) fn reclaim(&mut self) {
+        if !self.backlog.is_empty() {
+            return;
+        }
         let done: Vec<PathBuf> = self
             .segments
             .iter()
