@@ -18,7 +18,7 @@ use super::{summary, Outcome, Stage, JOURNAL_COMPACT_BYTES, RECORD_RETRY_FIRST};
 use crate::relay::bounce::{self, BounceSettings};
 use crate::relay::dsn::{self, RcptReport};
 use crate::relay::queue::{self, backoff};
-use crate::smtp::client::Status;
+use crate::smtp::client::{RcptOutcome, Reply, Status};
 use crate::spool::appender::APPENDER_REACTOR;
 use crate::spool::frame::unix_us;
 use crate::spool::id::MessageId;
@@ -70,12 +70,38 @@ impl Stage {
                 };
                 let Some(r) = m.rcpts.get(i) else { continue };
                 let attempts = r.attempts + 1;
+                // The queue lifetime ends with an attempt, as Postfix's
+                // maximal_queue_lifetime does: a deferral at or past it is the last, and the
+                // recipient fails (a recipient is never given up untried, e.g. after an
+                // outage longer than the lifetime).
+                let expires_at = m.msg.received_at() + self.cfg.max_queue_lifetime;
+                let last: RcptOutcome;
+                let res = if res.status == Status::Deferred
+                    && o.route != usize::MAX
+                    && now >= expires_at
+                {
+                    last = RcptOutcome {
+                        status: Status::Failed,
+                        reply: Reply::local(
+                            550,
+                            format!(
+                                "5.4.7 delivery time expired after {} s in the queue; last attempt: {}",
+                                self.cfg.max_queue_lifetime.as_secs(),
+                                res.reply
+                            ),
+                        ),
+                    };
+                    &last
+                } else {
+                    res
+                };
                 let (kind, next_us) = match res.status {
                     Status::Delivered => (RecordKind::Delivered, 0),
                     Status::Failed => (RecordKind::Failed, 0),
                     Status::Deferred => {
                         let wait = backoff(attempts, self.cfg.retry_first, self.cfg.retry_max);
-                        (RecordKind::Deferred, unix_us(now + wait))
+                        // The last retry falls on the expiry, not after it.
+                        (RecordKind::Deferred, unix_us((now + wait).min(expires_at)))
                     }
                 };
                 let counter = match res.status {

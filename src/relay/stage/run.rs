@@ -260,11 +260,13 @@ impl Stage {
                 {
                     continue;
                 }
-                if now.saturating_sub(m.msg.envelope.received_us) > lifetime {
+                let route = self.cfg.routes.for_rcpt(&r.addr);
+                // A routed recipient is tried even past the queue lifetime: the attempt's
+                // deferral is what fails it (see `apply`). One without a route expires here.
+                if route.is_none() && now.saturating_sub(m.msg.envelope.received_us) > lifetime {
                     local.push((*id, i, true));
                     continue;
                 }
-                let route = self.cfg.routes.for_rcpt(&r.addr);
                 let domain = route
                     .filter(|&i| self.cfg.routes.all()[i].target.is_mx())
                     .map(|_| rcpt_domain(&r.addr));

@@ -451,3 +451,87 @@ async fn journal_and_dsn_failures_together_and_none() {
         );
     }
 }
+
+/// A message older than the queue lifetime (the server was down longer than that) is tried
+/// once more, not bounced untried: delivered if the hop takes it; a deferral is the last and
+/// fails the recipient with 5.4.7, the hop's reply kept in the diagnostic, and one DSN.
+#[tokio::test]
+async fn past_the_queue_lifetime_a_recipient_is_tried_once_more_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Appender::open(dir.path()).unwrap();
+    let id = a.next_id();
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    a.write_segment(&[NewMessage {
+        id,
+        envelope: EnvelopeRecord {
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            received_us: unix_us(two_days_ago),
+            helo: "c".into(),
+            esmtp: true,
+            mail_from: "s@x.test".into(),
+            declared_size: None,
+            body_8bitmime: false,
+            smtputf8: false,
+            rcpts: vec!["ok@y.test".into(), "later@y.test".into()],
+            tls: None,
+        },
+        body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
+    }])
+    .unwrap();
+    drop(a);
+    let mut c = cfg(dir.path());
+    c.routes = Routes::new(vec![super::super::route::Route {
+        name: "*".into(),
+        target: super::super::route::Target::parse("smtp:[127.0.0.1]:25").unwrap(),
+        tls: super::super::route::TlsMode::None,
+        concurrency: 1,
+        helo: None,
+        ca: None,
+        verify: false,
+    }]);
+    c.max_queue_lifetime = Duration::from_secs(86_400);
+    let (_, p) = prepare(c).unwrap();
+    let stats = Arc::new(DeliveryStats::default());
+    let mut stage = Stage::new(p, stats.clone(), Arc::new(AtomicBool::new(false)));
+    let (tx, mut jobs) = unbounded_channel();
+    stage.jobs = vec![tx];
+
+    stage.schedule().await;
+    let job = jobs.try_recv().expect("both recipients go to the next hop");
+    assert_eq!(job.rcpts, [0, 1]);
+    let results = job
+        .rcpts
+        .iter()
+        .map(|&i| next_hop(&job.msg.envelope.rcpts[i]))
+        .collect();
+    stage
+        .apply(vec![Outcome {
+            id,
+            route: 0,
+            rcpts: job.rcpts,
+            results,
+            relay: "127.0.0.1:25".into(),
+            tls: None,
+            delays: [Duration::ZERO; 3],
+        }])
+        .await;
+    let records = read_journal(dir.path()).unwrap().records;
+    let kinds: Vec<(u32, RecordKind)> = records
+        .iter()
+        .filter(|r| r.id == id)
+        .map(|r| (r.rcpt, r.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(0, RecordKind::Delivered), (1, RecordKind::Failed)],
+        "{records:?}"
+    );
+    let failed = records
+        .iter()
+        .find(|r| r.kind == RecordKind::Failed)
+        .unwrap();
+    assert!(failed.reply.contains("5.4.7"), "{}", failed.reply);
+    assert!(failed.reply.contains("4.3.0 try later"), "{}", failed.reply);
+    assert_eq!(Harness::dsns_on_disk(dir.path()).len(), 1);
+    assert!(!stage.queue.contains_key(&id), "finished");
+}
