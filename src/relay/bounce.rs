@@ -5,7 +5,10 @@
 //!
 //! Rules: no DSN for a message whose reverse-path is `<>` (a bounce, or a message that asked
 //! for none), so bounces never bounce; one DSN per message per pass, naming every recipient
-//! that failed (or crossed the delay-warning age) in it. It reads the original's header section
+//! that failed (or crossed the delay-warning age) in it. The DSN is spooled with `SMTPUTF8`
+//! when an address it goes to is not ASCII (its text is always ASCII, see [`super::dsn`]), so
+//! the delivery stage sends it with `MAIL FROM:<> SMTPUTF8`, and only to a next hop that
+//! offers SMTPUTF8. It reads the original's header section
 //! (a synchronous `pread` of its first bytes) and does not write anything: the stage spools
 //! what this returns before it records the failures.
 
@@ -70,6 +73,9 @@ pub fn dsn_message(
             to.push(c.to_string());
         }
     }
+    // The report itself is ASCII (`dsn::build`); a non-ASCII recipient (the original's sender,
+    // or the copy's address) needs SMTPUTF8 to be sent at all (RFC 6531).
+    let smtputf8 = to.iter().any(|a| !a.is_ascii());
     Some(NewMessage {
         id,
         envelope: EnvelopeRecord {
@@ -80,7 +86,7 @@ pub fn dsn_message(
             mail_from: String::new(),
             declared_size: None,
             body_8bitmime: false,
-            smtputf8: false,
+            smtputf8,
             rcpts: to,
             tls: None,
         },

@@ -2,7 +2,10 @@
 //! whether it takes a recipient, and cache its answer.
 //!
 //! A probe is `MAIL FROM:<>`, `RCPT TO:<addr>`, `RSET` (LHLO first for LMTP) over a connection
-//! that stays open for the next probe ([`crate::smtp::client::Client::probe`]). 2xx: accepted,
+//! that stays open for the next probe ([`crate::smtp::client::Client::probe`]); for a non-ASCII
+//! address `MAIL FROM:<> SMTPUTF8`, and a next hop without SMTPUTF8 is not asked: the client
+//! answers `553 5.6.7` itself, a refusal like any 5xx (mail to that address could not be
+//! delivered there; the session's reply is its usual `550 5.1.1`). 2xx: accepted,
 //! cached [`VerifyConfig::cache_accept`]; 5xx: refused, cached [`VerifyConfig::cache_refuse`];
 //! 4xx, a lost connection, or no answer within [`VerifyConfig::timeout`]: unverified (450),
 //! unless an expired answer for the address is still known (kept up to [`STALE_KEEP`]), which

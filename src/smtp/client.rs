@@ -9,7 +9,10 @@
 //! server refuses EHLO with 5xx; multi-line replies; the EHLO keywords PIPELINING, SIZE (with
 //! its limit), CHUNKING, STARTTLS, 8BITMIME, SMTPUTF8; the STARTTLS hand-off (RFC 3207, by
 //! [`TlsPolicy`]: the command, [`Event::StartTls`] on its 220 so the driver wraps the socket,
-//! then EHLO again with everything learnt in clear forgotten); MAIL FROM / RCPT TO / DATA sent
+//! then EHLO again with everything learnt in clear forgotten); the MAIL parameters of the
+//! message's envelope as received ([`MailParams`]: `SIZE=`, `BODY=8BITMIME`, `SMTPUTF8`, each
+//! when the server offers its keyword) and the refusal to send what the server cannot take
+//! (below); MAIL FROM / RCPT TO / DATA sent
 //! as one group when PIPELINING is offered (RFC 2920 §3.1), one by one otherwise; the body
 //! dot-stuffed as it streams ([`Client::body`], [`Client::end_body`]), or, when the server
 //! offers CHUNKING and PIPELINING, sent as pipelined `BDAT` chunks (RFC 3030) right behind the
@@ -19,10 +22,25 @@
 //! deferred, 5xx failed, the reply kept). Several transactions may follow each other on one
 //! connection.
 //!
+//! A message the server cannot take is not sent: nothing goes out, every recipient fails at
+//! once with a local 5xx reply (so the stage bounces it) and the connection stays ready.
+//! - Received with `SMTPUTF8` and needing it (a non-ASCII reverse-path or recipient of this
+//!   transaction, or a non-ASCII octet in the header section), to a server without SMTPUTF8:
+//!   `554 5.6.7` (RFC 6531 §3.2: no internationalized address or header to such a server; no
+//!   downgrade). One received with `SMTPUTF8` that needs none of it goes without the
+//!   parameter, as Postfix does: the flag alone asks for nothing the server lacks. A probe ([`Client::probe`]) of a non-ASCII recipient sends `MAIL FROM:<> SMTPUTF8`,
+//!   or, to a server without SMTPUTF8, is answered `553 5.6.7` without sending anything.
+//! - Received with `BODY=8BITMIME` and holding an octet above 127, to a server without 8BITMIME:
+//!   `554 5.6.3` (RFC 6152 §3 says convert or bounce; there is no conversion to
+//!   quoted-printable here). The check is the message's bytes, not only the declaration: a
+//!   message declared 8BITMIME that is all ASCII is valid 7-bit content and goes without
+//!   `BODY=`. A message not declared 8BITMIME is sent as it is, 8-bit or not, as before
+//!   (declaring 8-bit content was its client's duty, RFC 6152 §3).
+//!
 //! What it does not do: the TLS handshake itself and certificate checks (the driver's), BDAT
 //! without PIPELINING (DATA then: every server seen offering CHUNKING offers PIPELINING too, and
-//! unpipelined chunks would need a reply between chunks), AUTH, DSN parameters, and
-//! 8BITMIME/SMTPUTF8 parameters on MAIL (the caller adds none).
+//! unpipelined chunks would need a reply between chunks), AUTH, DSN parameters, BINARYMIME, and
+//! converting 8-bit content or downgrading SMTPUTF8 for a server that lacks the extension.
 //!
 //! This file has the public types and the connection: the greeting, EHLO/LHLO, STARTTLS,
 //! reading replies and matching each to the command it answers, QUIT, a lost connection. One
@@ -171,6 +189,44 @@ impl Extensions {
             }
         }
         e
+    }
+}
+
+/// What MAIL FROM says about a message and what the message needs: its envelope's flags as it
+/// was received and what its bytes hold ([`MailParams::new`]). See the module docs for what is
+/// sent, and refused, with which server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// Its size in octets, for `SIZE=` (RFC 1870) when the server offers SIZE.
+    pub size: Option<u64>,
+    /// Received with `BODY=8BITMIME` (RFC 6152).
+    pub body_8bitmime: bool,
+    /// Received with `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+    /// An octet of the message (header section or body) is above 127.
+    pub eight_bit: bool,
+    /// An octet of its header section is above 127 (UTF-8 header fields, RFC 6532).
+    pub eight_bit_header: bool,
+}
+
+impl MailParams {
+    /// The parameters of `message` (the bytes to send: header section, empty line, body),
+    /// received with `BODY=8BITMIME` and `SMTPUTF8` as the flags say. One pass over the bytes
+    /// for octets above 127 (the caller holds them to send them anyway).
+    pub fn new(message: &[u8], body_8bitmime: bool, smtputf8: bool) -> Self {
+        let head = if message.starts_with(b"\r\n") {
+            0
+        } else {
+            memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2)
+        };
+        let eight_bit_header = !message[..head].is_ascii();
+        Self {
+            size: Some(message.len() as u64),
+            body_8bitmime,
+            smtputf8,
+            eight_bit: eight_bit_header || !message[head..].is_ascii(),
+            eight_bit_header,
+        }
     }
 }
 

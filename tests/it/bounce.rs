@@ -2,13 +2,15 @@
 //! (`tests/it/peers/nexthop.py`, Debian `python3-aiosmtpd`) on a free loopback port, refusing
 //! recipients whose local part starts with `refuse` and capturing everything else. The sender's
 //! domain `src.test` is routed to it too, so the DSNs land there; Python's `email` package
-//! (`tests/it/peers/parse_dsn.py`) parses them.
+//! (`tests/it/peers/parse_dsn.py`) parses them. SMTPUTF8: passed on to the hop (which then
+//! offers it), or, to `smtp-sink` (which does not), a 5.6.7 bounce that itself goes with
+//! SMTPUTF8 to a non-ASCII sender.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{free_port, queue, segments};
+use crate::deliver::{dumps, free_port, queue, segments, send_with, Sink, SINK};
 use crate::require_io_uring;
 use crate::util::{require_tool, run_tool, spool_cat, Client, Server, DOMAIN, RINGMX};
 
@@ -39,10 +41,16 @@ struct Hop {
 
 impl Hop {
     fn start(port: u16, dir: &Path) -> Self {
+        Self::start_with(port, dir, &[])
+    }
+
+    /// With `["smtputf8"]`: offering SMTPUTF8.
+    fn start_with(port: u16, dir: &Path, args: &[&str]) -> Self {
         let child = Command::new(PYTHON)
             .arg(NEXTHOP)
             .arg(port.to_string())
             .arg(dir)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -515,4 +523,113 @@ fn queue_bounce_fails_a_deferred_message_now_with_a_dsn() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+/// RFC 6531: a message received with SMTPUTF8 goes on with `MAIL FROM:<…> SMTPUTF8` to a next
+/// hop that offers it, addresses, UTF-8 header and 8-bit body unchanged.
+#[test]
+fn smtputf8_is_passed_on_to_a_next_hop_offering_it() {
+    require_io_uring!();
+    require_aiosmtpd();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let hop = Hop::start_with(port, &tmp.path().join("hop"), &["smtputf8"]);
+    let cfg = routes(tmp.path(), port, port);
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let from = "j\u{f6}rg@src.test";
+    let to = format!("andr\u{e9}@{DOMAIN}");
+    let body = "Subject: gr\u{fc}\u{df}e\r\n\r\nsch\u{f6}n\r\n";
+    send_with(
+        &server,
+        from,
+        "SMTPUTF8 BODY=8BITMIME",
+        &to,
+        body.as_bytes(),
+    );
+    wait_for("the message at the next hop", || hop.got().len() == 1);
+    let got = hop.got();
+    let (env, path) = &got[0];
+    assert_eq!(env["from"], from);
+    assert_eq!(env["to"], serde_json::json!([to]));
+    let opts: Vec<&str> = env["mail_options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert!(opts.contains(&"SMTPUTF8"), "{opts:?}");
+    assert!(opts.contains(&"BODY=8BITMIME"), "{opts:?}");
+    let bytes = std::fs::read(path).unwrap();
+    assert!(bytes.ends_with(body.as_bytes()), "bytes unchanged");
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    let log = server.log_when("status=sent", 1, WAIT);
+    assert!(log.contains("status=sent"), "{log}");
+}
+
+/// RFC 6531 §3.2: a message that needs SMTPUTF8 (here a non-ASCII sender) is not sent to a next
+/// hop without it (smtp-sink): its recipient fails with 5.6.7 and the sender gets a DSN, which
+/// goes with `MAIL FROM:<> SMTPUTF8` (the sender's address is not ASCII) to the sender's next
+/// hop, which offers SMTPUTF8. A message received with SMTPUTF8 that needs none of it (ASCII
+/// envelope and header) goes to smtp-sink without the parameter.
+#[test]
+fn smtputf8_needed_but_not_offered_bounces_5_6_7_with_a_smtputf8_dsn() {
+    require_io_uring!();
+    require_aiosmtpd();
+    require_tool(SINK, "postfix");
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink_port, hop_port) = (free_port(), free_port());
+    let dump = tmp.path().join("sink");
+    let _sink = Sink::start(sink_port, &dump, &[]);
+    let hop = Hop::start_with(hop_port, &tmp.path().join("hop"), &["smtputf8"]);
+    let cfg = routes(tmp.path(), sink_port, hop_port);
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let from = "j\u{f6}rg@src.test";
+    let to = format!("ok@{DOMAIN}");
+    send_with(
+        &server,
+        from,
+        "SMTPUTF8",
+        &to,
+        b"Subject: hello\r\n\r\nascii body\r\n",
+    );
+    send_with(
+        &server,
+        "s@src.test",
+        "SMTPUTF8",
+        &to,
+        b"Subject: plain\r\n\r\nascii too\r\n",
+    );
+    let ids = server.accepted_ids();
+    wait_for("the DSN at the sender's next hop", || hop.dsns().len() == 1);
+    let log = server.log_when("status=failed", 1, WAIT);
+    assert!(
+        log.contains(&format!("delivery id={} to=<{to}>", ids[0]))
+            && log.contains("dsn=5.6.7 status=failed"),
+        "{log}"
+    );
+    let (env, d) = &hop.dsns()[0];
+    assert_eq!(env["to"], serde_json::json!([from]));
+    let opts = env["mail_options"].as_array().unwrap();
+    assert!(opts.contains(&serde_json::json!("SMTPUTF8")), "{env}");
+    let r = &d["per_rcpt"][0];
+    assert_eq!(r["final-recipient"], format!("rfc822; {to}"));
+    assert_eq!(r["action"], "failed");
+    assert_eq!(r["status"], "5.6.7", "{d}");
+    assert!(
+        r["diagnostic-code"].as_str().unwrap().contains("SMTPUTF8"),
+        "{d}"
+    );
+    // The one that needed nothing went to smtp-sink, without SMTPUTF8; the other never did.
+    wait_for("the ASCII message at smtp-sink", || dumps(&dump).len() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let got = dumps(&dump);
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(text.contains(&format!("id {}", ids[1])), "{text}");
+    let args = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Mail-Args:"))
+        .unwrap_or_default();
+    assert!(!args.contains("SMTPUTF8"), "{args}");
+    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
 }

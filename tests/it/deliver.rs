@@ -1,6 +1,7 @@
 //! Onward delivery with real next hops on loopback: Postfix's `smtp-sink` as the SMTP (and
 //! LMTP) next hop, started by each test on a free port and killed by pid. Also `ringmx queue
-//! retry|delete` through the running server's control socket.
+//! retry|delete` through the running server's control socket, and `BODY=8BITMIME` passed on
+//! (smtp-sink's `X-Mail-Args:`) or bounced with 5.6.3 (smtp-sink -8).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -683,4 +684,112 @@ fn a_routing_loop_between_two_hosts_ends_with_554_5_4_6_and_one_dsn() {
     wait_for("both queues empty", || {
         queue(&a.spool(), &["ls"]).is_empty() && queue(&b.spool(), &["ls"]).is_empty()
     });
+}
+
+/// One transaction with MAIL parameters `params` (`BODY=8BITMIME`, `SMTPUTF8`); asserts the
+/// 250.
+pub(crate) fn send_with(server: &Server, from: &str, params: &str, to: &str, body: &[u8]) {
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    c.expect(&format!("MAIL FROM:<{from}> {params}"), 250);
+    c.expect(&format!("RCPT TO:<{to}>"), 250);
+    c.expect("DATA", 354);
+    c.send(body);
+    c.send(b".\r\n");
+    assert_eq!(c.reply().0, 250);
+}
+
+/// The `X-Mail-Args:` line of the smtp-sink dump of ringmx's message `id`.
+fn mail_args(dump: &Path, id: &str) -> String {
+    let needle = format!("id {id}");
+    let files = dumps(dump);
+    let f = files
+        .iter()
+        .find(|f| memchr::memmem::find(f, needle.as_bytes()).is_some())
+        .unwrap_or_else(|| panic!("{id} not at the sink"));
+    let text = String::from_utf8_lossy(f);
+    text.lines()
+        .find_map(|l| l.strip_prefix("X-Mail-Args:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// RFC 6152: `BODY=8BITMIME` goes on to a next hop offering 8BITMIME; to one without it
+/// (smtp-sink -8) a message declared 8BITMIME with 8-bit content fails with 5.6.3 (no
+/// conversion) and its sender gets a DSN, while one declared 8BITMIME that is all 7-bit goes
+/// without `BODY=`. Over LMTP (LHLO keywords) the same.
+#[test]
+fn body_8bitmime_is_passed_on_or_the_message_bounces_5_6_3() {
+    require_io_uring!();
+    require_tool(SINK, "postfix");
+    let eight = "Subject: menu\r\n\r\ncaf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e\r\n".as_bytes();
+    let seven = b"Subject: menu\r\n\r\ntea\r\n";
+    for (proto, sink_flags) in [("smtp", &[][..]), ("lmtp", &["-L"][..])] {
+        // Offered: the parameter goes on, the bytes unchanged.
+        let port = free_port();
+        let tmp = tempfile::tempdir().unwrap();
+        let dump = tmp.path().join("dump");
+        let _sink = Sink::start(port, &dump, sink_flags);
+        let route = format!("{proto}:[127.0.0.1]:{port}");
+        let server = Server::start(&["--relay-to", &route]);
+        send_with(
+            &server,
+            "s@src.test",
+            "BODY=8BITMIME",
+            &format!("a@{DOMAIN}"),
+            eight,
+        );
+        let id = server.accepted_ids()[0].clone();
+        wait_for("the message at the sink", || arrived(&dump, &id) == 1);
+        let args = mail_args(&dump, &id);
+        assert!(args.contains("BODY=8BITMIME"), "{proto}: {args}");
+        let got = &dumps(&dump)[0];
+        let line = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e".as_bytes();
+        assert!(
+            memchr::memmem::find(got, line).is_some(),
+            "8-bit bytes unchanged: {}",
+            String::from_utf8_lossy(got)
+        );
+
+        // Not offered: 5.6.3 for the 8-bit one, the 7-bit one goes without BODY=.
+        let port = free_port();
+        let dump = tmp.path().join("dump-7bit");
+        let mut flags = vec!["-8"];
+        flags.extend_from_slice(sink_flags);
+        let _sink = Sink::start(port, &dump, &flags);
+        let route = format!("{proto}:[127.0.0.1]:{port}");
+        let server = Server::start(&["--relay-to", &route]);
+        send_with(
+            &server,
+            "s@src.test",
+            "BODY=8BITMIME",
+            &format!("a@{DOMAIN}"),
+            eight,
+        );
+        send_with(
+            &server,
+            "s@src.test",
+            "BODY=8BITMIME",
+            &format!("b@{DOMAIN}"),
+            seven,
+        );
+        let ids = server.accepted_ids();
+        let log = server.log_when("status=failed", 1, WAIT);
+        assert!(
+            log.contains(&format!("delivery id={} to=<a@{DOMAIN}>", ids[0]))
+                && log.contains("dsn=5.6.3 status=failed"),
+            "{log}"
+        );
+        wait_for("the 7-bit message at the sink", || {
+            arrived(&dump, &ids[1]) == 1
+        });
+        let args = mail_args(&dump, &ids[1]);
+        assert!(!args.contains("BODY"), "{proto}: {args}");
+        assert_eq!(arrived(&dump, &ids[0]), 0, "the 8-bit one is not sent");
+        // Its sender gets a DSN (no route for src.test here: it waits in the queue).
+        wait_for("the DSN in the queue", || {
+            queue(&server.spool(), &["ls"]).contains("\t<>\t<s@src.test>=")
+        });
+    }
 }

@@ -5,7 +5,8 @@
 //! time without a probe (the stats counters and Postfix's own log), connection reuse, a
 //! dictionary attack from many sessions at once (coalesced, cached, over at most the pool's
 //! connections), and an expired answer used when the next hop goes down. Then the same against
-//! a private Dovecot LMTP server, over TCP and over its unix socket.
+//! a private Dovecot LMTP server, over TCP and over its unix socket, which does not offer
+//! SMTPUTF8: a non-ASCII recipient is refused there without a probe.
 
 use std::time::{Duration, Instant};
 
@@ -420,4 +421,38 @@ fn a_silent_next_hop_gets_two_connections_a_bounded_queue_and_450_at_once_beyond
         "{log}"
     );
     assert_eq!(counter(&server, "deferred_unverified"), SESSIONS as u64);
+}
+
+/// A non-ASCII address needs SMTPUTF8 on the probe's MAIL; Dovecot 2.3's LMTP does not offer
+/// it, so the address is refused without asking (the client's own `553 5.6.7`, in the log):
+/// mail to it could not be delivered there. An ASCII address on the same route is probed.
+#[test]
+fn a_non_ascii_recipient_is_refused_unasked_by_a_next_hop_without_smtputf8() {
+    require_io_uring!();
+    if !dovecot_usable() {
+        return;
+    }
+    let dovecot = Dovecot::start(&[&format!("known@{DOMAIN}")]);
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("ringmx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes]\n\"{DOMAIN}\" = {{ target = \"lmtp:[127.0.0.1]:{}\", verify = true }}\n",
+            dovecot.port
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let mut c = Client::greeted(server.addr);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@example.org> SMTPUTF8", 250);
+    c.expect(&format!("RCPT TO:<j\u{f6}rg@{DOMAIN}>"), 550);
+    c.expect(&format!("RCPT TO:<known@{DOMAIN}>"), 250);
+    c.expect("QUIT", 221);
+    let log = server.log_when("553 5.6.7", 1, WAIT);
+    assert!(
+        log.contains("reason=verify-refused") && log.contains("553 5.6.7"),
+        "{log}"
+    );
 }

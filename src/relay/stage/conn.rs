@@ -2,7 +2,10 @@
 //! socket itself is `relay::connect`'s), the
 //! greeting and EHLO/LHLO, STARTTLS as the route's TLS says (retried once in clear after a
 //! failed handshake under `may` without `ca`), and driving the sans-IO
-//! [`crate::smtp::client::Client`] through a transaction, with the stage's timeouts.
+//! [`crate::smtp::client::Client`] through a transaction, with the stage's timeouts. The
+//! message's MAIL parameters come from its stored envelope (`BODY=8BITMIME`, `SMTPUTF8`) and
+//! its bytes ([`MailParams::new`]); a message the next hop cannot take fails in the client
+//! without being sent.
 //!
 //! It does not choose which job or host comes next (see `worker`) and does not set up TLS
 //! itself (see `relay::tls`).
@@ -20,7 +23,7 @@ use crate::relay::connect;
 use crate::relay::mx;
 use crate::relay::route::Route;
 use crate::relay::tls::{Io, RouteTls};
-use crate::smtp::client::{Client, Event, Protocol, RcptOutcome, Reply, TlsPolicy};
+use crate::smtp::client::{Client, Event, MailParams, Protocol, RcptOutcome, Reply, TlsPolicy};
 use crate::stats::DeliveryStats;
 
 /// One outbound connection: the socket, the sans-IO client and its buffers.
@@ -234,14 +237,12 @@ impl Conn {
         };
         let env = &job.msg.envelope;
         let rcpts: Vec<String> = job.rcpts.iter().map(|&i| env.rcpts[i].clone()).collect();
+        // BODY=8BITMIME and SMTPUTF8 as received; the client refuses (5.6.3, 5.6.7) what the
+        // next hop cannot take.
+        let params = MailParams::new(&data, env.body_8bitmime, env.smtputf8);
         if self
             .client
-            .start(
-                &env.mail_from,
-                &rcpts,
-                Some(data.len() as u64),
-                &mut self.out,
-            )
+            .start(&env.mail_from, &rcpts, &params, &mut self.out)
             .is_err()
         {
             return deferred(job, &Reply::local(451, "4.3.0 connection not ready"));

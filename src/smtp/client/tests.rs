@@ -1,13 +1,23 @@
 //! Transcript tests for the client: scripted next-hop replies go in (split at every byte where
 //! it matters), and the commands sent and the events must come out: greeting, EHLO and the HELO
 //! fallback, PIPELINING or one command at a time, STARTTLS, dot-stuffed DATA and pipelined BDAT,
-//! LMTP's reply per recipient, probes, lost connections, the reply helpers. No sockets: the
-//! drivers (the delivery stage, the verifier) and the TLS handshake are not tested here.
+//! LMTP's reply per recipient, probes, lost connections, the reply helpers; the MAIL parameters
+//! (`SIZE=`, `BODY=8BITMIME`, `SMTPUTF8`) and the messages not sent for want of them (5.6.7,
+//! 5.6.3). No sockets: the drivers (the delivery stage, the verifier) and the TLS handshake are
+//! not tested here.
 
 use super::*;
 
 fn rcpts(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// The parameters of a 7-bit message of `size` octets received without BODY= or SMTPUTF8.
+fn sized(size: Option<u64>) -> MailParams {
+    MailParams {
+        size,
+        ..MailParams::default()
+    }
 }
 
 /// Feeds `server` in pieces split at `splits`, collecting everything the client sent and
@@ -43,8 +53,13 @@ fn smtp_driver(body: &'static [u8]) -> impl FnMut(&mut Client, &Event, &mut Vec<
     move |c, e, out| match e {
         Event::Ready(_) if !started => {
             started = true;
-            c.start("s@a.test", &rcpts(&["x@b.test", "y@b.test"]), Some(5), out)
-                .unwrap();
+            c.start(
+                "s@a.test",
+                &rcpts(&["x@b.test", "y@b.test"]),
+                &sized(Some(5)),
+                out,
+            )
+            .unwrap();
         }
         Event::Ready(_) => c.quit(out),
         Event::SendBody => {
@@ -192,7 +207,7 @@ fn without_pipelining_commands_go_one_by_one_and_refused_rcpt_is_failed() {
             match e {
                 Event::Ready(_) if !started => {
                     started = true;
-                    c.start("", &rcpts(&["x@b", "y@b"]), Some(3), &mut out)
+                    c.start("", &rcpts(&["x@b", "y@b"]), &sized(Some(3)), &mut out)
                         .unwrap();
                 }
                 Event::SendBody => {
@@ -229,7 +244,8 @@ fn lmtp_has_one_reply_per_accepted_recipient() {
         let mut done = None;
         let (out, _) = run(&mut c, server, &[split], |c, e, out| match e {
             Event::Ready(_) if done.is_none() => {
-                c.start("s@x", &rcpts(&["a", "b", "c"]), None, out).unwrap();
+                c.start("s@x", &rcpts(&["a", "b", "c"]), &sized(None), out)
+                    .unwrap();
                 done = Some(Vec::new());
             }
             Event::SendBody => {
@@ -257,7 +273,7 @@ fn refused_mail_decides_every_recipient_and_rset_follows() {
     let mut outcomes = None;
     let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
         Event::Ready(_) if outcomes.is_none() => {
-            c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+            c.start("s@x", &rcpts(&["a@y"]), &sized(None), out).unwrap();
             outcomes = Some(Vec::new());
         }
         Event::Done(o) => outcomes = Some(o.clone()),
@@ -275,7 +291,9 @@ fn connection_lost_defers_the_undecided_and_closes() {
     let server = b"220 x\r\n250 x\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n";
     let mut c = Client::new(Protocol::Smtp, "mx");
     let (_, _) = run(&mut c, server, &[], |c, e, out| match e {
-        Event::Ready(_) => c.start("s@x", &rcpts(&["a@y", "b@y"]), None, out).unwrap(),
+        Event::Ready(_) => c
+            .start("s@x", &rcpts(&["a@y", "b@y"]), &sized(None), out)
+            .unwrap(),
         Event::SendBody => c.body(b"partial", out),
         _ => {}
     });
@@ -327,7 +345,8 @@ fn dot_stuffing_across_chunks_and_final_crlf() {
         let mut c = Client::new(Protocol::Smtp, "mx");
         let mut out = Vec::new();
         c.feed(b"220 x\r\n250 x\r\n", &mut out);
-        c.start("s", &rcpts(&["r"]), None, &mut out).unwrap();
+        c.start("s", &rcpts(&["r"]), &sized(None), &mut out)
+            .unwrap();
         c.feed(b"250 ok\r\n250 ok\r\n354 go\r\n", &mut out);
         out.clear();
         c.body(&body[..split], &mut out);
@@ -359,7 +378,8 @@ fn starttls_then_ehlo_again_forgetting_the_clear_text_extensions_at_every_split(
             }
             Event::Ready(_) if !started => {
                 started = true;
-                c.start("s@x", &rcpts(&["a@y"]), Some(3), out).unwrap();
+                c.start("s@x", &rcpts(&["a@y"]), &sized(Some(3)), out)
+                    .unwrap();
             }
             Event::SendBody => c.end_body_with(b"m\r\n", out),
             _ => {}
@@ -463,8 +483,13 @@ fn bdat_pipelined_without_dot_stuffing_at_every_split() {
         let (out, events) = run(&mut c, CHUNKING, &[split], |c, e, out| match e {
             Event::Ready(_) if !started => {
                 started = true;
-                c.start("s@a", &rcpts(&["x@b.test", "y@b.test"]), Some(7), out)
-                    .unwrap();
+                c.start(
+                    "s@a",
+                    &rcpts(&["x@b.test", "y@b.test"]),
+                    &sized(Some(7)),
+                    out,
+                )
+                .unwrap();
             }
             Event::Ready(_) => c.quit(out),
             Event::SendBody => {
@@ -496,7 +521,8 @@ fn lmtp_bdat_last_has_one_reply_per_accepted_recipient() {
         let mut done = None;
         let (out, events) = run(&mut c, server, &[split], |c, e, out| match e {
             Event::Ready(_) if done.is_none() => {
-                c.start("s@x", &rcpts(&["a", "b", "c"]), None, out).unwrap();
+                c.start("s@x", &rcpts(&["a", "b", "c"]), &sized(None), out)
+                    .unwrap();
                 done = Some(Vec::new());
             }
             Event::SendBody => c.end_body_with(b"m\r\n", out),
@@ -527,7 +553,7 @@ fn refused_chunk_decides_the_transaction_and_rset_follows() {
     let mut outcomes = None;
     let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
         Event::Ready(_) if outcomes.is_none() => {
-            c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+            c.start("s@x", &rcpts(&["a@y"]), &sized(None), out).unwrap();
             outcomes = Some(Vec::new());
         }
         Event::SendBody => {
@@ -548,7 +574,7 @@ fn refused_chunk_decides_the_transaction_and_rset_follows() {
     let mut outcomes = None;
     let (out, events) = run(&mut c, server, &[], |c, e, out| match e {
         Event::Ready(_) if outcomes.is_none() => {
-            c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+            c.start("s@x", &rcpts(&["a@y"]), &sized(None), out).unwrap();
             outcomes = Some(Vec::new());
         }
         Event::SendBody => c.end_body(out),
@@ -568,7 +594,7 @@ fn chunking_without_pipelining_uses_data() {
     let (out, _) = run(&mut c, server, &[], |c, e, out| match e {
         Event::Ready(_) if !started => {
             started = true;
-            c.start("s@x", &rcpts(&["a@y"]), None, out).unwrap();
+            c.start("s@x", &rcpts(&["a@y"]), &sized(None), out).unwrap();
         }
         Event::SendBody => c.end_body_with(b".x\r\n", out),
         _ => {}
@@ -610,4 +636,282 @@ fn a_connection_lost_after_the_end_of_the_body_is_told_apart() {
     assert!(!c.awaiting_end_of_data());
     c.lose(&Reply::local(451, "4.4.2 timeout"));
     assert!(!c.lost_after_data());
+}
+
+/// A client past the greeting and EHLO (LHLO) of a server offering `keywords`.
+fn ready_client(protocol: Protocol, keywords: &[&str]) -> Client {
+    let mut c = Client::new(protocol, "mx");
+    let mut server = String::from("220 x\r\n");
+    let mut lines = vec!["x"];
+    lines.extend_from_slice(keywords);
+    for (i, l) in lines.iter().enumerate() {
+        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+        server.push_str(&format!("250{sep}{l}\r\n"));
+    }
+    let mut out = Vec::new();
+    c.feed(server.as_bytes(), &mut out);
+    assert!(c.is_ready(), "{server}");
+    while c.poll_event().is_some() {}
+    c
+}
+
+/// What `start` sends (up to the end of the MAIL line) and its immediate outcomes, if any.
+fn start_with(
+    c: &mut Client,
+    from: &str,
+    to: &[&str],
+    params: &MailParams,
+) -> (String, Option<Vec<RcptOutcome>>) {
+    let mut out = Vec::new();
+    c.start(from, &rcpts(to), params, &mut out).unwrap();
+    let mail = String::from_utf8_lossy(&out)
+        .split("\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let done = match c.poll_event() {
+        Some(Event::Done(o)) => Some(o),
+        None => None,
+        Some(e) => panic!("{e:?}"),
+    };
+    (mail, done)
+}
+
+#[test]
+fn mail_params_look_at_the_header_section_and_the_body() {
+    let p = MailParams::new(b"Subject: hi\r\n\r\nplain\r\n", true, true);
+    assert_eq!(
+        p,
+        MailParams {
+            size: Some(22),
+            body_8bitmime: true,
+            smtputf8: true,
+            eight_bit: false,
+            eight_bit_header: false
+        }
+    );
+    let p = MailParams::new("Subject: hi\r\n\r\ncaf\u{e9}\r\n".as_bytes(), true, false);
+    assert!(p.eight_bit && !p.eight_bit_header);
+    // A non-ASCII octet past the first empty line is body, even one that looks like a header.
+    let p = MailParams::new("A: b\r\n\r\nC: d\u{e9}\r\n\r\n".as_bytes(), false, true);
+    assert!(p.eight_bit && !p.eight_bit_header);
+    let p = MailParams::new(
+        "Subject: gr\u{fc}\u{df}e\r\n\r\nx\r\n".as_bytes(),
+        false,
+        true,
+    );
+    assert!(p.eight_bit && p.eight_bit_header);
+    // No empty line: all header; an empty line first: all body.
+    assert!(MailParams::new("A: \u{e9}".as_bytes(), false, false).eight_bit_header);
+    let p = MailParams::new("\r\n\u{e9}\r\n".as_bytes(), false, false);
+    assert!(p.eight_bit && !p.eight_bit_header);
+    assert_eq!(MailParams::new(b"", false, false).size, Some(0));
+}
+
+#[test]
+fn mail_passes_on_body_and_smtputf8_when_the_server_offers_them() {
+    let all = MailParams {
+        size: Some(5),
+        body_8bitmime: true,
+        smtputf8: true,
+        eight_bit: true,
+        eight_bit_header: true,
+    };
+    for protocol in [Protocol::Smtp, Protocol::Lmtp] {
+        let mut c = ready_client(protocol, &["PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8"]);
+        let (mail, done) = start_with(&mut c, "j\u{f6}rg@a.test", &["r@b.test"], &all);
+        assert_eq!(
+            mail,
+            "MAIL FROM:<j\u{f6}rg@a.test> SIZE=5 BODY=8BITMIME SMTPUTF8"
+        );
+        assert_eq!(done, None);
+    }
+    // Declared but not needed: 8-bit content to an 8BITMIME server, an ASCII envelope and
+    // header without SMTPUTF8 (no parameter for a keyword not offered).
+    let mut c = ready_client(Protocol::Smtp, &["8BITMIME"]);
+    let p = MailParams {
+        eight_bit_header: false,
+        ..all
+    };
+    let (mail, done) = start_with(&mut c, "s@a.test", &["r@b.test"], &p);
+    assert_eq!(mail, "MAIL FROM:<s@a.test> BODY=8BITMIME");
+    assert_eq!(done, None);
+    // Declared 8BITMIME, 7-bit content, a server without 8BITMIME: plain MAIL.
+    let mut c = ready_client(Protocol::Smtp, &["PIPELINING"]);
+    let p = MailParams {
+        size: None,
+        body_8bitmime: true,
+        smtputf8: true,
+        eight_bit: false,
+        eight_bit_header: false,
+    };
+    let (mail, done) = start_with(&mut c, "s@a.test", &["r@b.test"], &p);
+    assert_eq!(mail, "MAIL FROM:<s@a.test>");
+    assert_eq!(done, None);
+    // Not declared: no parameter even to a server offering both, 8-bit or not (sent as it is).
+    let mut c = ready_client(Protocol::Smtp, &["8BITMIME", "SMTPUTF8"]);
+    let p = MailParams {
+        eight_bit: true,
+        ..MailParams::default()
+    };
+    let (mail, done) = start_with(&mut c, "s@a.test", &["r@b.test"], &p);
+    assert_eq!(mail, "MAIL FROM:<s@a.test>");
+    assert_eq!(done, None);
+    let mut c = ready_client(Protocol::Smtp, &[]);
+    let (mail, done) = start_with(&mut c, "s@a.test", &["r@b.test"], &p);
+    assert_eq!(mail, "MAIL FROM:<s@a.test>");
+    assert_eq!(done, None);
+}
+
+/// Every outcome failed with this code and enhanced status.
+fn all_failed(done: Option<Vec<RcptOutcome>>, n: usize, code: u16, dsn: &str) {
+    let done = done.expect("decided at once");
+    assert_eq!(done.len(), n);
+    for o in done {
+        assert_eq!(o.status, Status::Failed);
+        assert_eq!(
+            (o.reply.code, o.reply.dsn().as_str()),
+            (code, dsn),
+            "{}",
+            o.reply
+        );
+    }
+}
+
+#[test]
+fn a_message_needing_smtputf8_is_not_sent_to_a_server_without_it() {
+    let utf8 = MailParams {
+        size: Some(9),
+        smtputf8: true,
+        ..MailParams::default()
+    };
+    let cases: [(&str, &[&str], MailParams); 3] = [
+        ("j\u{f6}rg@a.test", &["r@b.test"], utf8),
+        ("s@a.test", &["r@b.test", "\u{e9}l\u{e8}ve@b.test"], utf8),
+        (
+            "s@a.test",
+            &["r@b.test"],
+            MailParams {
+                eight_bit: true,
+                eight_bit_header: true,
+                ..utf8
+            },
+        ),
+    ];
+    for protocol in [Protocol::Smtp, Protocol::Lmtp] {
+        for (from, to, p) in &cases {
+            let mut c = ready_client(protocol, &["PIPELINING", "8BITMIME", "SIZE"]);
+            let mut out = Vec::new();
+            c.start(from, &rcpts(to), p, &mut out).unwrap();
+            assert!(
+                out.is_empty(),
+                "nothing sent: {}",
+                String::from_utf8_lossy(&out)
+            );
+            let Some(Event::Done(o)) = c.poll_event() else {
+                panic!("no outcome")
+            };
+            all_failed(Some(o), to.len(), 554, "5.6.7");
+            assert!(c.poll_event().is_none());
+            // Still ready: the next message goes on the same connection.
+            assert!(c.is_ready());
+            let (mail, done) = start_with(&mut c, "s@a.test", &["r@b.test"], &sized(None));
+            assert_eq!(mail, "MAIL FROM:<s@a.test>");
+            assert_eq!(done, None);
+        }
+    }
+    // The same messages with SMTPUTF8 offered go, with the parameter.
+    for (from, to, p) in &cases {
+        let mut c = ready_client(Protocol::Smtp, &["8BITMIME", "SMTPUTF8"]);
+        let (mail, done) = start_with(&mut c, from, to, p);
+        assert_eq!(mail, format!("MAIL FROM:<{from}> SMTPUTF8"));
+        assert_eq!(done, None);
+    }
+    // After HELO (no keywords at all) as well.
+    let mut c = Client::new(Protocol::Smtp, "mx");
+    c.feed(b"220 x\r\n502 no\r\n250 hi\r\n", &mut Vec::new());
+    while c.poll_event().is_some() {}
+    let (mail, done) = start_with(&mut c, "j\u{f6}rg@a.test", &["r@b.test"], &utf8);
+    assert_eq!(mail, "");
+    all_failed(done, 1, 554, "5.6.7");
+}
+
+#[test]
+fn eight_bit_content_declared_8bitmime_is_not_sent_to_a_server_without_8bitmime() {
+    let eight = MailParams {
+        size: Some(9),
+        body_8bitmime: true,
+        eight_bit: true,
+        ..MailParams::default()
+    };
+    for protocol in [Protocol::Smtp, Protocol::Lmtp] {
+        let mut c = ready_client(protocol, &["PIPELINING", "SMTPUTF8"]);
+        let (mail, done) = start_with(&mut c, "s@a.test", &["a@b.test", "c@b.test"], &eight);
+        assert_eq!(mail, "");
+        all_failed(done, 2, 554, "5.6.3");
+        assert!(c.is_ready());
+    }
+    // SMTPUTF8 decides first when both are missing.
+    let mut c = ready_client(Protocol::Smtp, &[]);
+    let both = MailParams {
+        smtputf8: true,
+        ..eight
+    };
+    let (_, done) = start_with(&mut c, "j\u{f6}rg@a.test", &["r@b.test"], &both);
+    all_failed(done, 1, 554, "5.6.7");
+    // The whole transaction to an 8BITMIME server, pipelined, with BODY=8BITMIME.
+    let server = b"220 x\r\n250-x\r\n250-PIPELINING\r\n250 8BITMIME\r\n\
+        250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n250 2.0.0 Ok\r\n";
+    let mut c = Client::new(Protocol::Smtp, "mx");
+    let body = "Subject: x\r\n\r\ncaf\u{e9}\r\n".as_bytes();
+    let mut done = None;
+    let (out, _) = run(&mut c, server, &[], |c, e, out| match e {
+        Event::Ready(_) if done.is_none() => {
+            c.start(
+                "s@a.test",
+                &rcpts(&["r@b.test"]),
+                &MailParams::new(body, true, false),
+                out,
+            )
+            .unwrap();
+            done = Some(Vec::new());
+        }
+        Event::SendBody => c.end_body_with(body, out),
+        Event::Done(o) => done = Some(o.clone()),
+        _ => {}
+    });
+    let mut want =
+        b"EHLO mx\r\nMAIL FROM:<s@a.test> BODY=8BITMIME\r\nRCPT TO:<r@b.test>\r\nDATA\r\n".to_vec();
+    want.extend_from_slice(body);
+    want.extend_from_slice(b".\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(done.unwrap()[0].status, Status::Delivered);
+}
+
+#[test]
+fn probes_of_non_ascii_addresses_need_smtputf8() {
+    let mut c = ready_client(Protocol::Smtp, &["PIPELINING", "SMTPUTF8"]);
+    let mut out = Vec::new();
+    c.probe("\u{e9}l\u{e8}ve@b.test", &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "MAIL FROM:<> SMTPUTF8\r\nRCPT TO:<\u{e9}l\u{e8}ve@b.test>\r\nRSET\r\n"
+    );
+    for protocol in [Protocol::Smtp, Protocol::Lmtp] {
+        let mut c = ready_client(protocol, &["PIPELINING", "8BITMIME"]);
+        let mut out = Vec::new();
+        c.probe("\u{e9}l\u{e8}ve@b.test", &mut out).unwrap();
+        assert!(out.is_empty(), "not asked");
+        let Some(Event::Done(o)) = c.poll_event() else {
+            panic!("no outcome")
+        };
+        all_failed(Some(o), 1, 553, "5.6.7");
+        assert!(c.is_ready());
+        // An ASCII address is probed as before.
+        c.probe("a@b.test", &mut out).unwrap();
+        assert!(String::from_utf8_lossy(&out).starts_with("MAIL FROM:<>\r\n"));
+    }
 }

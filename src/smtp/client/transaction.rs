@@ -1,4 +1,6 @@
-//! One transaction on a ready connection: `Client::start` (MAIL FROM, the RCPTs, then DATA,
+//! One transaction on a ready connection: `Client::start` (MAIL FROM with the message's
+//! parameters, or no transaction at all when the server cannot take the message: needs
+//! SMTPUTF8 or 8BITMIME it does not offer; then the RCPTs, then DATA,
 //! or BDAT chunks when CHUNKING is offered too: as one pipelined group when the server offers
 //! PIPELINING, RFC 2920 §3.1, else one command per reply) and `Client::probe`; the replies to
 //! MAIL, RCPT and DATA; the body (dot-stuffed after DATA's 354, or sent as `BDAT` chunks, the
@@ -10,14 +12,18 @@
 //! EHLO/LHLO, STARTTLS, QUIT or a lost connection (also `client.rs`).
 
 use super::{
-    command, Client, Event, Expect, Protocol, RcptOutcome, Reply, ReplyClass, StartError, State,
-    Status, Txn,
+    command, Client, Event, Expect, MailParams, Protocol, RcptOutcome, Reply, ReplyClass,
+    StartError, State, Status, Txn,
 };
 
 impl Client {
-    /// Starts a transaction: MAIL FROM:<`from`> (with `SIZE=` when the server offers SIZE and
-    /// `size` is known) and RCPT TO for each of `rcpts`, pipelined with DATA when the server
-    /// offers PIPELINING.
+    /// Starts a transaction: MAIL FROM:<`from`> with the parameters of `params` the server
+    /// offers (`SIZE=` when the size is known, `BODY=8BITMIME`, `SMTPUTF8`) and RCPT TO for each
+    /// of `rcpts`, pipelined with DATA when the server offers PIPELINING.
+    ///
+    /// A message the server cannot take (it needs SMTPUTF8 or 8BITMIME and the server does not
+    /// offer it; see the module docs) is not sent: nothing is written, [`Event::Done`] fails
+    /// every recipient with `554 5.6.7` or `554 5.6.3`, and the client stays ready.
     ///
     /// # Errors
     /// [`StartError`]: not ready, or no recipients.
@@ -25,7 +31,7 @@ impl Client {
         &mut self,
         from: &str,
         rcpts: &[String],
-        size: Option<u64>,
+        params: &MailParams,
         out: &mut Vec<u8>,
     ) -> Result<(), StartError> {
         if self.state != State::Ready {
@@ -34,9 +40,24 @@ impl Client {
         if rcpts.is_empty() {
             return Err(StartError::NoRecipients);
         }
+        if let Some(reply) = self.cannot_take(from, rcpts, params) {
+            let failed = RcptOutcome {
+                status: Status::of(&reply),
+                reply,
+            };
+            self.events
+                .push_back(Event::Done(vec![failed; rcpts.len()]));
+            return Ok(());
+        }
         let mut mail = format!("MAIL FROM:<{from}>");
-        if let (Some(_), Some(n)) = (self.ext.size, size) {
+        if let (Some(_), Some(n)) = (self.ext.size, params.size) {
             mail.push_str(&format!(" SIZE={n}"));
+        }
+        if params.body_8bitmime && self.ext.eightbitmime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if params.smtputf8 && self.ext.smtputf8 {
+            mail.push_str(" SMTPUTF8");
         }
         command(out, &mail);
         self.expect.push_back(Expect::Mail);
@@ -76,13 +97,31 @@ impl Client {
     /// refused), `Delivered` meaning "would be accepted"; [`Event::Ready`] follows the reply to
     /// RSET, and the connection can probe again.
     ///
+    /// A non-ASCII `rcpt` needs SMTPUTF8 (RFC 6531): MAIL then says `SMTPUTF8`, and a server
+    /// that does not offer it is not asked: [`Event::Done`] comes at once with `553 5.6.7`
+    /// (failed: no mail to that address can go to this server) and the client stays ready.
+    ///
     /// # Errors
     /// [`StartError::NotReady`] when not ready.
     pub fn probe(&mut self, rcpt: &str, out: &mut Vec<u8>) -> Result<(), StartError> {
         if self.state != State::Ready {
             return Err(StartError::NotReady);
         }
-        command(out, "MAIL FROM:<>");
+        if rcpt.is_ascii() {
+            command(out, "MAIL FROM:<>");
+        } else if self.ext.smtputf8 {
+            command(out, "MAIL FROM:<> SMTPUTF8");
+        } else {
+            let reply = Reply::local(
+                553,
+                "5.6.7 a non-ASCII address needs SMTPUTF8, which the next hop does not offer",
+            );
+            self.events.push_back(Event::Done(vec![RcptOutcome {
+                status: Status::of(&reply),
+                reply,
+            }]));
+            return Ok(());
+        }
         self.expect.push_back(Expect::Mail);
         let mut t = Txn {
             rcpts: vec![rcpt.to_owned()],
@@ -102,6 +141,26 @@ impl Client {
         self.txn = Some(t);
         self.state = State::Transaction;
         Ok(())
+    }
+
+    /// Why the server cannot take a message from `from` to `rcpts` with `params` (the local
+    /// reply that fails every recipient), or `None`: it can.
+    fn cannot_take(&self, from: &str, rcpts: &[String], params: &MailParams) -> Option<Reply> {
+        let needs_smtputf8 = params.smtputf8
+            && (!from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) || params.eight_bit_header);
+        if needs_smtputf8 && !self.ext.smtputf8 {
+            return Some(Reply::local(
+                554,
+                "5.6.7 the message needs SMTPUTF8 (a non-ASCII address or header field), which the next hop does not offer; nothing sent",
+            ));
+        }
+        if params.body_8bitmime && params.eight_bit && !self.ext.eightbitmime {
+            return Some(Reply::local(
+                554,
+                "5.6.3 the message has 8-bit content (BODY=8BITMIME) and the next hop does not offer 8BITMIME; conversion is not supported, nothing sent",
+            ));
+        }
+        None
     }
 
     pub(super) fn mail_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {

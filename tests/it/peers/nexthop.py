@@ -1,11 +1,13 @@
 """A scripted SMTP next hop for ringmx's delivery tests, on aiosmtpd (Debian python3-aiosmtpd).
 
-Usage: nexthop.py PORT DIR
+Usage: nexthop.py PORT DIR [smtputf8]
 
-Listens on 127.0.0.1:PORT. RCPT TO an address whose local part starts with "refuse" gets
+Listens on 127.0.0.1:PORT, offering SMTPUTF8 (RFC 6531) when the third argument says so
+(aiosmtpd offers 8BITMIME always). RCPT TO an address whose local part starts with "refuse" gets
 "550 5.1.1 ... User unknown"; others are accepted. Each transaction is written to DIR as
 <n>.eml (the message bytes exactly as received, after dot-unstuffing) beside <n>.json (the
-envelope: {"from": ..., "to": [...]}, "" for <>), each file renamed into place once whole. Prints
+envelope: {"from": ..., "to": [...], "mail_options": [...]}, "" for <>; the options are MAIL's
+parameters, upper case), each file renamed into place once whole. Prints
 "ready" once listening; stopped by a signal.
 """
 import itertools
@@ -35,7 +37,10 @@ class Handler:
         with open(base + ".json.tmp", "w") as f:
             # aiosmtpd spells the null reverse-path "<>"; the tests compare with "".
             sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-            json.dump({"from": sender, "to": envelope.rcpt_tos}, f)
+            json.dump(
+                {"from": sender, "to": envelope.rcpt_tos, "mail_options": envelope.mail_options},
+                f,
+            )
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content)
         os.rename(base + ".json.tmp", base + ".json")
@@ -45,8 +50,9 @@ class Handler:
 
 def main():
     port, out = int(sys.argv[1]), sys.argv[2]
+    smtputf8 = sys.argv[3:] == ["smtputf8"]
     os.makedirs(out, exist_ok=True)
-    c = Controller(Handler(out), hostname="127.0.0.1", port=port)
+    c = Controller(Handler(out), hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
     c.start()
     print("ready", flush=True)
     done = threading.Event()
