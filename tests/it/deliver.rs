@@ -109,6 +109,31 @@ pub(crate) fn listens_on(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
     })
 }
 
+/// A next hop (smtp-sink with `sink_flags`, dumping into `<tmp>/dump`) and a server relaying
+/// everything to it over `proto` (`smtp` or `lmtp`).
+struct Relayed {
+    // Dropped last: the dump lives in it.
+    _tmp: tempfile::TempDir,
+    dump: std::path::PathBuf,
+    _sink: Sink,
+    server: Server,
+}
+
+fn relayed(proto: &str, sink_flags: &[&str]) -> Relayed {
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump");
+    let sink = Sink::start(port, &dump, sink_flags);
+    let route = format!("{proto}:[127.0.0.1]:{port}");
+    let server = Server::start(&["--relay-to", &route]);
+    Relayed {
+        _tmp: tmp,
+        dump,
+        _sink: sink,
+        server,
+    }
+}
+
 pub(crate) fn nix_is_root() -> bool {
     // SAFETY: getuid has no preconditions.
     unsafe { libc::getuid() == 0 }
@@ -357,35 +382,29 @@ fn postmaster_without_a_domain_is_delivered_as_the_first_domains() {
     // first --domain, over the route the operator set for that domain.
     require_io_uring!();
     require_tool(SINK, "postfix");
-    let port = free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let dump = tmp.path().join("dump");
-    let _sink = Sink::start(port, &dump, &[]);
-    let route = format!("smtp:[127.0.0.1]:{port}");
-    let server = Server::start(&["--relay-to", &route]);
-    send(&server, 1, "Postmaster");
-    wait_for("the message at the sink", || dumps(&dump).len() == 1);
-    let text = String::from_utf8_lossy(&dumps(&dump)[0]).into_owned();
+    let r = relayed("smtp", &[]);
+    send(&r.server, 1, "Postmaster");
+    wait_for("the message at the sink", || dumps(&r.dump).len() == 1);
+    let text = String::from_utf8_lossy(&dumps(&r.dump)[0]).into_owned();
     assert!(
         text.contains(&format!("X-Rcpt-Args: <Postmaster@{DOMAIN}>")),
         "{text}"
     );
-    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    wait_for("queue empty", || {
+        queue(&r.server.spool(), &["ls"]).is_empty()
+    });
 }
 
 #[test]
 fn lmtp_next_hop() {
     require_io_uring!();
     require_tool(SINK, "postfix");
-    let port = free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let dump = tmp.path().join("dump");
-    let _sink = Sink::start(port, &dump, &["-L"]);
-    let route = format!("lmtp:[127.0.0.1]:{port}");
-    let server = Server::start(&["--relay-to", &route]);
-    send(&server, 5, &format!("c@{DOMAIN}"));
-    wait_for("5 at the LMTP sink", || dumps(&dump).len() >= 5);
-    wait_for("queue empty", || queue(&server.spool(), &["ls"]).is_empty());
+    let r = relayed("lmtp", &["-L"]);
+    send(&r.server, 5, &format!("c@{DOMAIN}"));
+    wait_for("5 at the LMTP sink", || dumps(&r.dump).len() >= 5);
+    wait_for("queue empty", || {
+        queue(&r.server.spool(), &["ls"]).is_empty()
+    });
 }
 
 #[test]
@@ -727,24 +746,19 @@ fn body_8bitmime_is_passed_on_or_the_message_bounces_5_6_3() {
     let seven = b"Subject: menu\r\n\r\ntea\r\n";
     for (proto, sink_flags) in [("smtp", &[][..]), ("lmtp", &["-L"][..])] {
         // Offered: the parameter goes on, the bytes unchanged.
-        let port = free_port();
-        let tmp = tempfile::tempdir().unwrap();
-        let dump = tmp.path().join("dump");
-        let _sink = Sink::start(port, &dump, sink_flags);
-        let route = format!("{proto}:[127.0.0.1]:{port}");
-        let server = Server::start(&["--relay-to", &route]);
+        let r = relayed(proto, sink_flags);
         send_with(
-            &server,
+            &r.server,
             "s@src.test",
             "BODY=8BITMIME",
             &format!("a@{DOMAIN}"),
             eight,
         );
-        let id = server.accepted_ids()[0].clone();
-        wait_for("the message at the sink", || arrived(&dump, &id) == 1);
-        let args = mail_args(&dump, &id);
+        let id = r.server.accepted_ids()[0].clone();
+        wait_for("the message at the sink", || arrived(&r.dump, &id) == 1);
+        let args = mail_args(&r.dump, &id);
         assert!(args.contains("BODY=8BITMIME"), "{proto}: {args}");
-        let got = &dumps(&dump)[0];
+        let got = &dumps(&r.dump)[0];
         let line = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e".as_bytes();
         assert!(
             memchr::memmem::find(got, line).is_some(),
@@ -753,13 +767,14 @@ fn body_8bitmime_is_passed_on_or_the_message_bounces_5_6_3() {
         );
 
         // Not offered: 5.6.3 for the 8-bit one, the 7-bit one goes without BODY=.
-        let port = free_port();
-        let dump = tmp.path().join("dump-7bit");
         let mut flags = vec!["-8"];
         flags.extend_from_slice(sink_flags);
-        let _sink = Sink::start(port, &dump, &flags);
-        let route = format!("{proto}:[127.0.0.1]:{port}");
-        let server = Server::start(&["--relay-to", &route]);
+        let Relayed {
+            _tmp,
+            dump,
+            _sink,
+            server,
+        } = relayed(proto, &flags);
         send_with(
             &server,
             "s@src.test",

@@ -109,6 +109,45 @@ fn next_hop(addr: &str) -> RcptOutcome {
     RcptOutcome { status, reply }
 }
 
+/// Writes one message from `s@x.test` to `rcpts`, received at `received`, in a segment of its
+/// own; returns its id and the segment.
+fn write_message(a: &mut Appender, rcpts: &[&str], received: SystemTime) -> (MessageId, PathBuf) {
+    let id = a.next_id();
+    let envelope = EnvelopeRecord {
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        received_us: unix_us(received),
+        helo: "c".into(),
+        esmtp: true,
+        mail_from: "s@x.test".into(),
+        declared_size: None,
+        body_8bitmime: false,
+        smtputf8: false,
+        rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+        tls: None,
+    };
+    let path = a
+        .write_segment(&[NewMessage {
+            id,
+            envelope,
+            body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
+        }])
+        .unwrap();
+    (id, path)
+}
+
+/// One catch-all route whose jobs the test answers itself.
+fn catch_all() -> Routes {
+    Routes::new(vec![super::super::route::Route {
+        name: "*".into(),
+        target: super::super::route::Target::parse("smtp:[127.0.0.1]:25").unwrap(),
+        tls: super::super::route::TlsMode::None,
+        concurrency: 1,
+        helo: None,
+        ca: None,
+        verify: false,
+    }])
+}
+
 /// A stage on a spool written by hand, with one catch-all route whose jobs the test takes
 /// and answers ([`next_hop`]) instead of workers, so the journal and the DSN spool can be made
 /// to fail ([`record::Faults`]).
@@ -135,42 +174,12 @@ impl Harness {
     fn new(faults: record::Faults) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Appender::open(dir.path()).unwrap();
-        let mut write = |rcpts: &[&str]| {
-            let id = a.next_id();
-            let env = EnvelopeRecord {
-                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                received_us: unix_us(SystemTime::now()),
-                helo: "c".into(),
-                esmtp: true,
-                mail_from: "s@x.test".into(),
-                declared_size: None,
-                body_8bitmime: false,
-                smtputf8: false,
-                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
-                tls: None,
-            };
-            let path = a
-                .write_segment(&[NewMessage {
-                    id,
-                    envelope: env,
-                    body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
-                }])
-                .unwrap();
-            (id, path)
-        };
-        let (both, both_segment) = write(&["ok1@y.test", "bad@y.test"]);
-        let (other, other_segment) = write(&["ok2@y.test", "later@y.test"]);
+        let now = SystemTime::now();
+        let (both, both_segment) = write_message(&mut a, &["ok1@y.test", "bad@y.test"], now);
+        let (other, other_segment) = write_message(&mut a, &["ok2@y.test", "later@y.test"], now);
         drop(a);
         let mut c = cfg(dir.path());
-        c.routes = Routes::new(vec![super::super::route::Route {
-            name: "*".into(),
-            target: super::super::route::Target::parse("smtp:[127.0.0.1]:25").unwrap(),
-            tls: super::super::route::TlsMode::None,
-            concurrency: 1,
-            helo: None,
-            ca: None,
-            verify: false,
-        }]);
+        c.routes = catch_all();
         // A deferred recipient is not due again during the test.
         c.retry_first = Duration::from_secs(3600);
         c.retry_max = Duration::from_secs(3600);
@@ -459,36 +468,11 @@ async fn journal_and_dsn_failures_together_and_none() {
 async fn past_the_queue_lifetime_a_recipient_is_tried_once_more_then_fails() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Appender::open(dir.path()).unwrap();
-    let id = a.next_id();
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
-    a.write_segment(&[NewMessage {
-        id,
-        envelope: EnvelopeRecord {
-            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            received_us: unix_us(two_days_ago),
-            helo: "c".into(),
-            esmtp: true,
-            mail_from: "s@x.test".into(),
-            declared_size: None,
-            body_8bitmime: false,
-            smtputf8: false,
-            rcpts: vec!["ok@y.test".into(), "later@y.test".into()],
-            tls: None,
-        },
-        body: Body::Bytes(b"Subject: s\r\n\r\nb\r\n".to_vec()),
-    }])
-    .unwrap();
+    let (id, _) = write_message(&mut a, &["ok@y.test", "later@y.test"], two_days_ago);
     drop(a);
     let mut c = cfg(dir.path());
-    c.routes = Routes::new(vec![super::super::route::Route {
-        name: "*".into(),
-        target: super::super::route::Target::parse("smtp:[127.0.0.1]:25").unwrap(),
-        tls: super::super::route::TlsMode::None,
-        concurrency: 1,
-        helo: None,
-        ca: None,
-        verify: false,
-    }]);
+    c.routes = catch_all();
     c.max_queue_lifetime = Duration::from_secs(86_400);
     let (_, p) = prepare(c).unwrap();
     let stats = Arc::new(DeliveryStats::default());
