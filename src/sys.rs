@@ -1,6 +1,7 @@
 //! Thin wrappers over the few libc calls the server makes outside io_uring: CPU affinity,
-//! resource limits, the host name, the spool's per-reactor lock, free disk space, and a
-//! non-blocking peek at a socket (the greet pause).
+//! resource limits, the host name, the spool's per-reactor lock, free disk space, space
+//! reserved ahead of a file's end (the delivery journal), and a non-blocking peek at a socket
+//! (the greet pause).
 //!
 //! A leaf module: it imports nothing from the crate, so every layer may use it. Each section
 //! below is one concern with its own `unsafe` blocks and their safety notes; the functions keep
@@ -175,6 +176,24 @@ pub fn free_bytes(fd: &impl AsRawFd) -> Option<u64> {
     // SAFETY: fstatvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Allocates disk blocks for `len` bytes of `file` from `offset` without changing its size
+/// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so later writes there need no new space.
+///
+/// # Errors
+/// The `fallocate` error (`ENOSPC`, or `EOPNOTSUPP` on a filesystem without it).
+pub fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: the descriptor is open for the call (borrowed from `file`); fallocate touches no
+    // memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Looks at what a socket has received without taking it and without waiting

@@ -25,6 +25,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::id::MessageId;
+use crate::sys;
+
+/// Disk space kept allocated past the journal's end (`fallocate`, size unchanged): on a full
+/// disk the stage can still record outcomes, and only those records let it delete finished
+/// segments and give the space back. Topped up when less than half is left.
+pub const JOURNAL_RESERVE: u64 = 1024 * 1024;
 
 /// The journal's file name inside the spool directory.
 pub const JOURNAL_NAME: &str = "delivery.journal";
@@ -200,6 +206,8 @@ pub fn read_journal(dir: &Path) -> io::Result<JournalRead> {
 pub struct Journal {
     file: File,
     end: u64,
+    /// Space is allocated up to here ([`JOURNAL_RESERVE`]; `end` when none could be).
+    reserved: u64,
 }
 
 impl Journal {
@@ -225,13 +233,26 @@ impl Journal {
         if !existed {
             sync_dir(dir)?;
         }
-        Ok((
-            Self {
-                file,
-                end: read.valid_end,
-            },
-            read.records,
-        ))
+        let mut journal = Self {
+            file,
+            end: read.valid_end,
+            reserved: read.valid_end,
+        };
+        journal.keep_reserve(0);
+        Ok((journal, read.records))
+    }
+
+    /// Tops the space allocated past the end up to `need` bytes plus [`JOURNAL_RESERVE`] when
+    /// less than half of the reserve is left. Best effort: a filesystem without `fallocate`,
+    /// or one already full, leaves appends to find space as they go.
+    fn keep_reserve(&mut self, need: u64) {
+        if self.reserved >= self.end + need + JOURNAL_RESERVE / 2 {
+            return;
+        }
+        let len = need + JOURNAL_RESERVE;
+        if sys::reserve(&self.file, self.end, len).is_ok() {
+            self.reserved = self.end + len;
+        }
     }
 
     /// Appends `records` and `fdatasync`s them: durable when this returns.
@@ -246,6 +267,7 @@ impl Journal {
         for r in records {
             r.encode(&mut buf);
         }
+        self.keep_reserve(buf.len() as u64);
         let res = self
             .file
             .write_all_at(&buf, self.end)
@@ -253,6 +275,8 @@ impl Journal {
         if let Err(e) = res {
             // A later, shorter append must not leave valid records of this one behind it.
             let _ = self.file.set_len(self.end);
+            // Cutting the file frees the blocks past its end too.
+            self.reserved = self.end;
             return Err(e);
         }
         self.end += buf.len() as u64;
@@ -291,10 +315,13 @@ impl Journal {
             .read(true)
             .write(true)
             .open(journal_path(dir))?;
-        Ok(Self {
+        let mut journal = Self {
             file,
             end: buf.len() as u64,
-        })
+            reserved: buf.len() as u64,
+        };
+        journal.keep_reserve(0);
+        Ok(journal)
     }
 }
 

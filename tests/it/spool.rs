@@ -620,3 +620,58 @@ fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
     let check = reader::check_spool(&dir).unwrap();
     assert!(check.is_ok(), "{check:?}");
 }
+
+/// On a full disk the delivery journal can still record outcomes (its reserve): only those
+/// records let the stage delete finished segments and give the space back.
+#[test]
+fn journal_appends_on_a_full_disk_from_its_reserve() {
+    use ringmx::spool::id::MessageId;
+    use ringmx::spool::journal::{read_journal, DeliveryRecord, Journal, RecordKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("SKIPPED journal_appends_on_a_full_disk_from_its_reserve: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let (mut journal, old) = Journal::open(&mnt).unwrap();
+    assert!(old.is_empty());
+    // Fill the disk to the last byte.
+    let mut filler = fs::File::create(mnt.join("filler")).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let full = loop {
+        if let Err(e) = filler.write_all(&chunk).and_then(|()| filler.sync_all()) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    loop {
+        if filler.write_all(&[7u8; 512]).is_err() {
+            break;
+        }
+    }
+    // 2,000 records of about 100 bytes: well inside the reserve.
+    let records: Vec<DeliveryRecord> = (0..2000u32)
+        .map(|i| DeliveryRecord {
+            kind: RecordKind::Delivered,
+            id: MessageId(u64::from(i)),
+            rcpt: 0,
+            at_us: 1,
+            next_us: 0,
+            attempts: 1,
+            code: 250,
+            reply: "250 2.0.0 Ok: queued as 4ABC".into(),
+        })
+        .collect();
+    for batch in records.chunks(100) {
+        journal.append(batch).unwrap();
+    }
+    drop(journal);
+    assert_eq!(read_journal(&mnt).unwrap().records.len(), records.len());
+}
