@@ -125,6 +125,9 @@ pub const COMPACT_SMALL_BYTES: u64 = 1024 * 1024;
 pub const COMPACT_MERGE_MIN: usize = 8;
 /// How often the stage looks for segments to compact.
 pub const COMPACT_CHECK: Duration = Duration::from_secs(1);
+/// How long the segments of a failed compaction are left out of the next ones (so one that
+/// cannot be copied is not copied again every [`COMPACT_CHECK`]).
+pub const COMPACT_FAILED_PAUSE: Duration = Duration::from_secs(600);
 /// Bytes of live messages copied by one compaction pass (at least one segment is, whatever
 /// its size): bounds the time the stage spends copying before it schedules again.
 pub const COMPACT_BATCH_BYTES: u64 = 64 * 1024 * 1024;
@@ -377,6 +380,9 @@ struct Stage {
     appender: Option<Appender>,
     /// When segments were last looked at for compaction.
     compact_at: Instant,
+    /// Segments whose compaction failed (e.g. a message that no longer reads back), left out
+    /// until then.
+    compact_skip: HashMap<PathBuf, Instant>,
     rx: UnboundedReceiver<MessageId>,
     stats: Arc<DeliveryStats>,
     stop: Arc<AtomicBool>,

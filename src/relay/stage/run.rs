@@ -45,6 +45,7 @@ impl Stage {
             journal: Some(p.journal),
             appender: Some(p.appender),
             compact_at: Instant::now(),
+            compact_skip: HashMap::new(),
             rx: p.rx,
             stats,
             stop,

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use super::{
-    SegState, Stage, COMPACT_BATCH_BYTES, COMPACT_CHECK, COMPACT_LIVE_PERCENT, COMPACT_MERGE_MIN,
-    COMPACT_SMALL_BYTES,
+    SegState, Stage, COMPACT_BATCH_BYTES, COMPACT_CHECK, COMPACT_FAILED_PAUSE,
+    COMPACT_LIVE_PERCENT, COMPACT_MERGE_MIN, COMPACT_SMALL_BYTES,
 };
 use crate::spool::appender::{Appender, Body, NewMessage, APPENDER_REACTOR};
 use crate::spool::id::MessageId;
@@ -91,12 +91,14 @@ impl Stage {
             return;
         }
         self.compact_at = Instant::now();
+        let clock = self.compact_at;
+        self.compact_skip.retain(|_, until| *until > clock);
         let now = SystemTime::now();
         let busy: HashSet<MessageId> = self.in_flight.iter().map(|(id, _)| *id).collect();
         let mut picked = Vec::new();
         let mut batch = 0u64;
         for (path, s) in &self.segments {
-            if !s.closed || s.live.is_empty() {
+            if !s.closed || s.live.is_empty() || self.compact_skip.contains_key(path) {
                 continue;
             }
             let Ok(meta) = std::fs::metadata(path) else {
@@ -162,7 +164,15 @@ impl Stage {
         let copies = match self.write_own_segment(msgs).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("delivery: compaction failed (the segments stay): {e}");
+                let names: Vec<String> = picked.iter().map(|p| file_name(&p.0)).collect();
+                tracing::warn!(
+                    "delivery: compaction failed (the segments stay; left out for {} s): {} : {e}",
+                    COMPACT_FAILED_PAUSE.as_secs(),
+                    names.join(" ")
+                );
+                for (path, ..) in picked {
+                    self.compact_skip.insert(path, clock + COMPACT_FAILED_PAUSE);
+                }
                 return;
             }
         };

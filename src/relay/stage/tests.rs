@@ -519,3 +519,35 @@ async fn past_the_queue_lifetime_a_recipient_is_tried_once_more_then_fails() {
     assert_eq!(Harness::dsns_on_disk(dir.path()).len(), 1);
     assert!(!stage.queue.contains_key(&id), "finished");
 }
+
+/// A segment whose message no longer reads back (its bytes changed on disk) fails its
+/// compaction once, then is left out for [`COMPACT_FAILED_PAUSE`] instead of being copied
+/// again every [`COMPACT_CHECK`]; the segment stays.
+#[tokio::test]
+async fn a_segment_that_cannot_be_compacted_is_left_out_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Appender::open(dir.path()).unwrap();
+    let (_, path) = write_message(&mut a, &["later@y.test"], SystemTime::now());
+    drop(a);
+    let mut c = cfg(dir.path());
+    c.routes = catch_all();
+    c.compact_after = Duration::ZERO;
+    let (_, p) = prepare(c).unwrap();
+    let mut stage = Stage::new(
+        p,
+        Arc::new(DeliveryStats::default()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // Change a body byte after the stage has queued the message.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = memchr::memmem::find(&bytes, b"Subject: s").unwrap();
+    bytes[at] = b'X';
+    std::fs::write(&path, &bytes).unwrap();
+    stage.compact_at = Instant::now() - COMPACT_CHECK;
+    stage.compact_segments().await;
+    assert!(path.exists());
+    assert!(stage.compact_skip.contains_key(&path), "set aside");
+    assert!(
+        stage.compact_skip[&path] >= Instant::now() + COMPACT_FAILED_PAUSE - Duration::from_secs(5)
+    );
+}
