@@ -128,7 +128,10 @@ impl Stage {
             while let Ok(id) = self.rx.try_recv() {
                 ids.push(id);
             }
-            if !ids.is_empty() {
+            // Ids notified but not found yet (a segment read or the spool listing failed, e.g.
+            // out of file descriptors) are looked for again at every turn, not only when their
+            // reactor next takes mail.
+            if !ids.is_empty() || !self.notified.is_empty() {
                 self.learn(ids);
             }
             if !outcomes.is_empty() {
@@ -155,6 +158,7 @@ impl Stage {
                 }
             }
         }
+        reactors.extend(self.notified.iter().map(|id| id.reactor()));
         if reactors.is_empty() {
             return;
         }
