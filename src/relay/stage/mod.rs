@@ -97,6 +97,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to record outcomes that could not be recorded.
 pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
+/// While this many outcome records wait to be written (about 100 bytes each), no new delivery
+/// attempt starts: the backlog, and what a crash during a long write failure would deliver
+/// again, stay bounded. Attempts resume once the records are on disk.
+pub const MAX_UNRECORDED: usize = 100_000;
 /// Longest wait for a TCP or unix connection to a next hop.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a reply (RFC 5321 §4.5.3.2: 5 minutes for most) or a write.
@@ -404,6 +408,11 @@ struct Stage {
     control_rx: UnboundedReceiver<control::Request>,
     /// Outcomes applied in memory whose records or DSNs are not on disk yet.
     backlog: record::Backlog,
+    /// At this many records in the backlog no attempt starts ([`MAX_UNRECORDED`]; lower in
+    /// tests).
+    max_unrecorded: usize,
+    /// Attempts are held for the backlog (logged when it starts and ends).
+    holding: bool,
     /// Failures the tests inject into the journal appends and DSN spools.
     #[cfg(test)]
     faults: record::Faults,

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::Mutex;
 
 use super::worker::{worker, MxContext, WorkerRoute};
-use super::{record, Job, Outcome, Prepared, SegState, Stage, TICK};
+use super::{record, Job, Outcome, Prepared, SegState, Stage, MAX_UNRECORDED, TICK};
 use crate::dns::Resolver;
 use crate::relay::control;
 use crate::relay::mx::LocalHost;
@@ -61,6 +61,8 @@ impl Stage {
             control_tx,
             control_rx,
             backlog: record::Backlog::default(),
+            max_unrecorded: MAX_UNRECORDED,
+            holding: false,
             #[cfg(test)]
             faults: record::Faults::default(),
         }
@@ -233,6 +235,21 @@ impl Stage {
 
     /// Hands every due recipient to its route.
     pub(super) async fn schedule(&mut self) {
+        let held = self.backlog.records() >= self.max_unrecorded;
+        if held != self.holding {
+            self.holding = held;
+            if held {
+                tracing::warn!(
+                    "delivery: {} outcome(s) not written to the journal; no new attempt until they are",
+                    self.backlog.records()
+                );
+            } else {
+                tracing::info!("delivery: outcomes written; attempts resume");
+            }
+        }
+        if held {
+            return;
+        }
         let now = unix_us(SystemTime::now());
         let lifetime = u64::try_from(self.cfg.max_queue_lifetime.as_micros()).unwrap_or(u64::MAX);
         let mut local = Vec::new();

@@ -551,3 +551,55 @@ async fn a_segment_that_cannot_be_compacted_is_left_out_for_a_while() {
         stage.compact_skip[&path] >= Instant::now() + COMPACT_FAILED_PAUSE - Duration::from_secs(5)
     );
 }
+
+/// While the journal cannot take the outcomes and their backlog is at [`MAX_UNRECORDED`]
+/// (1 here), a recipient due again is not tried; once the records are written, it is.
+#[tokio::test]
+async fn attempts_wait_while_the_backlog_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Appender::open(dir.path()).unwrap();
+    let (id, _) = write_message(&mut a, &["later@y.test"], SystemTime::now());
+    drop(a);
+    let mut c = cfg(dir.path());
+    c.routes = catch_all();
+    c.max_queue_lifetime = Duration::from_secs(86_400);
+    let (_, p) = prepare(c).unwrap();
+    let mut stage = Stage::new(
+        p,
+        Arc::new(DeliveryStats::default()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (tx, mut jobs) = unbounded_channel();
+    stage.jobs = vec![tx];
+    stage.faults = record::Faults {
+        journal: 1,
+        spool: 0,
+    };
+    stage.max_unrecorded = 1;
+    let answer = |job: Job| Outcome {
+        id,
+        route: 0,
+        results: job
+            .rcpts
+            .iter()
+            .map(|&i| next_hop(&job.msg.envelope.rcpts[i]))
+            .collect(),
+        rcpts: job.rcpts,
+        relay: "127.0.0.1:25".into(),
+        tls: None,
+        delays: [Duration::ZERO; 3],
+    };
+    stage.schedule().await;
+    let job = jobs.try_recv().expect("tried");
+    // Deferred (retry in 1 s); its record cannot be written.
+    stage.apply(vec![answer(job)]).await;
+    assert_eq!(stage.backlog.records(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    stage.schedule().await;
+    assert!(jobs.try_recv().is_err(), "tried while the backlog is full");
+    // The journal takes the record: the recipient, due since, is tried.
+    stage.retry_owed(Instant::now() + RECORD_RETRY_MAX).await;
+    assert!(stage.backlog.is_empty());
+    stage.schedule().await;
+    assert!(jobs.try_recv().is_ok(), "tried once the record is written");
+}
