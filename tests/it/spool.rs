@@ -513,21 +513,33 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
+/// A tmpfs of `size` (e.g. `2m`) mounted at `<tmp>/small`, unmounted on drop; `None` (and a
+/// SKIPPED line naming `test`) where mounting is not allowed (not root).
+fn small_tmpfs(tmp: &Path, size: &str, test: &str) -> Option<(PathBuf, Mount)> {
+    let mnt = tmp.join("small");
     fs::create_dir(&mnt).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
         .stderr(Stdio::null())
         .status();
     if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("SKIPPED spool_enospc_fails_commit_and_resumes_after_space_is_freed: cannot mount a tmpfs (needs root)");
-        return;
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs (needs root)");
+        return None;
     }
-    let _mount = Mount(mnt.clone());
+    Some((mnt.clone(), Mount(mnt)))
+}
+
+#[test]
+fn spool_enospc_fails_commit_and_resumes_after_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((mnt, _mount)) = small_tmpfs(
+        tmp.path(),
+        "2m",
+        "spool_enospc_fails_commit_and_resumes_after_space_is_freed",
+    ) else {
+        return;
+    };
     let filler = mnt.join("filler");
     fs::write(&filler, vec![7u8; 600 * 1024]).unwrap();
     let dir = mnt.join("spool");
@@ -628,18 +640,13 @@ fn journal_appends_on_a_full_disk_from_its_reserve() {
     use ringmx::spool::id::MessageId;
     use ringmx::spool::journal::{read_journal, DeliveryRecord, Journal, RecordKind};
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("SKIPPED journal_appends_on_a_full_disk_from_its_reserve: cannot mount a tmpfs (needs root)");
+    let Some((mnt, _mount)) = small_tmpfs(
+        tmp.path(),
+        "4m",
+        "journal_appends_on_a_full_disk_from_its_reserve",
+    ) else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     let (mut journal, old) = Journal::open(&mnt).unwrap();
     assert!(old.is_empty());
     // Fill the disk to the last byte.

@@ -461,44 +461,80 @@ async fn journal_and_dsn_failures_together_and_none() {
     }
 }
 
+/// A stage on a spool holding one message to `rcpts`, received at `received`, with the
+/// catch-all route (its jobs come out of `jobs`) and `tweak` applied to the configuration.
+struct OneMessage {
+    dir: tempfile::TempDir,
+    stage: Stage,
+    id: MessageId,
+    segment: PathBuf,
+    jobs: UnboundedReceiver<Job>,
+}
+
+fn one_message(
+    rcpts: &[&str],
+    received: SystemTime,
+    tweak: impl FnOnce(&mut DeliveryConfig),
+) -> OneMessage {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Appender::open(dir.path()).unwrap();
+    let (id, segment) = write_message(&mut a, rcpts, received);
+    drop(a);
+    let mut c = cfg(dir.path());
+    c.routes = catch_all();
+    c.max_queue_lifetime = Duration::from_secs(86_400);
+    tweak(&mut c);
+    let (_, p) = prepare(c).unwrap();
+    let mut stage = Stage::new(
+        p,
+        Arc::new(DeliveryStats::default()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (tx, jobs) = unbounded_channel();
+    stage.jobs = vec![tx];
+    OneMessage {
+        dir,
+        stage,
+        id,
+        segment,
+        jobs,
+    }
+}
+
+/// The next hop's answer ([`next_hop`]) to `job`.
+fn answer(job: Job) -> Outcome {
+    Outcome {
+        id: job.msg.id,
+        route: 0,
+        results: job
+            .rcpts
+            .iter()
+            .map(|&i| next_hop(&job.msg.envelope.rcpts[i]))
+            .collect(),
+        rcpts: job.rcpts,
+        relay: "127.0.0.1:25".into(),
+        tls: None,
+        delays: [Duration::ZERO; 3],
+    }
+}
+
 /// A message older than the queue lifetime (the server was down longer than that) is tried
 /// once more, not bounced untried: delivered if the hop takes it; a deferral is the last and
 /// fails the recipient with 5.4.7, the hop's reply kept in the diagnostic, and one DSN.
 #[tokio::test]
 async fn past_the_queue_lifetime_a_recipient_is_tried_once_more_then_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Appender::open(dir.path()).unwrap();
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
-    let (id, _) = write_message(&mut a, &["ok@y.test", "later@y.test"], two_days_ago);
-    drop(a);
-    let mut c = cfg(dir.path());
-    c.routes = catch_all();
-    c.max_queue_lifetime = Duration::from_secs(86_400);
-    let (_, p) = prepare(c).unwrap();
-    let stats = Arc::new(DeliveryStats::default());
-    let mut stage = Stage::new(p, stats.clone(), Arc::new(AtomicBool::new(false)));
-    let (tx, mut jobs) = unbounded_channel();
-    stage.jobs = vec![tx];
-
+    let OneMessage {
+        dir,
+        mut stage,
+        id,
+        mut jobs,
+        ..
+    } = one_message(&["ok@y.test", "later@y.test"], two_days_ago, |_| {});
     stage.schedule().await;
     let job = jobs.try_recv().expect("both recipients go to the next hop");
     assert_eq!(job.rcpts, [0, 1]);
-    let results = job
-        .rcpts
-        .iter()
-        .map(|&i| next_hop(&job.msg.envelope.rcpts[i]))
-        .collect();
-    stage
-        .apply(vec![Outcome {
-            id,
-            route: 0,
-            rcpts: job.rcpts,
-            results,
-            relay: "127.0.0.1:25".into(),
-            tls: None,
-            delays: [Duration::ZERO; 3],
-        }])
-        .await;
+    stage.apply(vec![answer(job)]).await;
     let records = read_journal(dir.path()).unwrap().records;
     let kinds: Vec<(u32, RecordKind)> = records
         .iter()
@@ -525,19 +561,14 @@ async fn past_the_queue_lifetime_a_recipient_is_tried_once_more_then_fails() {
 /// again every [`COMPACT_CHECK`]; the segment stays.
 #[tokio::test]
 async fn a_segment_that_cannot_be_compacted_is_left_out_for_a_while() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Appender::open(dir.path()).unwrap();
-    let (_, path) = write_message(&mut a, &["later@y.test"], SystemTime::now());
-    drop(a);
-    let mut c = cfg(dir.path());
-    c.routes = catch_all();
-    c.compact_after = Duration::ZERO;
-    let (_, p) = prepare(c).unwrap();
-    let mut stage = Stage::new(
-        p,
-        Arc::new(DeliveryStats::default()),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let OneMessage {
+        dir: _dir,
+        mut stage,
+        segment: path,
+        ..
+    } = one_message(&["later@y.test"], SystemTime::now(), |c| {
+        c.compact_after = Duration::ZERO;
+    });
     // Change a body byte after the stage has queued the message.
     let mut bytes = std::fs::read(&path).unwrap();
     let at = memchr::memmem::find(&bytes, b"Subject: s").unwrap();
@@ -556,39 +587,17 @@ async fn a_segment_that_cannot_be_compacted_is_left_out_for_a_while() {
 /// (1 here), a recipient due again is not tried; once the records are written, it is.
 #[tokio::test]
 async fn attempts_wait_while_the_backlog_is_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Appender::open(dir.path()).unwrap();
-    let (id, _) = write_message(&mut a, &["later@y.test"], SystemTime::now());
-    drop(a);
-    let mut c = cfg(dir.path());
-    c.routes = catch_all();
-    c.max_queue_lifetime = Duration::from_secs(86_400);
-    let (_, p) = prepare(c).unwrap();
-    let mut stage = Stage::new(
-        p,
-        Arc::new(DeliveryStats::default()),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (tx, mut jobs) = unbounded_channel();
-    stage.jobs = vec![tx];
+    let OneMessage {
+        dir: _dir,
+        mut stage,
+        mut jobs,
+        ..
+    } = one_message(&["later@y.test"], SystemTime::now(), |_| {});
     stage.faults = record::Faults {
         journal: 1,
         spool: 0,
     };
     stage.max_unrecorded = 1;
-    let answer = |job: Job| Outcome {
-        id,
-        route: 0,
-        results: job
-            .rcpts
-            .iter()
-            .map(|&i| next_hop(&job.msg.envelope.rcpts[i]))
-            .collect(),
-        rcpts: job.rcpts,
-        relay: "127.0.0.1:25".into(),
-        tls: None,
-        delays: [Duration::ZERO; 3],
-    };
     stage.schedule().await;
     let job = jobs.try_recv().expect("tried");
     // Deferred (retry in 1 s); its record cannot be written.
