@@ -317,6 +317,13 @@ enum Expect {
     Quit,
 }
 
+impl Expect {
+    /// The reply to the end of a body (`.` or `BDAT LAST`).
+    fn ends_body(self) -> bool {
+        matches!(self, Self::EndOfData(_) | Self::BdatLast)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Opening,
@@ -426,10 +433,7 @@ impl Client {
     /// Whether the reply awaited next is the one to the end of a body (`.` or `BDAT LAST`),
     /// which a server may take 10 minutes to give (RFC 5321 §4.5.3.2.6).
     pub fn awaiting_end_of_data(&self) -> bool {
-        matches!(
-            self.expect.front(),
-            Some(Expect::EndOfData(_) | Expect::BdatLast)
-        )
+        self.expect.front().is_some_and(|e| e.ends_body())
     }
 
     /// Whether the connection was lost ([`Client::lose`]) after a body was ended and before
@@ -586,10 +590,7 @@ impl Client {
         if self.state == State::Closed {
             return;
         }
-        self.lost_after_data = self
-            .expect
-            .iter()
-            .any(|e| matches!(e, Expect::EndOfData(_) | Expect::BdatLast));
+        self.lost_after_data = self.expect.iter().any(|e| e.ends_body());
         if let Some(mut t) = self.txn.take() {
             for o in &mut t.outcomes {
                 if o.is_none() {

@@ -214,7 +214,13 @@ async fn deliver_mx(
             out.conn = Some(c);
             return out;
         }
-        if c.client.lost_after_data() {
+        let lost_after_data = c.client.lost_after_data();
+        if c.client.is_closed() {
+            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            c.quit(stats).await;
+        }
+        if lost_after_data {
             // The host may have taken it: a retry later, not the next MX now.
             tracing::info!(
                 "delivery id={} domain={domain} host={}[{}] lost after the end of the data; not trying the next MX now (the message may arrive twice)",
@@ -222,13 +228,7 @@ async fn deliver_mx(
                 hop.host,
                 hop.addr
             );
-            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
             return out;
-        }
-        if c.client.is_closed() {
-            stats.connections_active.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            c.quit(stats).await;
         }
     }
     out
